@@ -1,0 +1,120 @@
+"""``shelfsight ingest``: a thin layer over ``ingest_catalog``.
+
+Exit status: 0 every row went in, 3 some rows were skipped (see the report), 2 usage error or
+unreadable catalog, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ingest.catalog import Columns, read_catalog
+from ingest.images import ImagePolicy
+from ingest.pipeline import IngestOptions, IngestReport, ingest_catalog
+from search.embedder import Embedder
+from search.settings import DEFAULT_COLLECTION, DEFAULT_MODEL, Settings
+from search.store import open_store
+
+_SHOWN_ERRORS = 20
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="embed a catalog's images and texts into the store")
+    p.add_argument("catalog", help="CSV, TSV, JSONL, JSON or Parquet file")
+    p.add_argument("--db", help="embedded store directory (or set QDRANT_URL for a server)")
+    p.add_argument("--model", default=None, help=f"model name or local CLIP directory (default: the collection's, else {DEFAULT_MODEL})")
+    p.add_argument("--collection", default=DEFAULT_COLLECTION)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="threads reading and decoding images")
+    p.add_argument("--report", type=Path, help="write skipped rows here as JSONL (row, id, reason, hint)")
+    p.add_argument("--reindex", action="store_true", help="drop the collection and embed everything again")
+    p.add_argument("--prune", action="store_true", help="delete products that are not in this catalog")
+    p.add_argument("--fused-weight", type=float, default=None, metavar="A", help="also store fused = normalize(A*image + (1-A)*text)")
+    p.add_argument("--id-column", default="id")
+    p.add_argument("--title-column", default="title")
+    p.add_argument("--description-column", default="description")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--max-image-bytes", type=int, default=ImagePolicy.max_bytes)
+    p.add_argument("--max-image-pixels", type=int, default=ImagePolicy.max_pixels)
+    p.add_argument("--url-timeout", type=float, default=ImagePolicy.timeout)
+    p.add_argument("--allow-private-urls", action="store_true", help="let image URLs reach loopback and private networks")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or args.workers < 1:
+        raise SystemExit("error: --batch-size and --workers must be at least 1")
+    if args.fused_weight is not None and not 0.0 <= args.fused_weight <= 1.0:
+        raise SystemExit("error: --fused-weight must lie in [0, 1]")
+    columns = Columns(args.id_column, args.title_column, args.description_column, args.image_column)
+    catalog = read_catalog(args.catalog, columns)
+    settings = Settings.from_env(db=args.db, collection=args.collection)
+    store = open_store(settings)
+    try:
+        model = args.model
+        if model is None and store.collection_exists(args.collection) and not args.reindex:
+            model = store.get_meta(args.collection).model_source or None
+        embedder = Embedder(model or DEFAULT_MODEL, device=args.device, batch_size=args.batch_size)
+        options = IngestOptions(
+            collection=args.collection, batch_size=args.batch_size, workers=args.workers,
+            reindex=args.reindex, prune=args.prune, fused_weight=args.fused_weight, columns=columns,
+            images=ImagePolicy(args.max_image_bytes, args.max_image_pixels, args.url_timeout, args.allow_private_urls),
+        )
+        bar = _progress_bar(len(catalog.rows))
+        try:
+            report = ingest_catalog(catalog, store, embedder, options, on_progress=bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
+    finally:
+        store.close()
+    if args.report:
+        write_report(report, args.report)
+    _print_errors(report, args.report)
+    summary = report.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"ingested {report.ingested}, unchanged {report.unchanged}, updated {report.updated}, "
+            f"skipped {report.skipped}, text only {report.text_only}, truncated texts {report.truncated}"
+            f"{f', pruned {report.pruned}' if args.prune else ''} in {report.seconds:.1f}s "
+            f"({_rate(report)})"
+        )
+    return 3 if report.skipped else 0
+
+
+def _rate(report: IngestReport) -> str:
+    return f"{report.ingested / report.seconds:.1f} items/s" if report.seconds and report.ingested else "nothing embedded"
+
+
+def _progress_bar(total: int):
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="product", desc="ingest", file=sys.stderr)
+
+
+def write_report(report: IngestReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for error in report.errors:
+            fh.write(json.dumps(error.to_dict()) + "\n")
+
+
+def _print_errors(report: IngestReport, report_path: Path | None) -> None:
+    if not report.errors:
+        return
+    print(f"skipped {len(report.errors)} row(s):", file=sys.stderr)
+    print(f"  {'row':>6}  {'id':<16}  reason -> fix", file=sys.stderr)
+    for e in report.errors[:_SHOWN_ERRORS]:
+        print(f"  {e.row:>6}  {str(e.product_id or '-'):<16.16}  {e.reason} -> {e.hint}", file=sys.stderr)
+    if len(report.errors) > _SHOWN_ERRORS:
+        where = f"see {report_path}" if report_path else "pass --report FILE for all"
+        print(f"  ... and {len(report.errors) - _SHOWN_ERRORS} more ({where})", file=sys.stderr)

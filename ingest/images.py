@@ -1,0 +1,177 @@
+"""Safe image loading: local paths and guarded http(s) URLs, byte and pixel caps, any mode to RGB.
+
+Reading (bytes, for the content hash) and decoding (pixels, for the model) are separate steps so
+an unchanged product is recognised without decoding its image.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from search.errors import BadInputError
+
+# Formats Pillow recognises by content that we accept; anything else is "not an image".
+ALLOWED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"}
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Limits on what an image may cost. ``allow_private`` lets URLs reach loopback/LAN hosts."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    timeout: float = 10.0
+    allow_private: bool = False
+
+
+class ImageError(BadInputError):
+    """One image cannot be used; ``reason`` says why and ``hint`` how to fix it."""
+
+    def __init__(self, reason: str, hint: str):
+        super().__init__(f"{reason} ({hint})")
+        self.reason = reason
+        self.hint = hint
+
+
+def is_url(ref: str) -> bool:
+    return "://" in ref or ref.lower().startswith(("http:", "https:", "file:", "ftp:", "data:"))
+
+
+def read_image_bytes(ref: str, base_dir: Path, policy: ImagePolicy = ImagePolicy()) -> bytes:
+    """The raw bytes of a local path (relative to ``base_dir``) or an http(s) URL."""
+    if is_url(ref):
+        return _fetch_url(ref, policy)
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if not path.exists():
+        raise ImageError(f"image file not found: {path}", "fix the path; relative paths start at the catalog's folder")
+    if not path.is_file():
+        raise ImageError(f"image path is not a file: {path}", "point the image column at an image file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageError(f"image file is empty: {path}", "re-export or replace the image")
+    if size > policy.max_bytes:
+        raise ImageError(
+            f"image file is {size} bytes, over the {policy.max_bytes}-byte cap: {path}",
+            "shrink the image or raise --max-image-bytes",
+        )
+    return path.read_bytes()
+
+
+def check_url(url: str, policy: ImagePolicy) -> None:
+    """Refuse schemes other than http(s) and, unless allowed, hosts on private networks."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https"):
+        raise ImageError(f"refused URL scheme {parsed.scheme!r}: {url}", "only http and https image URLs are fetched")
+    host = parsed.hostname
+    if not host:
+        raise ImageError(f"URL has no host: {url}", "use a full http(s)://host/path URL")
+    if policy.allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except OSError as exc:
+        raise ImageError(f"cannot resolve host {host!r}: {exc}", "check the URL's host name") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global or address.is_multicast:
+            raise ImageError(
+                f"refused URL to a non-public address ({address}): {url}",
+                "host the image publicly, or pass --allow-private-urls for a trusted network",
+            )
+
+
+class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
+    def __init__(self, policy: ImagePolicy):
+        self.policy = policy
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        check_url(newurl, self.policy)  # a public host must not bounce us onto a private one
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
+    check_url(url, policy)
+    opener = urllib.request.build_opener(_GuardedRedirects(policy))
+    request = urllib.request.Request(url, headers={"User-Agent": "shelfsight-ingest"})
+    try:
+        with opener.open(request, timeout=policy.timeout) as response:
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+                raise ImageError(f"image at {url} is {declared} bytes, over the {policy.max_bytes}-byte cap", "shrink it or raise --max-image-bytes")
+            data = response.read(policy.max_bytes + 1)
+    except ImageError:
+        raise
+    except urllib.error.HTTPError as exc:
+        raise ImageError(f"HTTP {exc.code} fetching {url}", "check that the URL serves the image") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ImageError(f"cannot fetch {url}: {reason}", "check the URL and the network; slow hosts time out") from exc
+    if len(data) > policy.max_bytes:
+        raise ImageError(f"image at {url} is over the {policy.max_bytes}-byte cap", "shrink it or raise --max-image-bytes")
+    if not data:
+        raise ImageError(f"empty response from {url}", "check that the URL serves the image")
+    return data
+
+
+def decode_image(data: bytes, policy: ImagePolicy = ImagePolicy(), name: str = "image") -> Image.Image:
+    """Decode bytes into an RGB image: type by content, pixel cap, EXIF orientation, first frame."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ALLOWED_FORMATS:
+                raise ImageError(f"{name} is a {image.format} file, not a supported image", "use JPEG, PNG, WebP, GIF, BMP or TIFF")
+            width, height = image.size
+            if width * height > policy.max_pixels:
+                raise ImageError(
+                    f"{name} is {width}x{height} pixels, over the {policy.max_pixels}-pixel cap",
+                    "downscale the image or raise --max-image-pixels",
+                )
+            image.seek(0)  # animated images: the first frame stands for the product
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            return to_rgb(image)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name} is a decompression bomb: {exc}", "downscale the image") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError(f"{name} is not an image Pillow can read", "replace it with a JPEG, PNG or WebP file") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name} is broken or truncated: {exc}", "re-export or replace the image") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: transparency on white, CMYK and 16-bit scaled properly."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit greyscale: scale the actual range into 8 bits instead of clipping to white.
+        image = image.convert("F")
+        low, high = image.getextrema()
+        scale = 255.0 / (high - low) if high > low else 0.0
+        image = image.point(lambda v: (v - low) * scale).convert("L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(ref: str, base_dir: Path = Path("."), policy: ImagePolicy = ImagePolicy()) -> Image.Image:
+    """Read and decode in one step (queries, uploads)."""
+    return decode_image(read_image_bytes(ref, base_dir, policy), policy, name=ref)

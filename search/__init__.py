@@ -1,0 +1,27 @@
+"""Shelfsight's core library and public Python API."""
+
+from search.embedder import Embedder
+from search.errors import (
+    BadInputError,
+    CollectionNotFoundError,
+    IncompatibleCollectionError,
+    ModelUnavailableError,
+    ShelfsightError,
+    StoreUnavailableError,
+)
+from search.records import Hit, Product, VectorScore
+from search.settings import Settings
+
+__all__ = [
+    "BadInputError",
+    "CollectionNotFoundError",
+    "Embedder",
+    "Hit",
+    "IncompatibleCollectionError",
+    "ModelUnavailableError",
+    "Product",
+    "Settings",
+    "ShelfsightError",
+    "StoreUnavailableError",
+    "VectorScore",
+]

@@ -1,0 +1,39 @@
+"""One Settings object: where the store lives, which collection and model, fusion defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "clip-ViT-B-32"
+DEFAULT_COLLECTION = "products"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where and how to search.
+
+    ``db`` is a directory for the embedded store; ``qdrant_url`` (or env ``QDRANT_URL``) selects a
+    Qdrant server instead, with ``qdrant_api_key`` (or env ``QDRANT_API_KEY``).
+    """
+
+    db: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    collection: str = DEFAULT_COLLECTION
+    model: str | None = None  # None: the model the collection was built with
+    device: str | None = None
+    fusion: str = "rrf"
+    text_weight: float = 1.0
+    image_weight: float = 1.0
+    limit: int = 10
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        """Settings with the server location and secret taken from the environment."""
+        env = {
+            "qdrant_url": os.environ.get("QDRANT_URL") or None,
+            "qdrant_api_key": os.environ.get("QDRANT_API_KEY") or None,
+        }
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)

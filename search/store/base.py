@@ -1,0 +1,165 @@
+"""The VectorStore protocol every backend implements, and the typed records it speaks.
+
+A store holds collections of points: named float32 vectors (cosine) plus a payload. Filters are
+our own small typed model (``Match``, ``Range``) that each backend translates, so the engine never
+touches a backend's types. Every backend passes ``tests/unit/test_store_conformance.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence, Union
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Match:
+    """``field`` equals one of ``values`` (or none of them when ``exclude``)."""
+
+    field: str
+    values: tuple[Any, ...]
+    exclude: bool = False
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric range on ``field``; unset bounds are open."""
+
+    field: str
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+Condition = Union[Match, Range]
+Filter = tuple[Condition, ...]  # all conditions must hold
+
+
+@dataclass(frozen=True)
+class CollectionMeta:
+    """What a collection records about itself, so it is never searched in another space.
+
+    ``fields`` maps each filterable payload field to ``"keyword"`` or ``"float"``.
+    ``fused_weight`` is the image share A of the early-fused vector, None when absent.
+    """
+
+    model: str
+    dimension: int
+    model_source: str = ""  # the name or directory to load the model from
+    vectors: tuple[str, ...] = ("image", "text")
+    fields: dict[str, str] = field(default_factory=dict)
+    fused_weight: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "dimension": self.dimension,
+            "model_source": self.model_source,
+            "vectors": list(self.vectors),
+            "fields": dict(self.fields),
+            "fused_weight": self.fused_weight,
+            "schema_version": self.schema_version,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CollectionMeta:
+        return cls(
+            model=data["model"],
+            dimension=int(data["dimension"]),
+            model_source=data.get("model_source", ""),
+            vectors=tuple(data.get("vectors", ("image", "text"))),
+            fields=dict(data.get("fields", {})),
+            fused_weight=data.get("fused_weight"),
+            schema_version=int(data.get("schema_version", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    """A point to write: its id (UUID string), named vectors and payload."""
+
+    id: str
+    vectors: dict[str, np.ndarray]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """A point read back; ``score`` is set for query results, ``vectors`` only when asked for."""
+
+    id: str
+    payload: dict[str, Any]
+    score: float = 0.0
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NearestQuery:
+    """One ranked list: the points nearest to ``vector`` in the named vector ``using``."""
+
+    vector: np.ndarray
+    using: str
+    limit: int
+    score_threshold: float | None = None
+
+
+class VectorStore(Protocol):
+    """What the engine and the ingest pipeline need from a vector database."""
+
+    def collection_exists(self, name: str) -> bool: ...
+
+    def create_collection(self, name: str, meta: CollectionMeta) -> None: ...
+
+    def drop_collection(self, name: str) -> None: ...
+
+    def get_meta(self, name: str) -> CollectionMeta:
+        """Raises CollectionNotFoundError when the collection does not exist."""
+        ...
+
+    def set_meta(self, name: str, meta: CollectionMeta) -> None:
+        """Replace the metadata, creating payload indexes for fields new to it."""
+        ...
+
+    def upsert(self, name: str, points: Sequence[PointRecord]) -> None: ...
+
+    def retrieve(
+        self, name: str, ids: Sequence[str], with_vectors: bool = False
+    ) -> list[StoredPoint]: ...
+
+    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    def count(self, name: str, filter: Filter = ()) -> int: ...
+
+    def scroll(
+        self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
+    ) -> Iterator[StoredPoint]: ...
+
+    def query(
+        self,
+        name: str,
+        lists: Sequence[NearestQuery],
+        filter: Filter = (),
+        with_vectors: bool = False,
+        fusion: tuple[str, Sequence[float]] | None = None,
+        limit: int = 10,
+        offset: int = 0,
+    ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
+        """Run each nearest list and, when ``fusion`` = (``"rrf"`` | ``"dbsf"``, weights) is
+        given, the engine's fusion of them (``limit``/``offset`` apply to it) in one round trip.
+        Returns (one result list per query, fused list or None)."""
+        ...
+
+    def facet(self, name: str, field: str, filter: Filter = (), limit: int = 50) -> list[tuple[Any, int]]:
+        """(value, count) pairs of a keyword field among the points matching ``filter``."""
+        ...
+
+    def optimize(self, name: str) -> None:
+        """Build indexes; belongs at the end of an ingest, never on a request path."""
+        ...
+
+    def close(self) -> None: ...

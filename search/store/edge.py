@@ -1,0 +1,274 @@
+"""The embedded backend: qdrant-edge-py, Qdrant's own engine running in this process.
+
+Layout on disk: ``DB/COLLECTION/shard/`` (the engine's files) and ``DB/COLLECTION/collection.json``
+(our metadata). The engine locks a shard directory for one process at a time and holds the GIL
+during every call; it builds HNSW indexes only on ``optimize()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import qdrant_edge as qe
+
+from search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
+from search.store.base import (
+    CollectionMeta,
+    Filter,
+    Match,
+    NearestQuery,
+    PointRecord,
+    Range,
+    StoredPoint,
+)
+from search.store.validate import check_collection_name, check_vectors
+
+_META_FILE = "collection.json"
+_INDEX_TYPES = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float}
+# Above this share of points passing a filter, HNSW alone keeps recall; below it, use ACORN.
+_ACORN_MAX_SELECTIVITY = 0.4
+
+
+def _edge_filter(conditions: Filter) -> qe.Filter | None:
+    if not conditions:
+        return None
+    must: list[Any] = []
+    must_not: list[Any] = []
+    for c in conditions:
+        if isinstance(c, Match):
+            values = list(c.values)
+            match = qe.MatchValue(values[0]) if len(values) == 1 else qe.MatchAny(values)
+            (must_not if c.exclude else must).append(qe.FieldCondition(key=c.field, match=match))
+        elif isinstance(c, Range):
+            rng = qe.RangeFloat(gte=c.gte, gt=c.gt, lte=c.lte, lt=c.lt)
+            must.append(qe.FieldCondition(key=c.field, range=rng))
+        else:
+            raise BadInputError(f"unsupported filter condition {c!r}")
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _to_stored(point: Any, with_vectors: bool) -> StoredPoint:
+    vectors = {}
+    if with_vectors and point.vector:
+        vectors = {k: np.asarray(v, dtype=np.float32) for k, v in dict(point.vector).items()}
+    return StoredPoint(
+        id=str(point.id),
+        payload=dict(point.payload or {}),
+        score=float(getattr(point, "score", 0.0) or 0.0),
+        vectors=vectors,
+    )
+
+
+class EdgeStore:
+    """Collections as qdrant-edge shards under one directory, owned by this process."""
+
+    def __init__(self, db: str | os.PathLike):
+        self.root = Path(db)
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._metas: dict[str, CollectionMeta] = {}
+
+    def __repr__(self) -> str:
+        return f"EdgeStore({str(self.root)!r})"
+
+    # -- collections ---------------------------------------------------------------------------
+    def _dir(self, name: str) -> Path:
+        check_collection_name(name)
+        return self.root / name
+
+    def collection_exists(self, name: str) -> bool:
+        return (self._dir(name) / _META_FILE).is_file()
+
+    def create_collection(self, name: str, meta: CollectionMeta) -> None:
+        directory = self._dir(name)
+        if self.collection_exists(name):
+            raise BadInputError(f"collection {name!r} already exists in {self.root}")
+        shard_dir = directory / "shard"
+        if shard_dir.exists():  # left over from a create that died before writing the metadata
+            shutil.rmtree(shard_dir)
+        shard_dir.mkdir(parents=True)
+        params = {v: qe.EdgeVectorParams(size=meta.dimension, distance=qe.Distance.Cosine) for v in meta.vectors}
+        try:
+            shard = qe.EdgeShard.create(str(shard_dir), qe.EdgeConfig(vectors=params))
+        except Exception as exc:
+            raise StoreUnavailableError(f"cannot create collection {name!r} in {self.root}: {exc}") from exc
+        self._shards[name] = shard
+        for field, kind in meta.fields.items():
+            shard.update(qe.UpdateOperation.create_field_index(field, _INDEX_TYPES[kind]))
+        self._write_meta(name, meta)
+
+    def drop_collection(self, name: str) -> None:
+        shard = self._shards.pop(name, None)
+        self._metas.pop(name, None)
+        if shard is not None:
+            shard.close()
+        shutil.rmtree(self._dir(name), ignore_errors=True)
+
+    def _write_meta(self, name: str, meta: CollectionMeta) -> None:
+        path = self._dir(name) / _META_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta.to_dict(), indent=2))
+        os.replace(tmp, path)  # atomic: a crash never leaves half a metadata file
+        self._metas[name] = meta
+
+    def get_meta(self, name: str) -> CollectionMeta:
+        if name in self._metas:
+            return self._metas[name]
+        path = self._dir(name) / _META_FILE
+        if not path.is_file():
+            known = sorted(p.name for p in self.root.iterdir() if (p / _META_FILE).is_file()) if self.root.is_dir() else []
+            raise CollectionNotFoundError(
+                f"no collection {name!r} in {self.root}"
+                + (f" (it has: {', '.join(known)})" if known else " (it is empty)")
+                + "; run `shelfsight ingest CATALOG --db DIR` first"
+            )
+        meta = CollectionMeta.from_dict(json.loads(path.read_text()))
+        self._metas[name] = meta
+        return meta
+
+    def set_meta(self, name: str, meta: CollectionMeta) -> None:
+        old = self.get_meta(name)
+        shard = self._shard(name)
+        for field, kind in meta.fields.items():
+            if old.fields.get(field) != kind:
+                shard.update(qe.UpdateOperation.create_field_index(field, _INDEX_TYPES[kind]))
+        self._write_meta(name, meta)
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        shard = self._shards.get(name)
+        if shard is not None:
+            return shard
+        self.get_meta(name)  # raises a clear error when the collection is missing
+        shard_dir = self._dir(name) / "shard"
+        # An optimize() killed mid-way leaves segment builders behind; they are never reused.
+        for stale in shard_dir.glob("temp_segments/segment_builder_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            shard = qe.EdgeShard.load(str(shard_dir))
+        except Exception as exc:
+            if "WouldBlock" in str(exc):
+                raise StoreUnavailableError(
+                    f"collection {name!r} in {self.root} is open in another process (or already in "
+                    "this one). One process owns an embedded store: reach it through that process's "
+                    "HTTP API (`shelfsight serve`), stop it, or use a Qdrant server (QDRANT_URL)."
+                ) from exc
+            raise StoreUnavailableError(f"cannot open collection {name!r} in {self.root}: {exc}") from exc
+        self._shards[name] = shard
+        return shard
+
+    # -- points --------------------------------------------------------------------------------
+    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
+        if not points:
+            return
+        meta = self.get_meta(name)
+        edge_points = []
+        for p in points:
+            check_vectors(p.id, p.vectors, meta)
+            vector = {k: np.asarray(v, dtype=np.float32).tolist() for k, v in p.vectors.items()}
+            edge_points.append(qe.Point(id=p.id, vector=vector, payload=p.payload))
+        self._shard(name).update(qe.UpdateOperation.upsert_points(edge_points))
+
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
+        if not ids:
+            return []
+        records = self._shard(name).retrieve(list(ids), with_payload=True, with_vector=with_vectors)
+        return [_to_stored(r, with_vectors) for r in records]
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if ids:
+            self._shard(name).update(qe.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
+
+    def count(self, name: str, filter: Filter = ()) -> int:
+        return int(self._shard(name).count(qe.CountRequest(filter=_edge_filter(filter), exact=True)))
+
+    def scroll(
+        self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
+    ) -> Iterator[StoredPoint]:
+        shard = self._shard(name)
+        offset = None
+        while True:
+            request = qe.ScrollRequest(
+                offset=offset, limit=batch_size, filter=_edge_filter(filter),
+                with_payload=True, with_vector=with_vectors,
+            )
+            records, offset = shard.scroll(request)
+            for r in records:
+                yield _to_stored(r, with_vectors)
+            if offset is None or not records:
+                return
+
+    # -- search --------------------------------------------------------------------------------
+    def _params(self, name: str, filter: Filter) -> qe.SearchParams | None:
+        if not filter:
+            return None
+        # HNSW alone misses matches under selective filters; ACORN keeps recall at a small cost.
+        return qe.SearchParams(acorn=qe.AcornSearchParams(enable=True, max_selectivity=_ACORN_MAX_SELECTIVITY))
+
+    def query(
+        self,
+        name: str,
+        lists: Sequence[NearestQuery],
+        filter: Filter = (),
+        with_vectors: bool = False,
+        fusion: tuple[str, Sequence[float]] | None = None,
+        limit: int = 10,
+        offset: int = 0,
+    ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
+        meta = self.get_meta(name)
+        edge_filter = _edge_filter(filter)
+        params = self._params(name, filter)
+        requests = []
+        for q in lists:
+            check_vectors("query", {q.using: q.vector}, meta)
+            requests.append(
+                qe.QueryRequest(
+                    query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist(), using=q.using),
+                    limit=q.limit, filter=edge_filter, params=params, score_threshold=q.score_threshold,
+                    with_payload=True, with_vector=with_vectors,
+                )
+            )
+        if fusion is not None:
+            method, weights = fusion
+            prefetches = [
+                qe.Prefetch(
+                    query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist(), using=q.using),
+                    limit=q.limit, filter=edge_filter, params=params, score_threshold=q.score_threshold,
+                )
+                for q in lists
+            ]
+            fuse = qe.Fusion.Rrf(k=60, weights=list(weights)) if method == "rrf" else qe.Fusion.Dbsf()
+            requests.append(
+                qe.QueryRequest(
+                    prefetches=prefetches, query=fuse, limit=limit, offset=offset or None,
+                    filter=edge_filter, with_payload=True, with_vector=with_vectors,
+                )
+            )
+        results = self._shard(name).query_batch(qe.QueryBatchRequest(requests))
+        converted = [[_to_stored(p, with_vectors) for p in r] for r in results]
+        if fusion is not None:
+            return converted[:-1], converted[-1]
+        return converted, None
+
+    def facet(self, name: str, field: str, filter: Filter = (), limit: int = 50) -> list[tuple[Any, int]]:
+        response = self._shard(name).facet(
+            qe.FacetRequest(key=field, limit=limit, exact=True, filter=_edge_filter(filter))
+        )
+        return [(h.value, int(h.count)) for h in response.hits]
+
+    def optimize(self, name: str) -> None:
+        shard = self._shard(name)
+        shard.optimize()
+        shard.flush()
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            try:
+                shard.flush()
+            finally:
+                shard.close()
+        self._shards.clear()

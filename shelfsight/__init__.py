@@ -1,0 +1,1 @@
+"""The ``shelfsight`` command line: one entry point, each stage registers its own subcommands."""
