@@ -53,9 +53,14 @@ BACKGROUNDS = {
     "wood": ((200, 160, 115), (170, 125, 85)),
 }
 USES = {
-    "shoe": "for everyday walks", "bag": "to carry your things", "hat": "to keep the sun off",
-    "mug": "for morning coffee", "lamp": "to light up a desk", "shirt": "for casual days",
-    "bottle": "to stay hydrated", "umbrella": "for rainy days",
+    "shoe": "for everyday walks",
+    "bag": "to carry your things",
+    "hat": "to keep the sun off",
+    "mug": "for morning coffee",
+    "lamp": "to light up a desk",
+    "shirt": "for casual days",
+    "bottle": "to stay hydrated",
+    "umbrella": "for rainy days",
 }
 SIZE = 224
 
@@ -107,7 +112,26 @@ def draw_shape(kind: str, draw: ImageDraw.ImageDraw, s: int) -> None:
         draw.rectangle(box(47, 42, 53, 80), fill=255)
         draw.ellipse(box(30, 78, 70, 90), fill=255)
     elif kind == "shirt":
-        draw.polygon(poly([(30, 16), (42, 16), (50, 24), (58, 16), (70, 16), (92, 36), (80, 48), (72, 40), (72, 88), (28, 88), (28, 40), (20, 48), (8, 36)]), fill=255)
+        draw.polygon(
+            poly(
+                [
+                    (30, 16),
+                    (42, 16),
+                    (50, 24),
+                    (58, 16),
+                    (70, 16),
+                    (92, 36),
+                    (80, 48),
+                    (72, 40),
+                    (72, 88),
+                    (28, 88),
+                    (28, 40),
+                    (20, 48),
+                    (8, 36),
+                ]
+            ),
+            fill=255,
+        )
     elif kind == "bottle":
         draw.rectangle(box(43, 8, 57, 20), fill=255)
         draw.polygon(poly([(43, 20), (57, 20), (66, 34), (34, 34)]), fill=255)
@@ -148,7 +172,7 @@ def render(spec: Spec, rng: random.Random) -> Image.Image:
     grad = ImageDraw.Draw(canvas)
     for y in range(SIZE):
         t = y / (SIZE - 1)
-        grad.line([(0, y), (SIZE, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+        grad.line([(0, y), (SIZE, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=False)))
     mask = Image.new("L", (SIZE, SIZE), 0)
     draw_shape(spec.kind, ImageDraw.Draw(mask), SIZE)
     if spec.flip:
@@ -174,11 +198,15 @@ def title_of(spec: Spec) -> str:
 
 
 def description_of(spec: Spec, rng: random.Random) -> str:
-    pattern = {"plain": "a clean, solid finish", "striped": "bold stripes", "dotted": "playful dots", "checked": "a checked pattern"}[spec.pattern]
+    pattern = {
+        "plain": "a clean, solid finish",
+        "striped": "bold stripes",
+        "dotted": "playful dots",
+        "checked": "a checked pattern",
+    }[spec.pattern]
     first = rng.choice(["A", "This", "Our"])
     return (
-        f"{first} {spec.material} {spec.noun} in {spec.color} with {pattern}, {USES[spec.kind]}. "
-        f"Made by {spec.brand}."
+        f"{first} {spec.material} {spec.noun} in {spec.color} with {pattern}, {USES[spec.kind]}. Made by {spec.brand}."
     )
 
 
@@ -195,10 +223,19 @@ def draw_specs(n: int, seed: int) -> list[Spec]:
         specs.append(
             Spec(
                 id=f"P{seed:03d}-{i:05d}",
-                kind=kind, color=color, pattern=pattern, background=background,
-                brand=rng.choice(BRANDS), material=rng.choice(materials), noun=rng.choice(nouns),
-                price=max(price, 0.99), scale=rng.uniform(0.6, 0.95), dx=rng.uniform(-0.08, 0.08),
-                dy=rng.uniform(-0.08, 0.08), angle=rng.uniform(-15, 15), flip=rng.random() < 0.5,
+                kind=kind,
+                color=color,
+                pattern=pattern,
+                background=background,
+                brand=rng.choice(BRANDS),
+                material=rng.choice(materials),
+                noun=rng.choice(nouns),
+                price=max(price, 0.99),
+                scale=rng.uniform(0.6, 0.95),
+                dx=rng.uniform(-0.08, 0.08),
+                dy=rng.uniform(-0.08, 0.08),
+                angle=rng.uniform(-15, 15),
+                flip=rng.random() < 0.5,
                 group=f"{kind}/{color}/{pattern}",
             )
         )
@@ -235,9 +272,15 @@ def write_catalog(out: str | Path, n: int = 400, seed: int = 0) -> Path:
         render(spec, random.Random(f"{seed}-{spec.id}")).save(out / image_path, quality=88)
         rows.append(
             {
-                "id": spec.id, "title": title_of(spec), "description": description_of(spec, rng),
-                "category": spec.kind, "color": spec.color, "pattern": spec.pattern,
-                "price": f"{spec.price:.2f}", "brand": spec.brand, "image": image_path.as_posix(),
+                "id": spec.id,
+                "title": title_of(spec),
+                "description": description_of(spec, rng),
+                "category": spec.kind,
+                "color": spec.color,
+                "pattern": spec.pattern,
+                "price": f"{spec.price:.2f}",
+                "brand": spec.brand,
+                "image": image_path.as_posix(),
             }
         )
     csv_path = out / "catalog.csv"

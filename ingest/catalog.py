@@ -143,19 +143,37 @@ def read_catalog(path: str | Path, columns: Columns = Columns()) -> Catalog:
     records = frame.to_dict(orient="records")
     for number, record in enumerate(records, start=1):
         raw_id = _clean(record.get(columns.id))
-        product_id = None if raw_id is None else (str(int(raw_id)) if isinstance(raw_id, float) and raw_id.is_integer() else str(raw_id))
+        product_id = (
+            None
+            if raw_id is None
+            else (str(int(raw_id)) if isinstance(raw_id, float) and raw_id.is_integer() else str(raw_id))
+        )
         if product_id is None:
             errors.append(RowError(number, None, "missing product id", f"fill the {columns.id!r} column"))
             continue
         if product_id in first_seen:
-            errors.append(RowError(number, product_id, f"duplicate id, first seen at row {first_seen[product_id]}", "give every product its own id; the first row was kept"))
+            errors.append(
+                RowError(
+                    number,
+                    product_id,
+                    f"duplicate id, first seen at row {first_seen[product_id]}",
+                    "give every product its own id; the first row was kept",
+                )
+            )
             continue
         first_seen[product_id] = number
         title = _clean(record.get(columns.title)) or ""
         description = _clean(record.get(columns.description)) or ""
         image = _clean(record.get(columns.image))
         if not str(title) and not str(description) and image is None:
-            errors.append(RowError(number, product_id, "nothing to embed: no title, description or image", "fill the title or the image column"))
+            errors.append(
+                RowError(
+                    number,
+                    product_id,
+                    "nothing to embed: no title, description or image",
+                    "fill the title or the image column",
+                )
+            )
             continue
         payload: dict[str, Any] = {}
         bad_number = None
@@ -174,7 +192,16 @@ def read_catalog(path: str | Path, columns: Columns = Columns()) -> Catalog:
             payload[col] = value
         if bad_number:
             col, value = bad_number
-            errors.append(RowError(number, product_id, f"{col} {value!r} is not a number", f"write {col} as a plain number like 19.99"))
+            errors.append(
+                RowError(
+                    number, product_id, f"{col} {value!r} is not a number", f"write {col} as a plain number like 19.99"
+                )
+            )
             continue
-        rows.append(CatalogRow(number, Product(product_id, str(title), str(description), None if image is None else str(image), payload)))
+        rows.append(
+            CatalogRow(
+                number,
+                Product(product_id, str(title), str(description), None if image is None else str(image), payload),
+            )
+        )
     return Catalog(path=path, rows=rows, errors=errors, fields=fields)

@@ -25,14 +25,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="embed a catalog's images and texts into the store")
     p.add_argument("catalog", help="CSV, TSV, JSONL, JSON or Parquet file")
     p.add_argument("--db", help="embedded store directory (or set QDRANT_URL for a server)")
-    p.add_argument("--model", default=None, help=f"model name or local CLIP directory (default: the collection's, else {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"model name or local CLIP directory (default: the collection's, else {DEFAULT_MODEL})",
+    )
     p.add_argument("--collection", default=DEFAULT_COLLECTION)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="threads reading and decoding images")
     p.add_argument("--report", type=Path, help="write skipped rows here as JSONL (row, id, reason, hint)")
     p.add_argument("--reindex", action="store_true", help="drop the collection and embed everything again")
     p.add_argument("--prune", action="store_true", help="delete products that are not in this catalog")
-    p.add_argument("--fused-weight", type=float, default=None, metavar="A", help="also store fused = normalize(A*image + (1-A)*text)")
+    p.add_argument(
+        "--fused-weight",
+        type=float,
+        default=None,
+        metavar="A",
+        help="also store fused = normalize(A*image + (1-A)*text)",
+    )
     p.add_argument("--id-column", default="id")
     p.add_argument("--title-column", default="title")
     p.add_argument("--description-column", default="description")
@@ -40,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-image-bytes", type=int, default=ImagePolicy.max_bytes)
     p.add_argument("--max-image-pixels", type=int, default=ImagePolicy.max_pixels)
     p.add_argument("--url-timeout", type=float, default=ImagePolicy.timeout)
-    p.add_argument("--allow-private-urls", action="store_true", help="let image URLs reach loopback and private networks")
+    p.add_argument(
+        "--allow-private-urls", action="store_true", help="let image URLs reach loopback and private networks"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     p.set_defaults(func=run)
@@ -61,8 +73,13 @@ def run(args: argparse.Namespace) -> int:
             model = store.get_meta(args.collection).model_source or None
         embedder = Embedder(model or DEFAULT_MODEL, device=args.device, batch_size=args.batch_size)
         options = IngestOptions(
-            collection=args.collection, batch_size=args.batch_size, workers=args.workers,
-            reindex=args.reindex, prune=args.prune, fused_weight=args.fused_weight, columns=columns,
+            collection=args.collection,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            reindex=args.reindex,
+            prune=args.prune,
+            fused_weight=args.fused_weight,
+            columns=columns,
             images=ImagePolicy(args.max_image_bytes, args.max_image_pixels, args.url_timeout, args.allow_private_urls),
         )
         bar = _progress_bar(len(catalog.rows))
@@ -90,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _rate(report: IngestReport) -> str:
-    return f"{report.ingested / report.seconds:.1f} items/s" if report.seconds and report.ingested else "nothing embedded"
+    return (
+        f"{report.ingested / report.seconds:.1f} items/s" if report.seconds and report.ingested else "nothing embedded"
+    )
 
 
 def _progress_bar(total: int):

@@ -6,41 +6,18 @@ an unchanged product is recognised without decoding its image.
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from search.errors import BadInputError
+from search.images import ImageError, ImagePolicy, decode_image
 
-# Formats Pillow recognises by content that we accept; anything else is "not an image".
-ALLOWED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"}
-
-
-@dataclass(frozen=True)
-class ImagePolicy:
-    """Limits on what an image may cost. ``allow_private`` lets URLs reach loopback/LAN hosts."""
-
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    timeout: float = 10.0
-    allow_private: bool = False
-
-
-class ImageError(BadInputError):
-    """One image cannot be used; ``reason`` says why and ``hint`` how to fix it."""
-
-    def __init__(self, reason: str, hint: str):
-        super().__init__(f"{reason} ({hint})")
-        self.reason = reason
-        self.hint = hint
+__all__ = ["ImageError", "ImagePolicy", "decode_image", "load_image", "read_image_bytes", "check_url", "is_url"]
 
 
 def is_url(ref: str) -> bool:
@@ -109,7 +86,10 @@ def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
         with opener.open(request, timeout=policy.timeout) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > policy.max_bytes:
-                raise ImageError(f"image at {url} is {declared} bytes, over the {policy.max_bytes}-byte cap", "shrink it or raise --max-image-bytes")
+                raise ImageError(
+                    f"image at {url} is {declared} bytes, over the {policy.max_bytes}-byte cap",
+                    "shrink it or raise --max-image-bytes",
+                )
             data = response.read(policy.max_bytes + 1)
     except ImageError:
         raise
@@ -119,57 +99,12 @@ def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
         reason = getattr(exc, "reason", exc)
         raise ImageError(f"cannot fetch {url}: {reason}", "check the URL and the network; slow hosts time out") from exc
     if len(data) > policy.max_bytes:
-        raise ImageError(f"image at {url} is over the {policy.max_bytes}-byte cap", "shrink it or raise --max-image-bytes")
+        raise ImageError(
+            f"image at {url} is over the {policy.max_bytes}-byte cap", "shrink it or raise --max-image-bytes"
+        )
     if not data:
         raise ImageError(f"empty response from {url}", "check that the URL serves the image")
     return data
-
-
-def decode_image(data: bytes, policy: ImagePolicy = ImagePolicy(), name: str = "image") -> Image.Image:
-    """Decode bytes into an RGB image: type by content, pixel cap, EXIF orientation, first frame."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in ALLOWED_FORMATS:
-                raise ImageError(f"{name} is a {image.format} file, not a supported image", "use JPEG, PNG, WebP, GIF, BMP or TIFF")
-            width, height = image.size
-            if width * height > policy.max_pixels:
-                raise ImageError(
-                    f"{name} is {width}x{height} pixels, over the {policy.max_pixels}-pixel cap",
-                    "downscale the image or raise --max-image-pixels",
-                )
-            image.seek(0)  # animated images: the first frame stands for the product
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return to_rgb(image)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name} is a decompression bomb: {exc}", "downscale the image") from exc
-    except Image.UnidentifiedImageError as exc:
-        raise ImageError(f"{name} is not an image Pillow can read", "replace it with a JPEG, PNG or WebP file") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name} is broken or truncated: {exc}", "re-export or replace the image") from exc
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB: transparency on white, CMYK and 16-bit scaled properly."""
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16/32-bit greyscale: scale the actual range into 8 bits instead of clipping to white.
-        image = image.convert("F")
-        low, high = image.getextrema()
-        scale = 255.0 / (high - low) if high > low else 0.0
-        image = image.point(lambda v: (v - low) * scale).convert("L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def load_image(ref: str, base_dir: Path = Path("."), policy: ImagePolicy = ImagePolicy()) -> Image.Image:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,12 @@ def ensure_collection(
             return meta
         store.drop_collection(name)
     meta = CollectionMeta(
-        model=embedder.model_id, dimension=embedder.dimension, model_source=embedder.model_source, vectors=vectors, fields=dict(fields), fused_weight=fused_weight
+        model=embedder.model_id,
+        dimension=embedder.dimension,
+        model_source=embedder.model_source,
+        vectors=vectors,
+        fields=dict(fields),
+        fused_weight=fused_weight,
     )
     store.create_collection(name, meta)
     return meta
@@ -228,8 +234,7 @@ def _embed_and_upsert(
             to_embed.append(prepared)
 
     if payload_only:
-        old = {p.id: p.vectors for p in store.retrieve(name, [point_id(p.row.product.id) for p in payload_only], with_vectors=True)}
-        store.upsert(name, [PointRecord(point_id(p.row.product.id), old[point_id(p.row.product.id)], p.payload) for p in payload_only])
+        store.set_payload(name, {point_id(p.row.product.id): p.payload for p in payload_only}, overwrite=True)
         report.updated += len(payload_only)
     if not to_embed:
         return
@@ -240,7 +245,9 @@ def _embed_and_upsert(
     if with_text:
         report.truncated += sum(n > embedder.max_tokens for n in embedder.count_tokens([texts[i] for i in with_text]))
     with_image = [i for i, p in enumerate(to_embed) if p.image is not None]
-    image_vectors = embedder.encode_images([to_embed[i].image for i in with_image]) if with_image else np.zeros((0, meta.dimension))
+    image_vectors = (
+        embedder.encode_images([to_embed[i].image for i in with_image]) if with_image else np.zeros((0, meta.dimension))
+    )
 
     vectors: list[dict[str, np.ndarray]] = [{} for _ in to_embed]
     for row, i in enumerate(with_text):
@@ -248,7 +255,7 @@ def _embed_and_upsert(
     for row, i in enumerate(with_image):
         vectors[i]["image"] = image_vectors[row]
     points = []
-    for p, vec in zip(to_embed, vectors):
+    for p, vec in zip(to_embed, vectors, strict=False):
         if meta.fused_weight is not None:
             vec["fused"] = early_fuse(vec.get("image"), vec.get("text"), meta.fused_weight)
         if "image" not in vec:

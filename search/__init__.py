@@ -1,11 +1,13 @@
 """Shelfsight's core library and public Python API."""
 
 from search.embedder import Embedder
+from search.engine import SearchEngine
 from search.errors import (
     BadInputError,
     CollectionNotFoundError,
     IncompatibleCollectionError,
     ModelUnavailableError,
+    ProductNotFoundError,
     ShelfsightError,
     StoreUnavailableError,
 )
@@ -20,6 +22,8 @@ __all__ = [
     "IncompatibleCollectionError",
     "ModelUnavailableError",
     "Product",
+    "ProductNotFoundError",
+    "SearchEngine",
     "Settings",
     "ShelfsightError",
     "StoreUnavailableError",

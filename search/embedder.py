@@ -10,11 +10,11 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -27,3 +27,7 @@ class CollectionNotFoundError(ShelfsightError):
 
 class StoreUnavailableError(ShelfsightError):
     """The vector store cannot be opened or reached (locked directory, server down...)."""
+
+
+class ProductNotFoundError(BadInputError):
+    """No product with that id in the collection."""

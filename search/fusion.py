@@ -8,7 +8,7 @@ Early fusion combines vectors before searching: ``normalize(a * image + (1 - a) 
 from __future__ import annotations
 
 import math
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -47,15 +47,13 @@ def dbsf_normalize(scores: Sequence[float]) -> list[float]:
     return [(s - low) / (high - low) for s in scores]
 
 
-def fuse_dbsf(
-    lists: Sequence[Ranked], weights: Sequence[float] | None = None
-) -> dict[Hashable, list[float]]:
+def fuse_dbsf(lists: Sequence[Ranked], weights: Sequence[float] | None = None) -> dict[Hashable, list[float]]:
     """Distribution-based score fusion: per-list normalized scores, weighted, summed."""
     weights = _weights(weights, len(lists))
     out: dict[Hashable, list[float]] = {}
     for i, ranked in enumerate(lists):
         normalized = dbsf_normalize([s for _, s in ranked])
-        for (item, _), value in zip(ranked, normalized):
+        for (item, _), value in zip(ranked, normalized, strict=False):
             out.setdefault(item, [0.0] * len(lists))[i] = weights[i] * value
     return out
 
@@ -73,7 +71,7 @@ def fuse_weighted(
     n = len(next(iter(scores.values())))
     weights = _weights(weights, n)
     total = sum(abs(w) for w in weights) or 1.0
-    return {item: [w * s / total for w, s in zip(weights, row)] for item, row in scores.items()}
+    return {item: [w * s / total for w, s in zip(weights, row, strict=False)] for item, row in scores.items()}
 
 
 def rank_fused(contributions: dict[Hashable, Sequence[float]]) -> list[tuple[Hashable, float]]:
@@ -106,7 +104,7 @@ def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
     if not vectors:
         raise ValueError("nothing to combine")
     total = np.zeros_like(np.asarray(vectors[0], dtype=np.float32))
-    for v, w in zip(vectors, weights):
+    for v, w in zip(vectors, weights, strict=False):
         total += w * np.asarray(v, dtype=np.float32)
     return normalize(total)
 

@@ -70,8 +70,6 @@ class Hit:
             "score": self.score,
             "title": self.title,
             "payload": self.payload,
-            "vector_scores": {
-                name: {"score": vs.score, "rank": vs.rank} for name, vs in self.vector_scores.items()
-            },
+            "vector_scores": {name: {"score": vs.score, "rank": vs.rank} for name, vs in self.vector_scores.items()},
             "contributions": self.contributions,
         }

@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # CLIP's word splitting pattern (letters runs, single digits, punctuation runs, contractions).
-CLIP_WORD_PATTERN = (
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
-)
+CLIP_WORD_PATTERN = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -161,7 +159,5 @@ def init_model(preset: str, out: str | Path, seed: int = 0) -> Path:
         crop_size={"height": p.image_size, "width": p.image_size},
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(out))
-    (out / "shelfsight_model.json").write_text(
-        json.dumps({"preset": preset, "seed": seed, "trained": False}, indent=2)
-    )
+    (out / "shelfsight_model.json").write_text(json.dumps({"preset": preset, "seed": seed, "trained": False}, indent=2))
     return out

@@ -7,8 +7,9 @@ touches a backend's types. Every backend passes ``tests/unit/test_store_conforma
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence, Union
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Range:
     lte: float | None = None
 
 
-Condition = Union[Match, Range]
+Condition = Match | Range
 Filter = tuple[Condition, ...]  # all conditions must hold
 
 
@@ -127,9 +128,7 @@ class VectorStore(Protocol):
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None: ...
 
-    def retrieve(
-        self, name: str, ids: Sequence[str], with_vectors: bool = False
-    ) -> list[StoredPoint]: ...
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
 

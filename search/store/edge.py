@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
@@ -121,7 +122,9 @@ class EdgeStore:
             return self._metas[name]
         path = self._dir(name) / _META_FILE
         if not path.is_file():
-            known = sorted(p.name for p in self.root.iterdir() if (p / _META_FILE).is_file()) if self.root.is_dir() else []
+            known = (
+                sorted(p.name for p in self.root.iterdir() if (p / _META_FILE).is_file()) if self.root.is_dir() else []
+            )
             raise CollectionNotFoundError(
                 f"no collection {name!r} in {self.root}"
                 + (f" (it has: {', '.join(known)})" if known else " (it is empty)")
@@ -173,6 +176,12 @@ class EdgeStore:
             edge_points.append(qe.Point(id=p.id, vector=vector, payload=p.payload))
         self._shard(name).update(qe.UpdateOperation.upsert_points(edge_points))
 
+    def set_payload(self, name: str, payloads: dict[str, dict[str, Any]], overwrite: bool = False) -> None:
+        shard = self._shard(name)
+        make = qe.UpdateOperation.overwrite_payload if overwrite else qe.UpdateOperation.set_payload
+        for point, payload in payloads.items():
+            shard.update(make([point], payload))
+
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
             return []
@@ -193,8 +202,11 @@ class EdgeStore:
         offset = None
         while True:
             request = qe.ScrollRequest(
-                offset=offset, limit=batch_size, filter=_edge_filter(filter),
-                with_payload=True, with_vector=with_vectors,
+                offset=offset,
+                limit=batch_size,
+                filter=_edge_filter(filter),
+                with_payload=True,
+                with_vector=with_vectors,
             )
             records, offset = shard.scroll(request)
             for r in records:
@@ -228,8 +240,12 @@ class EdgeStore:
             requests.append(
                 qe.QueryRequest(
                     query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist(), using=q.using),
-                    limit=q.limit, filter=edge_filter, params=params, score_threshold=q.score_threshold,
-                    with_payload=True, with_vector=with_vectors,
+                    limit=q.limit,
+                    filter=edge_filter,
+                    params=params,
+                    score_threshold=q.score_threshold,
+                    with_payload=True,
+                    with_vector=with_vectors,
                 )
             )
         if fusion is not None:
@@ -237,15 +253,23 @@ class EdgeStore:
             prefetches = [
                 qe.Prefetch(
                     query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist(), using=q.using),
-                    limit=q.limit, filter=edge_filter, params=params, score_threshold=q.score_threshold,
+                    limit=q.limit,
+                    filter=edge_filter,
+                    params=params,
+                    score_threshold=q.score_threshold,
                 )
                 for q in lists
             ]
             fuse = qe.Fusion.Rrf(k=60, weights=list(weights)) if method == "rrf" else qe.Fusion.Dbsf()
             requests.append(
                 qe.QueryRequest(
-                    prefetches=prefetches, query=fuse, limit=limit, offset=offset or None,
-                    filter=edge_filter, with_payload=True, with_vector=with_vectors,
+                    prefetches=prefetches,
+                    query=fuse,
+                    limit=limit,
+                    offset=offset or None,
+                    filter=edge_filter,
+                    with_payload=True,
+                    with_vector=with_vectors,
                 )
             )
         results = self._shard(name).query_batch(qe.QueryBatchRequest(requests))

@@ -1,0 +1,372 @@
+"""SearchEngine: queries in, explained hits out.
+
+A query has text parts, image parts or both. Each part becomes one vector; each (part, product
+vector) pair is one ranked list; late fusion merges the lists (RRF and DBSF in the store, a
+weighted sum of exact cosines in Python), early fusion searches the ``fused`` vector instead.
+
+Example::
+
+    from search import SearchEngine
+    engine = SearchEngine.open("db")
+    for hit in engine.search("red bag -striped", filters=["price<=50"], limit=5):
+        print(hit.score, hit.title)
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from search import fusion
+from search.embedder import Embedder
+from search.errors import BadInputError, IncompatibleCollectionError, ProductNotFoundError
+from search.images import ImagePolicy, decode_image
+from search.query import Filters, ParsedQuery, parse_filters, parse_query
+from search.records import Hit, Product, VectorScore, point_id
+from search.settings import Settings
+from search.store import open_store
+from search.store.base import CollectionMeta, Filter, NearestQuery, StoredPoint, VectorStore
+
+FUSION_METHODS = ("rrf", "dbsf", "weighted", "early")
+ImageInput = Image.Image | bytes | str | Path
+# Each ranked list fetches at least this many candidates so fusion sees beyond the page.
+MIN_CANDIDATES = 100
+
+
+@dataclass(frozen=True)
+class _List:
+    label: str  # "<query part>-><product vector>", e.g. "text->image"
+    vector: np.ndarray
+    using: str
+    weight: float
+
+
+class SearchEngine:
+    """Search one collection with the model that built it."""
+
+    def __init__(self, store: VectorStore, embedder: Embedder, collection: str, settings: Settings | None = None):
+        self.store = store
+        self.embedder = embedder
+        self.collection = collection
+        self.settings = settings or Settings(collection=collection)
+        self.meta: CollectionMeta = store.get_meta(collection)
+        if self.meta.model != embedder.model_id:
+            raise IncompatibleCollectionError(
+                f"collection {collection!r} was built with model {self.meta.model!r} but the engine "
+                f"got {embedder.model_id!r}; search with the collection's model (omit --model), or "
+                "rebuild the collection with `shelfsight ingest CATALOG --reindex --model NEW`"
+            )
+        self.image_policy = ImagePolicy()
+
+    @classmethod
+    def open(cls, db_or_settings: str | Path | Settings, model: str | None = None) -> SearchEngine:
+        """Open a store directory (or Settings) with the collection's own model unless ``model``."""
+        settings = (
+            db_or_settings if isinstance(db_or_settings, Settings) else Settings.from_env(db=str(db_or_settings))
+        )
+        store = open_store(settings)
+        try:
+            meta = store.get_meta(settings.collection)
+            embedder = Embedder(model or settings.model or meta.model_source or meta.model, device=settings.device)
+            return cls(store, embedder, settings.collection, settings)
+        except Exception:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> SearchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public API ----------------------------------------------------------------------------
+    @property
+    def filterable_fields(self) -> dict[str, str]:
+        return dict(self.meta.fields)
+
+    def count(self, filters: Filters = None) -> int:
+        return self.store.count(self.collection, parse_filters(filters, self.meta))
+
+    def get(self, product_id: str) -> Product:
+        """The stored product, or ProductNotFoundError."""
+        return _to_product(self._stored(product_id, with_vectors=False))
+
+    def search(
+        self,
+        text: str | None = None,
+        image: ImageInput | None = None,
+        *,
+        filters: Filters = None,
+        fusion_method: str | None = None,
+        vectors: Sequence[str] | None = None,
+        text_weight: float | None = None,
+        image_weight: float | None = None,
+        vector_weights: dict[str, float] | None = None,
+        min_score: float | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        parse: bool = True,
+    ) -> list[Hit]:
+        """Products for a text and/or image query, best first, each with its explanation.
+
+        ``text`` uses the query syntax of ``search.query`` unless ``parse=False``. ``vectors``
+        picks the product vectors searched (default ``image`` and ``text``); ``min_score`` is a
+        cosine floor on each ranked list.
+        """
+        parsed = parse_query(text) if parse and text else ParsedQuery(((text, 1.0),) if text else ())
+        images: list[tuple[Image.Image, float]] = [(self._image(ref), w) for ref, w in parsed.images]
+        if image is not None:
+            images.append((self._image(image), 1.0))
+        if parsed.empty and not images:
+            raise BadInputError("empty query: give some text, an image, or both")
+        parts = self._part_vectors(parsed, images)
+        weights = {"text": self._default(text_weight, "text_weight"), "image": self._default(image_weight, "image_weight")}
+        return self._run(
+            parts, weights, filters, fusion_method, vectors, vector_weights, min_score, limit, offset, exclude=None
+        )
+
+    def similar(
+        self,
+        product_id: str,
+        *,
+        filters: Filters = None,
+        fusion_method: str | None = None,
+        vectors: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Hit]:
+        """Products like a stored one, from its own vectors (it is left out of the results)."""
+        stored = self._stored(product_id, with_vectors=True)
+        parts = {k: v for k, v in stored.vectors.items() if k in ("image", "text")}
+        return self._run(
+            parts, {"text": 1.0, "image": 1.0}, filters, fusion_method, vectors, None, None, limit, offset,
+            exclude=stored.id,
+        )
+
+    def facets(
+        self,
+        fields: Sequence[str] | None = None,
+        text: str | None = None,
+        image: ImageInput | None = None,
+        *,
+        filters: Filters = None,
+        depth: int = 200,
+        limit: int = 50,
+        **search_options: Any,
+    ) -> dict[str, list[tuple[Any, int]]]:
+        """Value counts of keyword fields: over the filtered collection, or, for a query, over its
+        top ``depth`` results (what a shopper sees when paging through them)."""
+        keyword = [f for f, kind in self.meta.fields.items() if kind == "keyword"]
+        fields = list(fields) if fields is not None else keyword
+        for f in fields:
+            if f not in keyword:
+                raise BadInputError(f"cannot count values of {f!r}; keyword fields: {', '.join(keyword) or 'none'}")
+        if text is None and image is None:
+            condition = parse_filters(filters, self.meta)
+            return {f: self.store.facet(self.collection, f, condition, limit) for f in fields}
+        hits = self.search(text, image, filters=filters, limit=depth, **search_options)
+        out = {}
+        for f in fields:
+            counts = Counter(str(h.payload[f]) for h in hits if h.payload.get(f) is not None)
+            out[f] = counts.most_common(limit)
+        return out
+
+    # -- internals -----------------------------------------------------------------------------
+    def _default(self, value: float | None, name: str) -> float:
+        value = getattr(self.settings, name) if value is None else value
+        if not np.isfinite(value) or value < 0:
+            raise BadInputError(f"{name} must be a finite number >= 0, got {value}")
+        return float(value)
+
+    def _image(self, ref: ImageInput) -> Image.Image:
+        if isinstance(ref, Image.Image):
+            from search.images import to_rgb
+
+            return to_rgb(ref)
+        if isinstance(ref, bytes):
+            return decode_image(ref, self.image_policy, name="uploaded image")
+        ref = str(ref)
+        if ref.lower().startswith(("http://", "https://")):
+            from ingest.images import load_image  # URL fetching lives with its guard in ingest
+
+            return load_image(ref, Path("."), self.image_policy)
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise BadInputError(f"query image not found: {ref}")
+        if path.stat().st_size > self.image_policy.max_bytes:
+            raise BadInputError(f"query image {ref} is over the {self.image_policy.max_bytes}-byte cap")
+        return decode_image(path.read_bytes(), self.image_policy, name=ref)
+
+    def _part_vectors(self, parsed: ParsedQuery, images: list[tuple[Image.Image, float]]) -> dict[str, np.ndarray]:
+        """One vector per query part; negative terms are subtracted from every part."""
+        all_texts = [t for t, _ in parsed.texts] + [t for t, _ in parsed.negatives]
+        text_vecs = self.embedder.encode_texts(all_texts) if all_texts else np.zeros((0, self.meta.dimension))
+        pos_text = list(text_vecs[: len(parsed.texts)])
+        neg = list(text_vecs[len(parsed.texts) :])
+        neg_w = [-w for _, w in parsed.negatives]
+        parts: dict[str, np.ndarray] = {}
+        if pos_text:
+            parts["text"] = fusion.combine(pos_text + neg, [w for _, w in parsed.texts] + neg_w)
+        if images:
+            image_vecs = list(self.embedder.encode_images([im for im, _ in images]))
+            parts["image"] = fusion.combine(image_vecs + neg, [w for _, w in images] + neg_w)
+        return parts
+
+    def _stored(self, product_id: str, with_vectors: bool) -> StoredPoint:
+        found = self.store.retrieve(self.collection, [point_id(product_id)], with_vectors=with_vectors)
+        if not found:
+            raise ProductNotFoundError(f"no product with id {product_id!r} in collection {self.collection!r}")
+        return found[0]
+
+    def _run(
+        self,
+        parts: dict[str, np.ndarray],
+        part_weights: dict[str, float],
+        filters: Filters,
+        method: str | None,
+        vectors: Sequence[str] | None,
+        vector_weights: dict[str, float] | None,
+        min_score: float | None,
+        limit: int | None,
+        offset: int,
+        exclude: str | None,
+    ) -> list[Hit]:
+        method = (method or self.settings.fusion).lower()
+        if method not in FUSION_METHODS:
+            raise BadInputError(f"unknown fusion method {method!r}; choose one of {', '.join(FUSION_METHODS)}")
+        limit = self.settings.limit if limit is None else int(limit)
+        if limit < 1 or offset < 0:
+            raise BadInputError("limit must be at least 1 and offset at least 0")
+        if min_score is not None and not -1.0 <= min_score <= 1.0:
+            raise BadInputError(f"min_score is a cosine similarity in [-1, 1], got {min_score}")
+        condition = parse_filters(filters, self.meta)
+        # Ask for one more when a product must be left out of its own "similar" list.
+        want = limit + offset + (1 if exclude else 0)
+        depth = max(MIN_CANDIDATES, 2 * want)
+
+        if method == "early":
+            if "fused" not in self.meta.vectors:
+                raise BadInputError(
+                    f"collection {self.collection!r} has no early-fused vector; ingest with --fused-weight A"
+                )
+            names = list(parts)
+            vector = fusion.combine([parts[n] for n in names], [part_weights[n] for n in names])
+            lists = [_List("query->fused", vector, "fused", 1.0)]
+        else:
+            lists = self._lists(parts, part_weights, vectors, vector_weights)
+        lists = [lst for lst in lists if lst.weight > 0]
+        if not lists:
+            raise BadInputError("every ranked list has weight 0; raise a weight above 0")
+
+        queries = [NearestQuery(lst.vector, lst.using, depth, min_score) for lst in lists]
+        engine_fusion = None
+        if len(lists) > 1 and (method == "rrf" or (method == "dbsf" and len({lst.weight for lst in lists}) == 1)):
+            engine_fusion = (method, [lst.weight for lst in lists])
+        results, fused = self.store.query(
+            self.collection, queries, condition, with_vectors=True, fusion=engine_fusion, limit=want, offset=0
+        )
+        by_id: dict[str, StoredPoint] = {}
+        for result in results:
+            for p in result:
+                by_id.setdefault(p.id, p)
+        ranked_lists = [[(p.id, p.score) for p in result] for result in results]
+        weights = [lst.weight for lst in lists]
+
+        if len(lists) == 1:
+            contributions = {pid: [score] for pid, score in ranked_lists[0]}
+            order = list(ranked_lists[0])
+        elif method == "rrf":
+            contributions = fusion.fuse_rrf(ranked_lists, weights)
+            order = [(p.id, p.score) for p in fused]
+        elif method == "dbsf":
+            contributions = fusion.fuse_dbsf(ranked_lists, weights)
+            order = [(p.id, p.score) for p in fused] if fused is not None else fusion.rank_fused(contributions)
+        else:  # weighted: exact cosines for every candidate in every list
+            exact = {pid: [_cosine(p.vectors.get(lst.using), lst.vector) for lst in lists] for pid, p in by_id.items()}
+            contributions = fusion.fuse_weighted(exact, weights)
+            order = fusion.rank_fused(contributions)
+        for p in fused or []:
+            by_id.setdefault(p.id, p)
+
+        hits = []
+        ranks = [{pid: rank for rank, (pid, _) in enumerate(lst, start=1)} for lst in ranked_lists]
+        scores = [dict(lst) for lst in ranked_lists]
+        for pid, score in order:
+            if pid == exclude:
+                continue
+            point = by_id[pid]
+            explanation = {
+                lst.label: VectorScore(
+                    float(scores[i].get(pid, _cosine(point.vectors.get(lst.using), lst.vector))), ranks[i].get(pid)
+                )
+                for i, lst in enumerate(lists)
+            }
+            shares = contributions.get(pid, [0.0] * len(lists))
+            hits.append(
+                Hit(
+                    id=str(point.payload.get("product_id", pid)),
+                    score=float(score),
+                    payload=_public_payload(point.payload),
+                    vector_scores=explanation,
+                    contributions={lst.label: float(s) for lst, s in zip(lists, shares)},
+                )
+            )
+        return hits[offset : offset + limit]
+
+    def _lists(
+        self,
+        parts: dict[str, np.ndarray],
+        part_weights: dict[str, float],
+        vectors: Sequence[str] | None,
+        vector_weights: dict[str, float] | None,
+    ) -> list[_List]:
+        vectors = list(vectors) if vectors else ["image", "text"]
+        for v in vectors:
+            if v not in self.meta.vectors or v == "fused":
+                raise BadInputError(f"unknown product vector {v!r}; choose from image, text (or fusion 'early')")
+        vw = {"image": 1.0, "text": 1.0, **(vector_weights or {})}
+        return [
+            _List(f"{part}->{v}", vec, v, part_weights[part] * vw[v])
+            for part, vec in parts.items()
+            for v in vectors
+        ]
+
+
+def _cosine(stored: np.ndarray | None, query: np.ndarray) -> float:
+    """Cosine of unit vectors; a product without that vector (text-only) scores 0."""
+    if stored is None or len(stored) == 0:
+        return 0.0
+    return float(np.dot(stored, query))
+
+
+def _public_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k != "content_hash"}
+
+
+def _to_product(point: StoredPoint) -> Product:
+    p = dict(point.payload)
+    own = {"product_id", "title", "description", "image", "has_image", "content_hash"}
+    return Product(
+        id=str(p.get("product_id")),
+        title=str(p.get("title") or ""),
+        description=str(p.get("description") or ""),
+        image=p.get("image"),
+        fields={k: v for k, v in p.items() if k not in own},
+    )
+
+
+def image_bytes(image: Image.Image) -> bytes:
+    """PNG bytes of an image (for handing query images across the HTTP API)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
