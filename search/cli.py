@@ -1,10 +1,11 @@
-"""Commands over a built collection: ``shelfsight stats`` (search and serve join it)."""
+"""Commands over a built collection: ``stats``, ``search``, ``tag`` and ``serve``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from search.engine import FUSION_METHODS, SearchEngine
 from search.settings import DEFAULT_COLLECTION, Settings
 from search.store import open_store
 
@@ -14,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _store_args(stats)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=_stats)
+    register_search(sub)
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -33,4 +35,88 @@ def _stats(args: argparse.Namespace) -> int:
     else:
         for key, value in info.items():
             print(f"{key:>15}: {', '.join(value) if isinstance(value, list) else value}")
+    return 0
+
+
+def register_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search the catalog by text, image or both")
+    p.add_argument("query", nargs="?", default=None, help='query text: "red dress + ./photo.jpg", "2:red", "-floral"')
+    _store_args(p)
+    p.add_argument("--image", help="query image path or URL")
+    p.add_argument("--model", default=None, help="default: the model that built the collection")
+    p.add_argument("--vectors", default="image,text", help="product vectors to search (default image,text)")
+    p.add_argument("--text-weight", type=float, default=None)
+    p.add_argument("--image-weight", type=float, default=None)
+    p.add_argument("--fusion", choices=FUSION_METHODS, default="rrf")
+    p.add_argument("--filter", action="append", default=[], metavar="EXPR", help="category=shoe, color!=red, price<=40 (repeatable)")
+    p.add_argument("--min-score", type=float, default=None, help="cosine floor for each ranked list")
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--similar", metavar="PRODUCT_ID", help="products like this one instead of a query")
+    p.add_argument("--json", action="store_true", help="print one JSON array of hits")
+    p.set_defaults(func=_search)
+
+    t = sub.add_parser("tag", help="zero-shot label every product (prompt ensembles); tags become filterable")
+    _store_args(t)
+    t.add_argument("--labels", required=True, help='comma-separated labels, e.g. "shoe,bag,hat"')
+    t.add_argument("--field", default="tag", help="payload field to write (default tag)")
+    t.add_argument("--threshold", type=float, default=0.3, help="below this probability the tag is 'unknown'")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_tag)
+
+    s = sub.add_parser("serve", help="HTTP API over the search engine (FastAPI, OpenAPI at /docs)")
+    _store_args(s)
+    s.add_argument("--model", default=None)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=_serve)
+
+
+def _search(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(db=args.db, collection=args.collection)
+    with SearchEngine.open(settings, model=args.model) as engine:
+        vectors = [v.strip() for v in args.vectors.split(",") if v.strip()]
+        if args.similar:
+            hits = engine.similar(args.similar, filters=args.filter, fusion_method=args.fusion, vectors=vectors, limit=args.limit, offset=args.offset)
+        else:
+            hits = engine.search(
+                args.query, args.image, filters=args.filter, fusion_method=args.fusion, vectors=vectors,
+                text_weight=args.text_weight, image_weight=args.image_weight, min_score=args.min_score,
+                limit=args.limit, offset=args.offset,
+            )
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits]))
+        return 0
+    if not hits:
+        print("no results")
+    for rank, h in enumerate(hits, start=args.offset + 1):
+        price = h.payload.get("price")
+        extra = f"  {price:.2f}" if isinstance(price, float) else ""
+        explain = ", ".join(f"{k} {v.score:.3f}" + (f" #{v.rank}" if v.rank else "") for k, v in h.vector_scores.items())
+        print(f"{rank:>3}. {h.score:.4f}  {h.id}  {h.title}{extra}   [{explain}]")
+    return 0
+
+
+def _tag(args: argparse.Namespace) -> int:
+    from search.tagging import tag_collection
+
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    settings = Settings.from_env(db=args.db, collection=args.collection)
+    with SearchEngine.open(settings) as engine:
+        counts = tag_collection(engine.store, engine.embedder, args.collection, labels, field=args.field, threshold=args.threshold)
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        print(", ".join(f"{label}: {n}" for label, n in counts.items()))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from search.http import create_app
+
+    settings = Settings.from_env(db=args.db, collection=args.collection, model=args.model)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -20,16 +20,20 @@ Ranked = Sequence[tuple[Hashable, float]]  # one list: (id, score), best first
 def fuse_rrf(
     lists: Sequence[Ranked], weights: Sequence[float] | None = None, k: int = RRF_K
 ) -> dict[Hashable, list[float]]:
-    """Reciprocal rank fusion: each list adds ``weight / (k + rank)`` with 0-based ranks.
+    """Reciprocal rank fusion as Qdrant computes it: an item at 1-based rank ``r`` in a list of
+    weight ``w`` gets ``1 / (k - 1 + r / w)``; with ``w = 1`` that is the classic ``1 / (k + r - 1)``.
+    A weight stretches or shrinks the list's ranks rather than scaling its scores.
 
     Returns id -> per-list contributions (0 where the list did not retrieve the id);
     the fused score is their sum.
     """
     weights = _weights(weights, len(lists))
+    if any(w <= 0 for w in weights):
+        raise ValueError("RRF weights must be positive")
     out: dict[Hashable, list[float]] = {}
     for i, ranked in enumerate(lists):
-        for rank, (item, _score) in enumerate(ranked):
-            out.setdefault(item, [0.0] * len(lists))[i] = weights[i] / (k + rank)
+        for rank, (item, _score) in enumerate(ranked, start=1):
+            out.setdefault(item, [0.0] * len(lists))[i] = 1.0 / (k - 1 + rank / weights[i])
     return out
 
 
