@@ -17,7 +17,7 @@ from search.errors import BadInputError
 from search.records import RESERVED_FIELDS, Product
 
 # Share of a text column's non-empty cells that must parse as numbers to treat it as numeric.
-_NUMERIC_SHARE = 0.9
+_NUMERIC_SHARE = 0.75
 
 
 class CatalogError(BadInputError):

@@ -1,0 +1,73 @@
+"""Shared fixtures: one tiny CLIP model for the session, a generated catalog, and stores of every
+backend (embedded qdrant-edge, qdrant-client local mode, and a real server when QDRANT_URL is set)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from data.generate import write_catalog
+from ingest.pipeline import IngestOptions, ingest_catalog
+from search.embedder import Embedder
+from search.engine import SearchEngine
+from search.store.edge import EdgeStore
+from search.store.server import ServerStore, local_store
+from train.model_init import init_model
+
+BACKENDS = ["edge", "server-local"] + (["server"] if os.environ.get("QDRANT_URL") else [])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return init_model("tiny", tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def embedder(tiny_model_dir) -> Embedder:
+    return Embedder(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def catalog_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("catalog")
+    write_catalog(out, n=48, seed=5)
+    return out
+
+
+def make_store(backend: str, tmp: Path):
+    if backend == "edge":
+        return EdgeStore(tmp / "db")
+    if backend == "server-local":
+        return local_store(str(tmp / "qdrant-local"))
+    return ServerStore.connect(os.environ["QDRANT_URL"], os.environ.get("QDRANT_API_KEY"))
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    s = make_store(request.param, tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def collection_name() -> str:
+    # Unique per test so a shared server never sees two tests in one collection.
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def engine(request, tmp_path_factory, embedder, catalog_dir):
+    """A search engine over the generated catalog, ingested with an early-fused vector."""
+    tmp = tmp_path_factory.mktemp(f"engine-{request.param}")
+    s = make_store(request.param, tmp)
+    name = f"e{uuid.uuid4().hex[:12]}"
+    report = ingest_catalog(catalog_dir / "catalog.csv", s, embedder, IngestOptions(collection=name, fused_weight=0.5))
+    assert report.skipped == 0
+    eng = SearchEngine(s, embedder, name)
+    yield eng
+    if request.param == "server":
+        s.drop_collection(name)
+    s.close()

@@ -1,0 +1,81 @@
+"""Catalog parsing: formats, column mapping, and every kind of bad row reported with a reason."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ingest.catalog import CatalogError, Columns, read_catalog
+
+
+def _csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "catalog.csv"
+    path.write_text(text)
+    return path
+
+
+def test_csv_fields_and_kinds(tmp_path):
+    cat = read_catalog(_csv(tmp_path, "id,title,description,price,category,image\n1,Red shoe,Nice,19.99,shoe,a.jpg\n2,Bag,,5,bag,\n"))
+    assert [r.product.id for r in cat.rows] == ["1", "2"]
+    assert cat.fields == {"price": "float", "category": "keyword"}
+    first = cat.rows[0].product
+    assert first.fields == {"price": 19.99, "category": "shoe"} and first.image == "a.jpg"
+    assert first.text == "Red shoe. Nice"
+    assert cat.rows[1].product.image is None
+
+
+def test_bad_rows_reported_rest_kept(tmp_path):
+    cat = read_catalog(
+        _csv(
+            tmp_path,
+            "id,title,price,image\n"
+            "1,Shoe,10,a.jpg\n"
+            ",No id,10,b.jpg\n"
+            "1,Duplicate,10,c.jpg\n"
+            "3,Bad price,ten,d.jpg\n"
+            "4,,,\n"
+            "5,Fine,12,\n"
+            "6,Also fine,13,\n",
+        )
+    )
+    assert [r.product.id for r in cat.rows] == ["1", "5", "6"]
+    reasons = {(e.row, e.product_id): e.reason for e in cat.errors}
+    assert reasons[(2, None)] == "missing product id"
+    assert "duplicate id, first seen at row 1" in reasons[(3, "1")]
+    assert "not a number" in reasons[(4, "3")]
+    assert "nothing to embed" in reasons[(5, "4")]
+    assert all(e.hint for e in cat.errors)
+
+
+def test_jsonl_and_parquet_and_column_mapping(tmp_path):
+    rows = [{"sku": 10, "name": "Blue mug", "img": "m.jpg", "price": 7.5, "in_stock": True}]
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    parquet = tmp_path / "c.parquet"
+    pd.DataFrame(rows).to_parquet(parquet)
+    columns = Columns(id="sku", title="name", image="img")
+    for path in (jsonl, parquet):
+        cat = read_catalog(path, columns)
+        product = cat.rows[0].product
+        assert (product.id, product.title, product.image) == ("10", "Blue mug", "m.jpg")
+        # booleans become keywords: the engine cannot filter on booleans
+        assert product.fields == {"price": 7.5, "in_stock": "true"}
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.csv", None, "not found"),
+        ("c.xml", "<x/>", "unknown catalog format"),
+        ("c.csv", "sku,title\n1,a\n", "no id column 'id'"),
+        ("c.jsonl", "{not json", "cannot read catalog"),
+        ("c.csv", "id,title,product_id\n1,a,b\n", "clash"),
+    ],
+)
+def test_unreadable_catalogs(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(CatalogError, match=message):
+        read_catalog(path)

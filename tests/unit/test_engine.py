@@ -1,0 +1,134 @@
+"""Search through the public API on every backend: each query kind, fusion method and error."""
+
+import pytest
+from PIL import Image
+
+from search.engine import SearchEngine
+from search.errors import BadInputError, CollectionNotFoundError, IncompatibleCollectionError, ProductNotFoundError
+from search.store.edge import EdgeStore
+from search.tagging import tag_collection
+from train.model_init import init_model
+
+
+def _products(engine, n=6):
+    return [engine.get(p.payload["product_id"]) for p in list(engine.store.scroll(engine.collection))[:n]]
+
+
+def test_own_image_first_on_image_vector(engine, catalog_dir):
+    for product in _products(engine):
+        hits = engine.search(image=str(catalog_dir / product.image), vectors=["image"], limit=3)
+        assert hits[0].id == product.id
+        assert hits[0].vector_scores["image->image"].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_own_text_first_on_text_vector(engine):
+    for product in _products(engine):
+        hits = engine.search(product.text, vectors=["text"], limit=3, parse=False)
+        assert hits[0].id == product.id
+
+
+@pytest.mark.parametrize("method", ["rrf", "dbsf", "weighted", "early"])
+def test_every_fusion_method_with_filters(engine, catalog_dir, method):
+    product = _products(engine, 1)[0]
+    category = product.fields["category"]
+    hits = engine.search(
+        product.text, str(catalog_dir / product.image), fusion_method=method, parse=False,
+        filters=[f"category={category}", "price<=1000"], limit=5,
+    )
+    assert hits and all(h.payload["category"] == category for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    if method != "early":
+        assert set(hits[0].vector_scores) == {"text->image", "text->text", "image->image", "image->text"}
+        assert sum(hits[0].contributions.values()) == pytest.approx(hits[0].score, rel=1e-3)
+    # its own text and image together put the product first in every mode
+    assert hits[0].id == product.id
+
+
+def test_numeric_ranges_and_exclusions_honoured(engine):
+    hits = engine.search("bag", filters={"price": {"gte": 20, "lt": 60}, "color": ["red", "blue"]}, limit=50)
+    assert all(20 <= h.payload["price"] < 60 and h.payload["color"] in ("red", "blue") for h in hits)
+    hits = engine.search("bag", filters=["color!=red"], limit=50)
+    assert hits and all(h.payload["color"] != "red" for h in hits)
+
+
+def test_paging_and_min_score(engine):
+    page = engine.search("shoe", limit=10)
+    assert engine.search("shoe", limit=5, offset=5) == page[5:10]
+    floor = page[3].vector_scores["text->text"].score
+    hits = engine.search("shoe", vectors=["text"], min_score=floor, limit=50)
+    assert hits and all(h.score >= floor - 1e-6 for h in hits)
+
+
+def test_negative_term_lowers_matching_products(engine):
+    product = _products(engine, 1)[0]
+    plain = engine.search(product.title, vectors=["text"], limit=48, parse=False)
+    negated = engine.search(f"{product.title} -{product.fields['color']}", vectors=["text"], limit=48)
+    score = lambda hits: next(h.vector_scores["text->text"].score for h in hits if h.id == product.id)  # noqa: E731
+    assert score(negated) < score(plain)
+
+
+def test_similar_excludes_itself(engine):
+    product = _products(engine, 1)[0]
+    hits = engine.similar(product.id, limit=5)
+    assert len(hits) == 5 and product.id not in [h.id for h in hits]
+    with pytest.raises(ProductNotFoundError):
+        engine.similar("no-such-id")
+
+
+def test_facets_count_filtered_and_query(engine):
+    total = dict(engine.facets(["category"])["category"])
+    assert sum(total.values()) == engine.count()
+    shoes = dict(engine.facets(["category"], filters=["category=shoe"])["category"])
+    assert set(shoes) <= {"shoe"}
+    top = dict(engine.facets(["category"], "red", depth=10)["category"])
+    assert sum(top.values()) == 10
+
+
+def test_query_errors(engine, tmp_path):
+    with pytest.raises(BadInputError, match="empty query"):
+        engine.search("  ")
+    with pytest.raises(BadInputError, match="filterable fields: .*category"):
+        engine.search("shoe", filters=["colour=red"])
+    with pytest.raises(BadInputError, match="holds text"):
+        engine.search("shoe", filters=["category<3"])
+    (tmp_path / "bad.jpg").write_text("nope")
+    with pytest.raises(BadInputError, match="not an image"):
+        engine.search(image=str(tmp_path / "bad.jpg"))
+    with pytest.raises(BadInputError, match="not found"):
+        engine.search(image=str(tmp_path / "missing.jpg"))
+    with pytest.raises(BadInputError, match="unknown fusion"):
+        engine.search("shoe", fusion_method="magic")
+
+
+def test_pil_and_bytes_images(engine, catalog_dir):
+    product = _products(engine, 1)[0]
+    path = catalog_dir / product.image
+    by_pil = engine.search(image=Image.open(path), vectors=["image"], limit=1)
+    by_bytes = engine.search(image=path.read_bytes(), vectors=["image"], limit=1)
+    assert by_pil[0].id == by_bytes[0].id == product.id
+
+
+def test_zero_shot_tags_become_filterable(engine):
+    counts = tag_collection(engine.store, engine.embedder, engine.collection, ["shoe", "bag", "hat"], threshold=0.0)
+    engine.meta = engine.store.get_meta(engine.collection)
+    assert sum(counts.values()) == engine.count()
+    label, n = max(counts.items(), key=lambda kv: kv[1])
+    hits = engine.search("product", filters=[f"tag={label}"], limit=100)
+    assert len(hits) == n and all(h.payload["tag"] == label for h in hits)
+    everything_unknown = tag_collection(engine.store, engine.embedder, engine.collection, ["shoe", "bag"], threshold=1.0)
+    assert everything_unknown == {"unknown": engine.count()}
+
+
+def test_open_errors(tmp_path, embedder, catalog_dir):
+    with pytest.raises(CollectionNotFoundError, match="shelfsight ingest"):
+        SearchEngine.open(tmp_path / "empty-db")
+    from ingest.pipeline import ingest_catalog
+
+    store = EdgeStore(tmp_path / "db")
+    ingest_catalog(catalog_dir / "catalog.csv", store, embedder)
+    store.close()
+    other = init_model("tiny", tmp_path / "other", seed=3)
+    with pytest.raises(IncompatibleCollectionError, match="--reindex"):
+        SearchEngine.open(tmp_path / "db", model=str(other))
+    with SearchEngine.open(tmp_path / "db") as engine:  # the collection's own model by default
+        assert engine.search("red shoe", limit=2)
