@@ -264,3 +264,4 @@ def _embed_and_upsert(
         p.image = None  # free the pixels
     store.upsert(name, points)
     report.ingested += len(points)
+    log.debug("upserted %d products (%d so far)", len(points), report.ingested)

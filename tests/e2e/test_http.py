@@ -1,0 +1,73 @@
+"""The HTTP API through a real server process on loopback."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import free_port, wait_for_http
+
+
+@pytest.fixture(scope="module")
+def api(built_db, server_env):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shelfsight", "serve", "--db", str(built_db), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=server_env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/health", proc)
+        yield httpx.Client(base_url=base, timeout=60)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_health_search_and_products(api, catalog_dir):
+    rows = list(csv.DictReader((catalog_dir / "catalog.csv").open()))
+    health = api.get("/health").json()
+    assert health["status"] == "ok" and health["count"] == len(rows)
+    first = rows[0]
+    got = api.get("/search", params={"q": f'{first["title"]}. {first["description"]}', "vectors": "text", "limit": 3})
+    assert got.status_code == 200 and got.json()["hits"][0]["id"] == first["id"]
+    image = (catalog_dir / first["image"]).read_bytes()
+    posted = api.post("/search", json={"image_base64": base64.b64encode(image).decode(), "vectors": ["image"], "limit": 2})
+    assert posted.json()["hits"][0]["id"] == first["id"]
+    upload = api.post("/search/upload", files={"image": ("p.jpg", image, "image/jpeg")}, data={"limit": "2"})
+    assert upload.status_code == 200 and upload.json()["hits"][0]["id"] == first["id"]
+    filtered = api.get("/search", params=[("q", "bag"), ("filter", "category=bag"), ("filter", "price<=80")]).json()["hits"]
+    assert all(h["payload"]["category"] == "bag" and h["payload"]["price"] <= 80 for h in filtered)
+    product = api.get(f"/products/{first['id']}").json()
+    assert product["title"] == first["title"] and product["category"] == first["category"]
+    similar = api.get(f"/products/{first['id']}/similar", params={"limit": 4}).json()["hits"]
+    assert len(similar) == 4 and first["id"] not in [h["id"] for h in similar]
+    facets = api.get("/facets", params={"field": "category"}).json()
+    assert sum(f["count"] for f in facets["category"]) == len(rows)
+    assert api.get("/docs").status_code == 200 and "/search" in api.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize(
+    "method, path, kwargs, status",
+    [
+        ("get", "/search", {"params": {"q": " "}}, 400),
+        ("get", "/search", {"params": {"q": "x", "filter": "size=3"}}, 400),
+        ("get", "/search", {"params": {"q": "x", "fusion": "magic"}}, 400),
+        ("get", "/search", {"params": {"q": "x", "limit": 0}}, 422),
+        ("post", "/search", {"json": {"image_base64": "!!notbase64"}}, 400),
+        ("post", "/search", {"json": {"image_base64": base64.b64encode(b"not an image").decode()}}, 400),
+        ("post", "/search/upload", {"files": {"image": ("x.jpg", b"garbage", "image/jpeg")}}, 400),
+        ("get", "/products/nope", {}, 404),
+        ("get", "/products/nope/similar", {}, 404),
+        ("get", "/facets", {"params": {"field": "price"}}, 400),
+    ],
+)
+def test_bad_input_is_4xx_with_message(api, method, path, kwargs, status):
+    response = getattr(api, method)(path, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json().get("detail")
