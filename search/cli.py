@@ -48,7 +48,13 @@ def register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-weight", type=float, default=None)
     p.add_argument("--image-weight", type=float, default=None)
     p.add_argument("--fusion", choices=FUSION_METHODS, default="rrf")
-    p.add_argument("--filter", action="append", default=[], metavar="EXPR", help="category=shoe, color!=red, price<=40 (repeatable)")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="category=shoe, color!=red, price<=40 (repeatable)",
+    )
     p.add_argument("--min-score", type=float, default=None, help="cosine floor for each ranked list")
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--offset", type=int, default=0)
@@ -77,12 +83,26 @@ def _search(args: argparse.Namespace) -> int:
     with SearchEngine.open(settings, model=args.model) as engine:
         vectors = [v.strip() for v in args.vectors.split(",") if v.strip()]
         if args.similar:
-            hits = engine.similar(args.similar, filters=args.filter, fusion_method=args.fusion, vectors=vectors, limit=args.limit, offset=args.offset)
+            hits = engine.similar(
+                args.similar,
+                filters=args.filter,
+                fusion_method=args.fusion,
+                vectors=vectors,
+                limit=args.limit,
+                offset=args.offset,
+            )
         else:
             hits = engine.search(
-                args.query, args.image, filters=args.filter, fusion_method=args.fusion, vectors=vectors,
-                text_weight=args.text_weight, image_weight=args.image_weight, min_score=args.min_score,
-                limit=args.limit, offset=args.offset,
+                args.query,
+                args.image,
+                filters=args.filter,
+                fusion_method=args.fusion,
+                vectors=vectors,
+                text_weight=args.text_weight,
+                image_weight=args.image_weight,
+                min_score=args.min_score,
+                limit=args.limit,
+                offset=args.offset,
             )
     if args.json:
         print(json.dumps([h.to_dict() for h in hits]))
@@ -92,7 +112,9 @@ def _search(args: argparse.Namespace) -> int:
     for rank, h in enumerate(hits, start=args.offset + 1):
         price = h.payload.get("price")
         extra = f"  {price:.2f}" if isinstance(price, float) else ""
-        explain = ", ".join(f"{k} {v.score:.3f}" + (f" #{v.rank}" if v.rank else "") for k, v in h.vector_scores.items())
+        explain = ", ".join(
+            f"{k} {v.score:.3f}" + (f" #{v.rank}" if v.rank else "") for k, v in h.vector_scores.items()
+        )
         print(f"{rank:>3}. {h.score:.4f}  {h.id}  {h.title}{extra}   [{explain}]")
     return 0
 
@@ -103,7 +125,9 @@ def _tag(args: argparse.Namespace) -> int:
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     settings = Settings.from_env(db=args.db, collection=args.collection)
     with SearchEngine.open(settings) as engine:
-        counts = tag_collection(engine.store, engine.embedder, args.collection, labels, field=args.field, threshold=args.threshold)
+        counts = tag_collection(
+            engine.store, engine.embedder, args.collection, labels, field=args.field, threshold=args.threshold
+        )
     if args.json:
         print(json.dumps(counts))
     else:

@@ -32,7 +32,7 @@ from search.query import Filters, ParsedQuery, parse_filters, parse_query
 from search.records import Hit, Product, VectorScore, point_id
 from search.settings import Settings
 from search.store import open_store
-from search.store.base import CollectionMeta, Filter, NearestQuery, StoredPoint, VectorStore
+from search.store.base import CollectionMeta, NearestQuery, StoredPoint, VectorStore
 
 FUSION_METHODS = ("rrf", "dbsf", "weighted", "early")
 ImageInput = Image.Image | bytes | str | Path
@@ -68,9 +68,7 @@ class SearchEngine:
     @classmethod
     def open(cls, db_or_settings: str | Path | Settings, model: str | None = None) -> SearchEngine:
         """Open a store directory (or Settings) with the collection's own model unless ``model``."""
-        settings = (
-            db_or_settings if isinstance(db_or_settings, Settings) else Settings.from_env(db=str(db_or_settings))
-        )
+        settings = db_or_settings if isinstance(db_or_settings, Settings) else Settings.from_env(db=str(db_or_settings))
         store = open_store(settings)
         try:
             meta = store.get_meta(settings.collection)
@@ -130,7 +128,10 @@ class SearchEngine:
         if parsed.empty and not images:
             raise BadInputError("empty query: give some text, an image, or both")
         parts = self._part_vectors(parsed, images)
-        weights = {"text": self._default(text_weight, "text_weight"), "image": self._default(image_weight, "image_weight")}
+        weights = {
+            "text": self._default(text_weight, "text_weight"),
+            "image": self._default(image_weight, "image_weight"),
+        }
         return self._run(
             parts, weights, filters, fusion_method, vectors, vector_weights, min_score, limit, offset, exclude=None
         )
@@ -149,7 +150,15 @@ class SearchEngine:
         stored = self._stored(product_id, with_vectors=True)
         parts = {k: v for k, v in stored.vectors.items() if k in ("image", "text")}
         return self._run(
-            parts, {"text": 1.0, "image": 1.0}, filters, fusion_method, vectors, None, None, limit, offset,
+            parts,
+            {"text": 1.0, "image": 1.0},
+            filters,
+            fusion_method,
+            vectors,
+            None,
+            None,
+            limit,
+            offset,
             exclude=stored.id,
         )
 
@@ -336,9 +345,7 @@ class SearchEngine:
                 raise BadInputError(f"unknown product vector {v!r}; choose from image, text (or fusion 'early')")
         vw = {"image": 1.0, "text": 1.0, **(vector_weights or {})}
         return [
-            _List(f"{part}->{v}", vec, v, part_weights[part] * vw[v])
-            for part, vec in parts.items()
-            for v in vectors
+            _List(f"{part}->{v}", vec, v, part_weights[part] * vw[v]) for part, vec in parts.items() for v in vectors
         ]
 
 

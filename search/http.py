@@ -38,7 +38,9 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 
 class SearchBody(BaseModel):
-    q: str | None = Field(None, description='query text; syntax: "red bag + https://.../photo.jpg", "2:red", "-striped"')
+    q: str | None = Field(
+        None, description='query text; syntax: "red bag + https://.../photo.jpg", "2:red", "-striped"'
+    )
     image_base64: str | None = Field(None, description="query image, base64-encoded bytes")
     filters: list[str] = Field(default_factory=list, description="e.g. ['category=shoe', 'price<=40']")
     fusion: str = Field("rrf", description=f"one of {', '.join(FUSION_METHODS)}")
@@ -73,9 +75,16 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
     def run_search(body: SearchBody, image: bytes | None) -> dict[str, Any]:
         started = time.perf_counter()
         hits = get_engine().search(
-            body.q, image, filters=body.filters, fusion_method=body.fusion, vectors=body.vectors,
-            text_weight=body.text_weight, image_weight=body.image_weight, min_score=body.min_score,
-            limit=body.limit, offset=body.offset,
+            body.q,
+            image,
+            filters=body.filters,
+            fusion_method=body.fusion,
+            vectors=body.vectors,
+            text_weight=body.text_weight,
+            image_weight=body.image_weight,
+            min_score=body.min_score,
+            limit=body.limit,
+            offset=body.offset,
         )
         return {"hits": [h.to_dict() for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
@@ -92,8 +101,15 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
         offset: int = Query(0, ge=0),
     ) -> dict[str, Any]:
         body = SearchBody(
-            q=q, filters=filter, fusion=fusion, vectors=[v for v in vectors.split(",") if v],
-            text_weight=text_weight, image_weight=image_weight, min_score=min_score, limit=limit, offset=offset,
+            q=q,
+            filters=filter,
+            fusion=fusion,
+            vectors=[v for v in vectors.split(",") if v],
+            text_weight=text_weight,
+            image_weight=image_weight,
+            min_score=min_score,
+            limit=limit,
+            offset=offset,
         )
         return run_search(body, None)
 
@@ -127,11 +143,17 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
         return {"id": p.id, "title": p.title, "description": p.description, "image": p.image, **p.fields}
 
     @app.get("/products/{product_id}/similar")
-    def similar(product_id: str, limit: int = Query(10, ge=1, le=200), filter: list[str] = Query(default_factory=list)) -> dict[str, Any]:
+    def similar(
+        product_id: str, limit: int = Query(10, ge=1, le=200), filter: list[str] = Query(default_factory=list)
+    ) -> dict[str, Any]:
         return {"hits": [h.to_dict() for h in get_engine().similar(product_id, filters=filter, limit=limit)]}
 
     @app.get("/facets")
-    def facets(q: str | None = None, field: list[str] = Query(default_factory=list), filter: list[str] = Query(default_factory=list)) -> dict[str, Any]:
+    def facets(
+        q: str | None = None,
+        field: list[str] = Query(default_factory=list),
+        filter: list[str] = Query(default_factory=list),
+    ) -> dict[str, Any]:
         counts = get_engine().facets(field or None, q, filters=filter)
         return {f: [{"value": v, "count": c} for v, c in pairs] for f, pairs in counts.items()}
 

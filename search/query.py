@@ -107,7 +107,9 @@ def parse_filters(filters: Filters, meta: CollectionMeta) -> Filter:
 def _parse_expression(expr: str) -> Condition:
     m = _FILTER.match(expr)
     if not m or not m.group(3):
-        raise BadInputError(f"cannot read filter {expr!r}; write it like 'category=shoe', 'category=shoe,bag' or 'price<=40'")
+        raise BadInputError(
+            f"cannot read filter {expr!r}; write it like 'category=shoe', 'category=shoe,bag' or 'price<=40'"
+        )
     key, op, value = m.groups()
     if op in ("=", "!="):
         values = tuple(v.strip() for v in value.split(",") if v.strip())

@@ -38,9 +38,7 @@ def label_vectors(embedder: Embedder, labels: Sequence[str], templates: Sequence
     return normalize_rows(vectors.mean(axis=1))
 
 
-def classify(
-    vectors: np.ndarray, labels_matrix: np.ndarray, logit_scale: float
-) -> tuple[np.ndarray, np.ndarray]:
+def classify(vectors: np.ndarray, labels_matrix: np.ndarray, logit_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Index of the best label and its softmax probability for each row of ``vectors``."""
     logits = logit_scale * (np.asarray(vectors) @ labels_matrix.T)
     logits -= logits.max(axis=1, keepdims=True)

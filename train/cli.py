@@ -1,4 +1,4 @@
-"""``shelfsight model init``: random-weight CLIP directories for tests and benchmarks."""
+"""``shelfsight model init``, ``train`` and ``demo``: making models, training them, showing them."""
 
 from __future__ import annotations
 
@@ -21,9 +21,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--out", required=True, help="output directory")
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=_init)
+    register_training(sub)
 
 
 def _init(args: argparse.Namespace) -> int:
     path = init_model(args.preset, args.out, seed=args.seed)
     print(f"wrote {args.preset} CLIP model to {path}")
     return 0
+
+
+def register_training(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="contrastive training (InfoNCE) of a CLIP model on a catalog")
+    t.add_argument("--catalog", required=True)
+    t.add_argument("--out", required=True)
+    start = t.add_mutually_exclusive_group()
+    start.add_argument("--init", help="fine-tune this CLIP directory")
+    start.add_argument("--preset", choices=sorted(PRESETS), default="small", help="train a fresh model of this shape")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None)
+    budget.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--hard-negatives", action="store_true", help="pack batches with products of one kind")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    t.set_defaults(func=_train)
+
+    d = sub.add_parser("demo", help="offline demo: demo catalog, demo model (trained once), ingest, storefront")
+    d.add_argument("--workdir", default=".shelfsight", help="where the demo keeps its catalog, model and store")
+    d.add_argument("--port", type=int, default=8501)
+    d.add_argument("--no-ui", action="store_true", help="print example searches and exit")
+    d.add_argument("--minutes", type=float, default=4.0, help="training budget for the demo model")
+    d.set_defaults(func=_demo)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from train.contrastive import TrainConfig, train
+
+    minutes = args.minutes if args.minutes is not None or args.epochs is not None else 4.0
+    config = TrainConfig(
+        catalog=args.catalog,
+        out=args.out,
+        init=args.init,
+        preset=args.preset,
+        minutes=minutes,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        hard_negatives=args.hard_negatives,
+        seed=args.seed,
+        device=args.device,
+    )
+    metrics = train(config)
+    print(
+        f"saved {args.out}: {metrics['steps']} steps in {metrics['seconds']}s, "
+        f"validation text->image recall@1 {metrics['val_text_to_image_recall@1']}"
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from train.demo import run_demo
+
+    return run_demo(args.workdir, port=args.port, ui=not args.no_ui, minutes=args.minutes)

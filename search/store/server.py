@@ -53,7 +53,10 @@ def _to_stored(point: Any, with_vectors: bool) -> StoredPoint:
     if with_vectors and isinstance(point.vector, dict):
         vectors = {k: np.asarray(v, dtype=np.float32) for k, v in point.vector.items()}
     return StoredPoint(
-        id=str(point.id), payload=dict(point.payload or {}), score=float(getattr(point, "score", 0.0) or 0.0), vectors=vectors
+        id=str(point.id),
+        payload=dict(point.payload or {}),
+        score=float(getattr(point, "score", 0.0) or 0.0),
+        vectors=vectors,
     )
 
 
@@ -95,7 +98,9 @@ class ServerStore:
         if name in self._metas:
             return self._metas[name]
         if not self.collection_exists(name):
-            raise CollectionNotFoundError(f"no collection {name!r} on the server; run `shelfsight ingest CATALOG` first")
+            raise CollectionNotFoundError(
+                f"no collection {name!r} on the server; run `shelfsight ingest CATALOG` first"
+            )
         data = (self.client.get_collection(name).config.metadata or {}).get(_META_KEY)
         if not data:
             raise CollectionNotFoundError(f"collection {name!r} was not made by Shelfsight (no metadata)")
@@ -144,13 +149,19 @@ class ServerStore:
         self.get_meta(name)
         return self.client.count(name, count_filter=_server_filter(filter), exact=True).count
 
-    def scroll(self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False) -> Iterator[StoredPoint]:
+    def scroll(
+        self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
+    ) -> Iterator[StoredPoint]:
         self.get_meta(name)
         offset = None
         while True:
             records, offset = self.client.scroll(
-                name, scroll_filter=_server_filter(filter), limit=batch_size, offset=offset,
-                with_payload=True, with_vectors=with_vectors,
+                name,
+                scroll_filter=_server_filter(filter),
+                limit=batch_size,
+                offset=offset,
+                with_payload=True,
+                with_vectors=with_vectors,
             )
             for r in records:
                 yield _to_stored(r, with_vectors)
@@ -174,16 +185,24 @@ class ServerStore:
             check_vectors("query", {q.using: q.vector}, meta)
             requests.append(
                 qm.QueryRequest(
-                    query=np.asarray(q.vector, dtype=np.float32).tolist(), using=q.using, limit=q.limit,
-                    filter=server_filter, score_threshold=q.score_threshold, with_payload=True, with_vector=with_vectors,
+                    query=np.asarray(q.vector, dtype=np.float32).tolist(),
+                    using=q.using,
+                    limit=q.limit,
+                    filter=server_filter,
+                    score_threshold=q.score_threshold,
+                    with_payload=True,
+                    with_vector=with_vectors,
                 )
             )
         if fusion is not None:
             method, weights = fusion
             prefetch = [
                 qm.Prefetch(
-                    query=np.asarray(q.vector, dtype=np.float32).tolist(), using=q.using, limit=q.limit,
-                    filter=server_filter, score_threshold=q.score_threshold,
+                    query=np.asarray(q.vector, dtype=np.float32).tolist(),
+                    using=q.using,
+                    limit=q.limit,
+                    filter=server_filter,
+                    score_threshold=q.score_threshold,
                 )
                 for q in lists
             ]
@@ -194,8 +213,13 @@ class ServerStore:
             )
             requests.append(
                 qm.QueryRequest(
-                    prefetch=prefetch, query=fuse, limit=limit, offset=offset or None, filter=server_filter,
-                    with_payload=True, with_vector=with_vectors,
+                    prefetch=prefetch,
+                    query=fuse,
+                    limit=limit,
+                    offset=offset or None,
+                    filter=server_filter,
+                    with_payload=True,
+                    with_vector=with_vectors,
                 )
             )
         responses = self.client.query_batch_points(name, requests)

@@ -16,7 +16,9 @@ def run_cli(*args: str, check: bool = False, timeout: float = 300) -> subprocess
         [sys.executable, "-m", "shelfsight", *map(str, args)], capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"shelfsight {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"shelfsight {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -45,7 +47,17 @@ def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
 @pytest.fixture(scope="session")
 def built_db(tmp_path_factory, tiny_model_dir, catalog_dir) -> Path:
     db = tmp_path_factory.mktemp("cli") / "db"
-    run_cli("ingest", catalog_dir / "catalog.csv", "--db", db, "--model", tiny_model_dir, "--fused-weight", "0.5", check=True)
+    run_cli(
+        "ingest",
+        catalog_dir / "catalog.csv",
+        "--db",
+        db,
+        "--model",
+        tiny_model_dir,
+        "--fused-weight",
+        "0.5",
+        check=True,
+    )
     return db
 
 

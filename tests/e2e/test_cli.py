@@ -18,7 +18,9 @@ def test_model_init_and_data_generate(tmp_path):
     run_cli("data", "generate", "--out", tmp_path / "a", "--n", "12", "--seed", "4", check=True)
     run_cli("data", "generate", "--out", tmp_path / "b", "--n", "12", "--seed", "4", check=True)
     assert (tmp_path / "a" / "catalog.csv").read_text() == (tmp_path / "b" / "catalog.csv").read_text()
-    assert (tmp_path / "a" / "images" / "P004-00003.jpg").read_bytes() == (tmp_path / "b" / "images" / "P004-00003.jpg").read_bytes()
+    assert (tmp_path / "a" / "images" / "P004-00003.jpg").read_bytes() == (
+        tmp_path / "b" / "images" / "P004-00003.jpg"
+    ).read_bytes()
     assert (tmp_path / "a" / "queries.jsonl").is_file()
 
 
@@ -53,8 +55,20 @@ def test_ingest_exit_codes_report_and_stats(tmp_path, tiny_model_dir, catalog_di
 def test_offline_pretrained_model_fails_clearly(tmp_path, catalog_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     proc = subprocess.run(
-        [sys.executable, "-m", "shelfsight", "ingest", catalog_dir / "catalog.csv", "--db", tmp_path / "db", "--model", "clip-ViT-B-32"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "shelfsight",
+            "ingest",
+            catalog_dir / "catalog.csv",
+            "--db",
+            tmp_path / "db",
+            "--model",
+            "clip-ViT-B-32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "clip-ViT-B-32" in proc.stderr and "--model DIR" in proc.stderr and "shelfsight demo" in proc.stderr
@@ -63,7 +77,21 @@ def test_offline_pretrained_model_fails_clearly(tmp_path, catalog_dir, monkeypat
 def test_kill_mid_ingest_then_resume_gives_exact_count(tmp_path, tiny_model_dir):
     run_cli("data", "generate", "--out", tmp_path / "cat", "--n", "300", "--seed", "9", check=True)
     db = tmp_path / "db"
-    args = [sys.executable, "-m", "shelfsight", "-v", "ingest", tmp_path / "cat" / "catalog.csv", "--db", db, "--model", tiny_model_dir, "--batch-size", "8", "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "shelfsight",
+        "-v",
+        "ingest",
+        tmp_path / "cat" / "catalog.csv",
+        "--db",
+        db,
+        "--model",
+        tiny_model_dir,
+        "--batch-size",
+        "8",
+        "--json",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # Kill after a few batches are in (the pipeline logs each upsert at debug level).
     deadline = time.monotonic() + 120
@@ -76,7 +104,9 @@ def test_kill_mid_ingest_then_resume_gives_exact_count(tmp_path, tiny_model_dir)
     killed = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = run_cli("ingest", tmp_path / "cat" / "catalog.csv", "--db", db, "--model", tiny_model_dir, "--json", check=True)
+    done = run_cli(
+        "ingest", tmp_path / "cat" / "catalog.csv", "--db", db, "--model", tiny_model_dir, "--json", check=True
+    )
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert killed, "the first run finished before it could be killed"
     assert summary["unchanged"] >= 40 and summary["ingested"] > 0
@@ -87,18 +117,46 @@ def test_kill_mid_ingest_then_resume_gives_exact_count(tmp_path, tiny_model_dir)
 def test_search_json_and_errors(built_db, catalog_dir):
     rows = list(csv.DictReader((catalog_dir / "catalog.csv").open()))
     first = rows[0]
-    proc = run_cli("search", "--db", built_db, "--image", catalog_dir / first["image"], "--vectors", "image", "--json", check=True)
+    proc = run_cli(
+        "search", "--db", built_db, "--image", catalog_dir / first["image"], "--vectors", "image", "--json", check=True
+    )
     hits = json.loads(proc.stdout)
     assert hits[0]["id"] == first["id"] and {"id", "score", "title", "vector_scores"} <= set(hits[0])
-    proc = run_cli("search", f'{first["title"]}. {first["description"]}', "--db", built_db, "--vectors", "text", "--json", check=True)
+    proc = run_cli(
+        "search",
+        f"{first['title']}. {first['description']}",
+        "--db",
+        built_db,
+        "--vectors",
+        "text",
+        "--json",
+        check=True,
+    )
     assert json.loads(proc.stdout)[0]["id"] == first["id"]
-    proc = run_cli("search", "red + " + str(catalog_dir / first["image"]), "--db", built_db, "--filter", "price<=50", "--fusion", "dbsf", "--json", check=True)
+    proc = run_cli(
+        "search",
+        "red + " + str(catalog_dir / first["image"]),
+        "--db",
+        built_db,
+        "--filter",
+        "price<=50",
+        "--fusion",
+        "dbsf",
+        "--json",
+        check=True,
+    )
     assert all(h["payload"]["price"] <= 50 for h in json.loads(proc.stdout))
     text = run_cli("search", "2:red bag -striped", "--db", built_db, "--limit", "3", check=True).stdout
     assert text.count("\n") == 3
-    for bad in (["search", "", "--db", built_db], ["search", "x", "--db", built_db, "--filter", "size=9"],
-                ["search", "x", "--db", built_db, "--image", "missing.png"], ["search", "x", "--db", built_db, "--collection", "nope"]):
+    for bad in (
+        ["search", "", "--db", built_db],
+        ["search", "x", "--db", built_db, "--filter", "size=9"],
+        ["search", "x", "--db", built_db, "--image", "missing.png"],
+        ["search", "x", "--db", built_db, "--collection", "nope"],
+    ):
         proc = run_cli(*bad)
         assert proc.returncode == 2 and proc.stderr.startswith("error:"), (bad, proc.stderr)
-    tags = json.loads(run_cli("tag", "--db", built_db, "--labels", "shoe,bag,hat", "--threshold", "0", "--json", check=True).stdout)
+    tags = json.loads(
+        run_cli("tag", "--db", built_db, "--labels", "shoe,bag,hat", "--threshold", "0", "--json", check=True).stdout
+    )
     assert sum(tags.values()) == len(rows)

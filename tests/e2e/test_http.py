@@ -18,7 +18,10 @@ def api(built_db, server_env):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shelfsight", "serve", "--db", str(built_db), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=server_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server_env,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -34,14 +37,18 @@ def test_health_search_and_products(api, catalog_dir):
     health = api.get("/health").json()
     assert health["status"] == "ok" and health["count"] == len(rows)
     first = rows[0]
-    got = api.get("/search", params={"q": f'{first["title"]}. {first["description"]}', "vectors": "text", "limit": 3})
+    got = api.get("/search", params={"q": f"{first['title']}. {first['description']}", "vectors": "text", "limit": 3})
     assert got.status_code == 200 and got.json()["hits"][0]["id"] == first["id"]
     image = (catalog_dir / first["image"]).read_bytes()
-    posted = api.post("/search", json={"image_base64": base64.b64encode(image).decode(), "vectors": ["image"], "limit": 2})
+    posted = api.post(
+        "/search", json={"image_base64": base64.b64encode(image).decode(), "vectors": ["image"], "limit": 2}
+    )
     assert posted.json()["hits"][0]["id"] == first["id"]
     upload = api.post("/search/upload", files={"image": ("p.jpg", image, "image/jpeg")}, data={"limit": "2"})
     assert upload.status_code == 200 and upload.json()["hits"][0]["id"] == first["id"]
-    filtered = api.get("/search", params=[("q", "bag"), ("filter", "category=bag"), ("filter", "price<=80")]).json()["hits"]
+    filtered = api.get("/search", params=[("q", "bag"), ("filter", "category=bag"), ("filter", "price<=80")]).json()[
+        "hits"
+    ]
     assert all(h["payload"]["category"] == "bag" and h["payload"]["price"] <= 80 for h in filtered)
     product = api.get(f"/products/{first['id']}").json()
     assert product["title"] == first["title"] and product["category"] == first["category"]

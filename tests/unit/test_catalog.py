@@ -16,7 +16,9 @@ def _csv(tmp_path: Path, text: str) -> Path:
 
 
 def test_csv_fields_and_kinds(tmp_path):
-    cat = read_catalog(_csv(tmp_path, "id,title,description,price,category,image\n1,Red shoe,Nice,19.99,shoe,a.jpg\n2,Bag,,5,bag,\n"))
+    cat = read_catalog(
+        _csv(tmp_path, "id,title,description,price,category,image\n1,Red shoe,Nice,19.99,shoe,a.jpg\n2,Bag,,5,bag,\n")
+    )
     assert [r.product.id for r in cat.rows] == ["1", "2"]
     assert cat.fields == {"price": "float", "category": "keyword"}
     first = cat.rows[0].product

@@ -32,8 +32,12 @@ def test_every_fusion_method_with_filters(engine, catalog_dir, method):
     product = _products(engine, 1)[0]
     category = product.fields["category"]
     hits = engine.search(
-        product.text, str(catalog_dir / product.image), fusion_method=method, parse=False,
-        filters=[f"category={category}", "price<=1000"], limit=5,
+        product.text,
+        str(catalog_dir / product.image),
+        fusion_method=method,
+        parse=False,
+        filters=[f"category={category}", "price<=1000"],
+        limit=5,
     )
     assert hits and all(h.payload["category"] == category for h in hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -115,7 +119,9 @@ def test_zero_shot_tags_become_filterable(engine):
     label, n = max(counts.items(), key=lambda kv: kv[1])
     hits = engine.search("product", filters=[f"tag={label}"], limit=100)
     assert len(hits) == n and all(h.payload["tag"] == label for h in hits)
-    everything_unknown = tag_collection(engine.store, engine.embedder, engine.collection, ["shoe", "bag"], threshold=1.0)
+    everything_unknown = tag_collection(
+        engine.store, engine.embedder, engine.collection, ["shoe", "bag"], threshold=1.0
+    )
     assert everything_unknown == {"unknown": engine.count()}
 
 

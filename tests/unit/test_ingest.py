@@ -112,7 +112,7 @@ def test_other_model_refused_then_reindexed(store, collection_name, embedder, ca
 
 def test_long_text_truncated_and_counted(store, collection_name, embedder, tmp_path):
     path = tmp_path / "c.csv"
-    path.write_text("id,title,description\n1,Long,\"" + "word " * 200 + "\"\n2,Short,ok\n")
+    path.write_text('id,title,description\n1,Long,"' + "word " * 200 + '"\n2,Short,ok\n')
     report = ingest_catalog(path, store, embedder, IngestOptions(collection=collection_name))
     assert (report.ingested, report.truncated, report.text_only) == (2, 1, 2)
     store.drop_collection(collection_name)

@@ -8,7 +8,9 @@ from search.fusion import fuse_dbsf, fuse_rrf, rank_fused
 from search.records import point_id
 from search.store.base import CollectionMeta, Match, NearestQuery, PointRecord, Range
 
-META = CollectionMeta(model="m@1", dimension=8, model_source="/models/m", fields={"category": "keyword", "price": "float"})
+META = CollectionMeta(
+    model="m@1", dimension=8, model_source="/models/m", fields={"category": "keyword", "price": "float"}
+)
 
 
 def _points(n=30, seed=0):
@@ -81,7 +83,9 @@ def test_nearest_with_filter_and_threshold(filled):
     store, name, points = filled
     lists, fused = store.query(name, [NearestQuery(points[4].vectors["image"], "image", 5)])
     assert fused is None and lists[0][0].id == points[4].id and lists[0][0].score == pytest.approx(1.0, abs=1e-5)
-    lists, _ = store.query(name, [NearestQuery(points[4].vectors["image"], "image", 30)], (Match("category", ("hat",)),))
+    lists, _ = store.query(
+        name, [NearestQuery(points[4].vectors["image"], "image", 30)], (Match("category", ("hat",)),)
+    )
     assert lists[0] and all(p.payload["category"] == "hat" for p in lists[0])
     lists, _ = store.query(name, [NearestQuery(points[4].vectors["image"], "image", 30, score_threshold=0.5)])
     assert all(p.score >= 0.5 for p in lists[0])
@@ -90,7 +94,10 @@ def test_nearest_with_filter_and_threshold(filled):
 @pytest.mark.parametrize("method, weights", [("rrf", [1.0, 1.0]), ("rrf", [3.0, 1.0]), ("dbsf", [1.0, 1.0])])
 def test_engine_fusion_matches_python(filled, method, weights):
     store, name, points = filled
-    queries = [NearestQuery(points[7].vectors["image"], "image", 20), NearestQuery(points[9].vectors["text"], "text", 20)]
+    queries = [
+        NearestQuery(points[7].vectors["image"], "image", 20),
+        NearestQuery(points[9].vectors["text"], "text", 20),
+    ]
     lists, fused = store.query(name, queries, fusion=(method, weights), limit=10)
     ranked = [[(p.id, p.score) for p in lst] for lst in lists]
     python = rank_fused((fuse_rrf if method == "rrf" else fuse_dbsf)(ranked, weights))

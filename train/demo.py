@@ -1,0 +1,84 @@
+"""``shelfsight demo``: the pretrained model when the hub is reachable, else the offline demo model
+(trained once on a synthetic catalog and cached), a demo catalog ingested, and the storefront."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from data.generate import write_catalog
+from ingest.pipeline import IngestOptions, ingest_catalog
+from search.embedder import Embedder
+from search.engine import SearchEngine
+from search.settings import DEFAULT_MODEL
+from search.store.edge import EdgeStore
+from search.tagging import tag_collection
+
+DEMO_PRODUCTS, DEMO_SEED = 800, 7
+TRAIN_PRODUCTS, TRAIN_SEED = 2400, 1001  # a different seed: the demo catalog is unseen data
+KINDS = "shoe,bag,hat,mug,lamp,shirt,bottle,umbrella"
+EXAMPLES = ("red bag", "blue shoe", "yellow umbrella -striped", "green mug")
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def demo_model(workdir: Path, minutes: float) -> str:
+    """The pretrained default when online; else the demo model, trained on first use."""
+    if hub_reachable():
+        print(f"model: {DEFAULT_MODEL} (pretrained, from the Hugging Face hub)")
+        return DEFAULT_MODEL
+    model_dir = workdir / "models" / "demo"
+    if (model_dir / "training.json").is_file():
+        print(f"model: offline, the hub is unreachable -> cached demo model {model_dir}")
+        return str(model_dir)
+    print(f"model: offline, the hub is unreachable -> training the demo model ({minutes:g} min, once)")
+    from train.contrastive import TrainConfig, train
+
+    train_csv = write_catalog(workdir / "train-catalog", n=TRAIN_PRODUCTS, seed=TRAIN_SEED)
+    tmp = model_dir.with_name("demo.partial")
+    metrics = train(TrainConfig(catalog=str(train_csv), out=str(tmp), minutes=minutes, hard_negatives=True))
+    tmp.replace(model_dir)  # only a finished model is ever cached
+    print(f"trained in {metrics['seconds']}s; validation text->image recall@1 {metrics['val_text_to_image_recall@1']}")
+    return str(model_dir)
+
+
+def run_demo(workdir: str | Path, port: int = 8501, ui: bool = True, minutes: float = 4.0) -> int:
+    workdir = Path(workdir)
+    model = demo_model(workdir, minutes)
+    catalog = workdir / "demo-catalog" / "catalog.csv"
+    if not catalog.is_file():
+        write_catalog(catalog.parent, n=DEMO_PRODUCTS, seed=DEMO_SEED)
+    db = workdir / "db"
+    store = EdgeStore(db)
+    try:
+        embedder = Embedder(model)
+        meta_model = store.get_meta("products").model if store.collection_exists("products") else None
+        report = ingest_catalog(
+            catalog,
+            store,
+            embedder,
+            IngestOptions(fused_weight=0.5, reindex=meta_model not in (None, embedder.model_id)),
+        )
+        print(
+            f"catalog: {catalog} -> {db} (ingested {report.ingested}, unchanged {report.unchanged}, skipped {report.skipped})"
+        )
+        if report.ingested:
+            tag_collection(store, embedder, "products", KINDS.split(","), threshold=0.3)
+        engine = SearchEngine(store, embedder, "products")
+        for query in EXAMPLES:
+            hits = engine.search(query, limit=3)
+            print(f'  "{query}": ' + "; ".join(f"{h.title} ({h.payload.get('price')})" for h in hits))
+    finally:
+        store.close()
+    if not ui:
+        return 0
+    print(f"storefront: http://127.0.0.1:{port}/?q=red+bag  (Ctrl+C to stop)")
+    return subprocess.call([sys.executable, "-m", "shelfsight", "ui", "--db", str(db), "--port", str(port)])
