@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ingest.catalog import Catalog, CatalogRow, Columns, RowError, read_catalog
-from ingest.images import ImageError, ImagePolicy, decode_image, read_image_bytes
+from ingest.images import ImageError, ImagePolicy, decode_image, is_url, read_image_bytes
 from search.embedder import Embedder
 from search.errors import IncompatibleCollectionError
 from search.fusion import early_fuse
@@ -134,14 +134,18 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _payload(row: CatalogRow, digest: str) -> dict[str, Any]:
+def _payload(row: CatalogRow, digest: str, base_dir: Path) -> dict[str, Any]:
     p = row.product
+    image = p.image
+    if image and not is_url(image):
+        # Stored absolute so the API and the storefront can show it from any working directory.
+        image = str((base_dir / Path(image).expanduser()).resolve())
     return {
         **p.fields,
         "product_id": p.id,
         "title": p.title,
         "description": p.description,
-        "image": p.image,
+        "image": image,
         "has_image": "true" if p.image else "false",
         "content_hash": digest,
     }
@@ -170,7 +174,7 @@ def ingest_catalog(
             except ImageError as exc:
                 return _Prepared(row, "", {}, error=RowError(row.row, row.product.id, exc.reason, exc.hint))
         digest = content_hash(meta.model, row.product.text, image_bytes, meta.fused_weight)
-        prepared = _Prepared(row, digest, _payload(row, digest))
+        prepared = _Prepared(row, digest, _payload(row, digest, catalog.base_dir))
         if digest != stored_hash and image_bytes is not None:
             try:
                 prepared.image = decode_image(image_bytes, options.images, name=row.product.image)

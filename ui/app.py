@@ -1,0 +1,199 @@
+"""The Shelfsight storefront: a Streamlit page over the Python search API only.
+
+State lives in the URL (``?q=red+bag&fusion=rrf&tw=0.5&category=bag&pmax=40``) so a search can be
+shared and reloaded. Catalog text is shown as plain text, never rendered as HTML or Markdown.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from search import SearchEngine, Settings, ShelfsightError
+from search.engine import FUSION_METHODS
+
+PAGE = 12
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+SUGGESTIONS = ("red bag", "blue shoe", "striped shirt", "yellow umbrella")
+
+
+@st.cache_resource(show_spinner="Loading the search engine…")
+def load_engine(db: str | None, collection: str) -> SearchEngine:
+    return SearchEngine.open(Settings.from_env(db=db, collection=collection))
+
+
+def _param(name: str, default: str = "") -> str:
+    return st.query_params.get(name, default)
+
+
+def _number_param(name: str, default: float, low: float, high: float) -> float:
+    """A number from the URL, clamped to [low, high]; a hand-edited bad value falls back."""
+    try:
+        value = float(_param(name, str(default)) or default)
+    except ValueError:
+        return default
+    return min(max(value, low), high) if value == value else default
+
+
+def _set_params(**values: object) -> None:
+    for key, value in values.items():
+        if value in (None, "", [], 0) and key != "tw":
+            st.query_params.pop(key, None)
+        else:
+            st.query_params[key] = ",".join(value) if isinstance(value, list) else str(value)
+
+
+def _card(hit, engine: SearchEngine, key: str) -> None:
+    with st.container(border=True):
+        image = hit.payload.get("image")
+        if image and (image.startswith(("http://", "https://")) or Path(image).is_file()):
+            st.image(image, width="stretch")
+        st.text(hit.title)
+        price = hit.payload.get("price")
+        line = " · ".join(
+            str(x) for x in (hit.payload.get("category"), f"${price:.2f}" if isinstance(price, float) else None) if x
+        )
+        st.text(f"{line}   score {hit.score:.4f}")
+        with st.expander("Why this result"):
+            if hit.payload.get("description"):
+                st.text(hit.payload["description"])
+            for label, vs in hit.vector_scores.items():
+                rank = f"rank {vs.rank}" if vs.rank else "not in top list"
+                st.text(f"{label}: cosine {vs.score:.3f}, {rank}, adds {hit.contributions.get(label, 0.0):.4f}")
+        left, right = st.columns(2)
+        if left.button("More like this", key=f"similar-{key}"):
+            _set_params(similar=hit.id, q=None, img=None, page=None)
+            st.rerun()
+        if image and right.button("Search with image", key=f"img-{key}"):
+            _set_params(img=hit.id, similar=None, page=None)
+            st.rerun()
+
+
+def main() -> None:
+    st.set_page_config(page_title="Shelfsight", page_icon="🛍️", layout="wide")
+    st.title("Shelfsight")
+    db = os.environ.get("SHELFSIGHT_DB")
+    collection = os.environ.get("SHELFSIGHT_COLLECTION", "products")
+    try:
+        engine = load_engine(db, collection)
+    except ShelfsightError as exc:
+        st.error(f"The shop is not ready: {exc}")
+        st.stop()
+
+    q = st.text_input(
+        "Search products",
+        value=_param("q"),
+        placeholder="red bag, 2:leather, -striped",
+        help='Combine words; "2:red" doubles a term, "-striped" pushes away from it.',
+    )
+    upload = st.file_uploader("…or search with a photo", type=["jpg", "jpeg", "png", "webp", "gif", "bmp"])
+    with st.expander("Advanced"):
+        tw = st.slider(
+            "Text ↔ image weight",
+            0.0,
+            1.0,
+            _number_param("tw", 0.5, 0.0, 1.0),
+            0.05,
+            help="0: only the photo counts, 1: only the words",
+        )
+        methods = [m for m in FUSION_METHODS if m != "early" or "fused" in engine.meta.vectors]
+        fusion = st.selectbox(
+            "Fusion", methods, index=methods.index(_param("fusion", "rrf")) if _param("fusion", "rrf") in methods else 0
+        )
+
+    # Sidebar filters, built from the collection's payload with counts for the current query.
+    fields = engine.filterable_fields
+    st.sidebar.header("Filters")
+    try:
+        counts = engine.facets(
+            [f for f in ("category", "brand", "color", "tag") if fields.get(f) == "keyword"], q or None
+        )
+    except ShelfsightError:
+        counts = engine.facets([f for f in ("category", "brand", "color", "tag") if fields.get(f) == "keyword"])
+    chosen: dict[str, list[str]] = {}
+    for field, pairs in counts.items():
+        options = [str(v) for v, _ in pairs]
+        picked = [v for v in _param(field).split(",") if v]
+        options += [p for p in picked if p not in options]
+        n = dict((str(v), c) for v, c in pairs)
+        chosen[field] = st.sidebar.multiselect(
+            field.capitalize(),
+            options,
+            default=picked,
+            format_func=lambda v, n=n: f"{v} ({n.get(v, 0)})",
+            key=f"f-{field}",
+        )
+    filters = [f"{field}={','.join(values)}" for field, values in chosen.items() if values]
+    pmax = None
+    if fields.get("price") == "float":
+        pmax = st.sidebar.number_input(
+            "Max price", min_value=0.0, value=_number_param("pmax", 0.0, 0.0, 1e9), step=5.0, help="0: no limit"
+        )
+        if pmax:
+            filters.append(f"price<={pmax}")
+
+    page = int(_number_param("page", 1, 1, 50))
+    _set_params(
+        q=q,
+        tw=tw,
+        fusion=fusion if fusion != "rrf" else None,
+        pmax=pmax or None,
+        **{field: values for field, values in chosen.items()},
+    )
+
+    image_bytes = None
+    if upload is not None:
+        image_bytes = upload.getvalue()
+        if len(image_bytes) > MAX_UPLOAD_BYTES:
+            st.error("That photo is over 10 MB; upload a smaller one.")
+            image_bytes = None
+    similar_id, image_id = _param("similar"), _param("img")
+    if image_id and image_bytes is None:
+        try:
+            path = engine.get(image_id).image
+            image_bytes = Path(path).read_bytes() if path and Path(path).is_file() else None
+        except (ShelfsightError, OSError) as exc:
+            st.warning(f"Cannot use that product's image: {exc}")
+
+    if not (q.strip() or image_bytes or similar_id):
+        st.info("Try: " + " · ".join(SUGGESTIONS) + " — or upload a photo.")
+        return
+    started = time.perf_counter()
+    try:
+        if similar_id:
+            st.caption(f"More like {engine.get(similar_id).title}")
+            hits = engine.similar(similar_id, filters=filters, limit=PAGE * page)
+        else:
+            hits = engine.search(
+                q.strip() or None,
+                image_bytes,
+                filters=filters,
+                fusion_method=fusion,
+                text_weight=tw,
+                image_weight=1.0 - tw,
+                limit=PAGE * page,
+            )
+    except ShelfsightError as exc:
+        st.error(str(exc))
+        return
+    took = (time.perf_counter() - started) * 1000
+    if similar_id and st.button("Back to search"):
+        _set_params(similar=None)
+        st.rerun()
+    if not hits:
+        st.warning("No products match. Loosen a filter or try: " + ", ".join(SUGGESTIONS))
+        return
+    st.caption(f"{len(hits)} results in {took:.0f} ms")
+    columns = st.columns(4)
+    for i, hit in enumerate(hits):
+        with columns[i % 4]:
+            _card(hit, engine, f"{i}")
+    if len(hits) == PAGE * page and st.button("Load more"):
+        _set_params(page=page + 1)
+        st.rerun()
+
+
+main()
