@@ -49,8 +49,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     centers = normalize_rows(rng.normal(size=(50, dim)))
     store = EdgeStore(tmp / "db")
-    meta = CollectionMeta(model=embedder.model_id, dimension=dim, model_source=embedder.model_source,
-                          vectors=("image", "text", "fused"), fields={"category": "keyword", "price": "float"}, fused_weight=0.5)
+    meta = CollectionMeta(
+        model=embedder.model_id,
+        dimension=dim,
+        model_source=embedder.model_source,
+        vectors=("image", "text", "fused"),
+        fields={"category": "keyword", "price": "float"},
+        fused_weight=0.5,
+    )
     store.create_collection("products", meta)
     started = time.perf_counter()
     for start in range(0, args.n, 1000):
@@ -59,7 +65,12 @@ def main() -> None:
             c = centers[i % 50]
             vec = {k: normalize_rows((c + 0.3 * rng.normal(size=dim))[None])[0] for k in ("image", "text")}
             vec["fused"] = normalize_rows((vec["image"] + vec["text"])[None])[0]
-            payload = {"product_id": f"p{i}", "title": f"product {i}", "category": f"c{i % 20}", "price": float(i % 200)}
+            payload = {
+                "product_id": f"p{i}",
+                "title": f"product {i}",
+                "category": f"c{i % 20}",
+                "price": float(i % 200),
+            }
             batch.append(PointRecord(point_id(f"p{i}"), vec, payload))
         store.upsert("products", batch)
     upsert_s = time.perf_counter() - started
@@ -86,8 +97,11 @@ def main() -> None:
     import httpx
 
     port = 8765
-    proc = subprocess.Popen([sys.executable, "-m", "shelfsight", "serve", "--db", str(tmp / "db"), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shelfsight", "serve", "--db", str(tmp / "db"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         for _ in range(200):
@@ -96,7 +110,9 @@ def main() -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        p50, p95 = timed(lambda: client.get("/search", params={"q": "red leather bag"}).raise_for_status(), args.repeats)
+        p50, p95 = timed(
+            lambda: client.get("/search", params={"q": "red leather bag"}).raise_for_status(), args.repeats
+        )
         print(f"{'HTTP GET /search (rrf), loopback':<34}{p50:>9.2f}{p95:>9.2f}")
     finally:
         proc.terminate()

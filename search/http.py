@@ -130,12 +130,14 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
         image: UploadFile = File(..., description="query image"),
         q: str | None = Form(None),
         fusion: str = Form("rrf"),
+        vectors: str = Form("image,text"),
         limit: int = Form(10),
     ) -> dict[str, Any]:
         data = await image.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise BadInputError(f"image is over the {MAX_UPLOAD_BYTES}-byte upload cap")
-        return run_search(SearchBody(q=q, fusion=fusion, limit=limit), data)
+        body = SearchBody(q=q, fusion=fusion, vectors=[v for v in vectors.split(",") if v], limit=limit)
+        return run_search(body, data)
 
     @app.get("/products/{product_id}")
     def product(product_id: str) -> dict[str, Any]:

@@ -44,7 +44,9 @@ def test_health_search_and_products(api, catalog_dir):
         "/search", json={"image_base64": base64.b64encode(image).decode(), "vectors": ["image"], "limit": 2}
     )
     assert posted.json()["hits"][0]["id"] == first["id"]
-    upload = api.post("/search/upload", files={"image": ("p.jpg", image, "image/jpeg")}, data={"limit": "2"})
+    upload = api.post(
+        "/search/upload", files={"image": ("p.jpg", image, "image/jpeg")}, data={"limit": "2", "vectors": "image"}
+    )
     assert upload.status_code == 200 and upload.json()["hits"][0]["id"] == first["id"]
     filtered = api.get("/search", params=[("q", "bag"), ("filter", "category=bag"), ("filter", "price<=80")]).json()[
         "hits"

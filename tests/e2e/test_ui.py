@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -108,15 +109,19 @@ def test_storefront_in_headless_chromium(built_db, catalog_dir, server_env):
                 ],
             )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/?q={first['title']}. {first['description']}")
-            page.get_by_text(first["title"], exact=True).first.wait_for(timeout=90_000)
-            page.screenshot(path=str(ARTIFACTS / "storefront.png"), full_page=True)
+            query = quote_plus(f"{first['title']}. {first['description']}")
+            page.goto(f"http://127.0.0.1:{port}/?q={query}", wait_until="domcontentloaded")
+            try:
+                page.get_by_text("results in").first.wait_for(timeout=150_000)
+                page.get_by_text(first["title"], exact=True).first.wait_for(timeout=30_000)
+            finally:
+                page.screenshot(path=str(ARTIFACTS / "storefront.png"), full_page=True)
             # upload a product photo: results for the image appear
             page.locator("input[type=file]").set_input_files(str(catalog_dir / first["image"]))
             page.get_by_text("results in").first.wait_for(timeout=60_000)
             page.get_by_text(first["title"], exact=True).first.wait_for(timeout=60_000)
             # change a filter through the URL the page keeps: only that category shows
-            page.goto(f"http://127.0.0.1:{port}/?q=bag&category={first['category']}")
+            page.goto(f"http://127.0.0.1:{port}/?q=bag&category={first['category']}", wait_until="domcontentloaded")
             page.get_by_text("results in").first.wait_for(timeout=60_000)
             cards = page.get_by_text(" score ").all_inner_texts()
             assert cards and all(c.startswith(first["category"]) for c in cards)
