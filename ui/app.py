@@ -22,7 +22,9 @@ SUGGESTIONS = ("red bag", "blue shoe", "striped shirt", "yellow umbrella")
 
 @st.cache_resource(show_spinner="Loading the search engine…")
 def load_engine(db: str | None, collection: str) -> SearchEngine:
-    return SearchEngine.open(Settings.from_env(db=db, collection=collection))
+    engine = SearchEngine.open(Settings.from_env(db=db, collection=collection))
+    engine.count()  # opens the store now, so a locked or missing store is reported here
+    return engine
 
 
 def _param(name: str, default: str = "") -> str:

@@ -82,8 +82,14 @@ def test_description_never_rendered_as_html(app, built_db, catalog_dir):
 
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (make browser)")
-def test_storefront_in_headless_chromium(built_db, catalog_dir, server_env):
+def test_storefront_in_headless_chromium(tmp_path, tiny_model_dir, catalog_dir, server_env):
     from playwright.sync_api import sync_playwright
+
+    from tests.e2e.conftest import run_cli
+
+    # Its own store: the AppTest runs above keep theirs open in this process, and one process owns a store.
+    built_db = tmp_path / "db"
+    run_cli("ingest", catalog_dir / "catalog.csv", "--db", built_db, "--model", tiny_model_dir, check=True)
 
     first = next(csv.DictReader((catalog_dir / "catalog.csv").open()))
     port = free_port()
