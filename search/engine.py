@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -370,10 +369,3 @@ def _to_product(point: StoredPoint) -> Product:
         image=p.get("image"),
         fields={k: v for k, v in p.items() if k not in own},
     )
-
-
-def image_bytes(image: Image.Image) -> bytes:
-    """PNG bytes of an image (for handing query images across the HTTP API)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
