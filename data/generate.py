@@ -242,21 +242,42 @@ def draw_specs(n: int, seed: int) -> list[Spec]:
     return specs
 
 
-# Query phrasings differ from the catalog's titles and descriptions on purpose.
-_QUERY_TEMPLATES = ("{color} {noun}", "a {color} {noun}", "looking for a {color} {noun}", "{noun} in {color}")
+# Query phrasings differ from the catalog's titles and the training captions on purpose.
+_QUERY_TEMPLATES = ("{color} {noun}", "looking for a {color} {noun}", "{noun}, {color}", "any {color} {noun}")
+_COMPOSED_TEMPLATES = ("{color}", "in {color}", "the same in {color}")
 
 
 def queries_for(specs: list[Spec], seed: int) -> list[dict]:
-    """Evaluation queries naming kind and colour; relevant = every product of that kind and colour."""
+    """Evaluation queries; relevant = every product of the named kind and colour.
+
+    Suite ``kind+colour``: text naming both. Suite ``composed``: text naming only the colour plus
+    the image of a product of the wanted kind in another colour ("like this, but red").
+    """
     rng = random.Random(seed + 1)
-    groups: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str], list[Spec]] = {}
     for s in specs:
-        groups.setdefault((s.kind, s.color), []).append(s.id)
+        groups.setdefault((s.kind, s.color), []).append(s)
     out = []
-    for (kind, color), ids in sorted(groups.items()):
+    for (kind, color), members in sorted(groups.items()):
         noun = rng.choice(KINDS[kind][0])
         text = rng.choice(_QUERY_TEMPLATES).format(color=color, noun=noun)
-        out.append({"query": text, "relevant": sorted(ids), "kind": kind, "color": color})
+        relevant = sorted(s.id for s in members)
+        out.append({"query": text, "relevant": relevant, "suite": "kind+colour", "kind": kind, "color": color})
+    for (kind, color), members in sorted(groups.items()):
+        others = [s for s in specs if s.kind == kind and s.color != color]
+        if not others:
+            continue
+        reference = rng.choice(others)
+        out.append(
+            {
+                "query": rng.choice(_COMPOSED_TEMPLATES).format(color=color),
+                "image": f"images/{reference.id}.jpg",
+                "relevant": sorted(s.id for s in members),
+                "suite": "composed",
+                "kind": kind,
+                "color": color,
+            }
+        )
     return out
 
 

@@ -230,6 +230,9 @@ def _embed_and_upsert(
         if prepared.error:
             report.errors.append(prepared.error)
         elif stored and stored.get("content_hash") == prepared.content_hash:
+            # Same vectors: fields computed from them (tags) stay; the catalog's own fields are replaced.
+            kept = {k: stored[k] for k in meta.derived if k in stored and k not in prepared.payload}
+            prepared = replace(prepared, payload={**prepared.payload, **kept})
             if stored == prepared.payload:
                 report.unchanged += 1
             else:

@@ -87,6 +87,8 @@ def tag_collection(
             flush()
     if batch:
         flush()
-    if meta.fields.get(field) != "keyword" or meta.fields.get(f"{field}_score") != "float":
-        store.set_meta(collection, replace(meta, fields={**meta.fields, field: "keyword", f"{field}_score": "float"}))
+    derived = tuple(dict.fromkeys((*meta.derived, field, f"{field}_score")))
+    fields = {**meta.fields, field: "keyword", f"{field}_score": "float"}
+    if fields != meta.fields or derived != meta.derived:
+        store.set_meta(collection, replace(meta, fields=fields, derived=derived))
     return dict(counts)

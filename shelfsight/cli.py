@@ -21,6 +21,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 def build_parser() -> argparse.ArgumentParser:
     from data import cli as data_cli
+    from evaluation import cli as eval_cli
     from ingest import cli as ingest_cli
     from search import cli as search_cli
     from train import cli as train_cli
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shelfsight", description="Multimodal product search on Qdrant and CLIP.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data_cli, train_cli, ingest_cli, search_cli, ui_cli):
+    for module in (data_cli, train_cli, ingest_cli, search_cli, eval_cli, ui_cli):
         module.register(sub)
     return parser
 

@@ -42,9 +42,14 @@ def register_training(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--hard-negatives", action="store_true", help="pack batches with products of one kind")
+    t.add_argument(
+        "--hard-negatives", action="store_true", help="pack half-batches with one kind (after the first stage)"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    t.add_argument(
+        "--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 where the hardware has it"
+    )
     t.set_defaults(func=_train)
 
     d = sub.add_parser("demo", help="offline demo: demo catalog, demo model (trained once), ingest, storefront")
@@ -52,6 +57,7 @@ def register_training(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--port", type=int, default=8501)
     d.add_argument("--no-ui", action="store_true", help="print example searches and exit")
     d.add_argument("--minutes", type=float, default=4.0, help="training budget for the demo model")
+    d.add_argument("--offline", action="store_true", help="use the demo model even when the hub is reachable")
     d.set_defaults(func=_demo)
 
 
@@ -71,6 +77,7 @@ def _train(args: argparse.Namespace) -> int:
         hard_negatives=args.hard_negatives,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
     )
     metrics = train(config)
     print(
@@ -83,4 +90,4 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from train.demo import run_demo
 
-    return run_demo(args.workdir, port=args.port, ui=not args.no_ui, minutes=args.minutes)
+    return run_demo(args.workdir, port=args.port, ui=not args.no_ui, minutes=args.minutes, offline=args.offline)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,29 +32,54 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def demo_model(workdir: Path, minutes: float) -> str:
-    """The pretrained default when online; else the demo model, trained on first use."""
-    if hub_reachable():
+def demo_model(workdir: Path, minutes: float, offline: bool = False) -> str:
+    """The pretrained default when online (unless ``offline``); else the demo model, trained on first use."""
+    if not offline and hub_reachable():
         print(f"model: {DEFAULT_MODEL} (pretrained, from the Hugging Face hub)")
         return DEFAULT_MODEL
+    reason = "offline by request" if offline else "offline, the hub is unreachable"
     model_dir = workdir / "models" / "demo"
     if (model_dir / "training.json").is_file():
-        print(f"model: offline, the hub is unreachable -> cached demo model {model_dir}")
+        print(f"model: {reason} -> cached demo model {model_dir}")
         return str(model_dir)
-    print(f"model: offline, the hub is unreachable -> training the demo model ({minutes:g} min, once)")
+    print(f"model: {reason} -> training the demo model ({minutes:g} min, once)")
     from train.contrastive import TrainConfig, train
 
     train_csv = write_catalog(workdir / "train-catalog", n=TRAIN_PRODUCTS, seed=TRAIN_SEED)
     tmp = model_dir.with_name("demo.partial")
-    metrics = train(TrainConfig(catalog=str(train_csv), out=str(tmp), minutes=minutes, hard_negatives=True))
+    metrics = train(TrainConfig(catalog=str(train_csv), out=str(tmp), minutes=minutes))
+    shutil.rmtree(model_dir, ignore_errors=True)  # a half-written cache from an interrupted run
     tmp.replace(model_dir)  # only a finished model is ever cached
     print(f"trained in {metrics['seconds']}s; validation text->image recall@1 {metrics['val_text_to_image_recall@1']}")
     return str(model_dir)
 
 
-def run_demo(workdir: str | Path, port: int = 8501, ui: bool = True, minutes: float = 4.0) -> int:
+def print_quality(engine: SearchEngine, db: Path, queries: Path, out: Path) -> None:
+    """Score the model on the demo catalog's queries (data it never trained on); full report to ``out``."""
+    from evaluation.harness import evaluate
+    from evaluation.queries import read_queries
+    from evaluation.zero_shot import tagging_accuracy
+
+    report = evaluate(engine, read_queries(queries), ["text-vector", "image-vector", "rrf"])
+    report.tagging = tagging_accuracy(engine.store, engine.embedder, engine.collection, "category")
+    out.write_text(json.dumps(report.to_dict(), indent=2))
+
+    def r10(suite: str, parts: str) -> str:
+        return f"{report.row(suite, parts, 'rrf').metrics['recall@10']:.2f}"
+
+    print(
+        f"quality on the unseen demo catalog (recall@10, RRF): kind+colour text queries {r10('kind+colour', 'text')}; "
+        f"'like this but <colour>' {r10('composed', 'text+image')} (text alone {r10('composed', 'text')}, "
+        f"image alone {r10('composed', 'image')}); zero-shot kind tags {report.tagging['ensemble']:.2f} accurate. "
+        f"Full table: shelfsight eval --db {db} --queries {queries} --tags category"
+    )
+
+
+def run_demo(
+    workdir: str | Path, port: int = 8501, ui: bool = True, minutes: float = 4.0, offline: bool = False
+) -> int:
     workdir = Path(workdir)
-    model = demo_model(workdir, minutes)
+    model = demo_model(workdir, minutes, offline)
     catalog = workdir / "demo-catalog" / "catalog.csv"
     if not catalog.is_file():
         write_catalog(catalog.parent, n=DEMO_PRODUCTS, seed=DEMO_SEED)
@@ -70,9 +97,10 @@ def run_demo(workdir: str | Path, port: int = 8501, ui: bool = True, minutes: fl
         print(
             f"catalog: {catalog} -> {db} (ingested {report.ingested}, unchanged {report.unchanged}, skipped {report.skipped})"
         )
+        engine = SearchEngine(store, embedder, "products")
         if report.ingested:
             tag_collection(store, embedder, "products", KINDS.split(","), threshold=0.3)
-        engine = SearchEngine(store, embedder, "products")
+            print_quality(engine, db, catalog.parent / "queries.jsonl", workdir / "eval.json")
         for query in EXAMPLES:
             hits = engine.search(query, limit=3)
             print(f'  "{query}": ' + "; ".join(f"{h.title} ({h.payload.get('price')})" for h in hits))

@@ -16,6 +16,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # CLIP's word splitting pattern (letters runs, single digits, punctuation runs, contractions).
 CLIP_WORD_PATTERN = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
@@ -114,6 +118,66 @@ def build_tokenizer(out: Path, vocab_size: int) -> None:
     raw.rmdir()
 
 
+# How strongly position shapes attention at the start. Measured: 3 learns shape fastest but
+# starves colour (colour accuracy 0.34); 1 keeps both.
+POSITION_SCALE = 1.0
+
+
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """2-D sine-cosine position embeddings for a grid x grid of patches, with a zero row for the class token."""
+    import torch
+
+    if dim % 4:
+        raise ValueError(f"sin-cos positions need a width divisible by 4, got {dim}")
+    y, x = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij"
+    )
+    freq = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    px, py = x.flatten()[:, None] * freq, y.flatten()[:, None] * freq
+    grid_pe = torch.cat([px.sin(), px.cos(), py.sin(), py.cos()], dim=1)
+    return torch.cat([torch.zeros(1, dim), grid_pe])
+
+
+def init_vision_for_scratch_training(vision_model, seed: int = 0) -> None:
+    """Give a from-scratch ViT a convolution-like start, so it learns shapes in minutes, not hours.
+
+    From random init on a few thousand images a ViT learns colour at once and shape very slowly
+    (a supervised probe: kind accuracy 0.16 after 240 steps). Two initializations, architecture
+    unchanged, fix most of that:
+    - 2-D sin-cos position embeddings (as in MAE and MoCo v3) instead of near-zero random ones;
+    - mimetic attention (Trockman & Kolter, 2023): per head W_q W_k^T ~ 0.7 Z + 0.7 I, so tokens
+      attend to similar positions, i.e. locally; and W_o W_v ~ 0.4 Z - 0.4 I, with Z ~ N(0, 1/d).
+    Four-minute demo trainings, zero-shot kind tagging on unseen products: 0.70 with sin-cos
+    positions alone, 0.85 with both.
+    """
+    import torch
+
+    emb = vision_model.embeddings
+    grid = int(round(emb.num_patches**0.5))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        emb.position_embedding.weight.copy_(sincos_positions(grid, emb.embed_dim) * POSITION_SCALE)
+        for layer in vision_model.encoder.layers:
+            att = layer.self_attn
+            d, k = att.embed_dim, att.head_dim
+            for head in range(att.num_heads):
+                u, s, vh = torch.linalg.svd(_noisy(d, 0.7, 0.7, g))
+                rows = slice(head * k, (head + 1) * k)
+                att.q_proj.weight[rows] = (u[:, :k] * s[:k].sqrt()).T
+                att.k_proj.weight[rows] = (vh[:k].T * s[:k].sqrt()).T
+            u, s, vh = torch.linalg.svd(_noisy(d, 0.4, -0.4, g))
+            att.out_proj.weight.copy_(u * s.sqrt())
+            att.v_proj.weight.copy_(s.sqrt()[:, None] * vh)
+            for lin in (att.q_proj, att.k_proj, att.v_proj, att.out_proj):
+                lin.bias.zero_()
+
+
+def _noisy(d: int, noise: float, identity: float, generator) -> torch.Tensor:
+    import torch
+
+    return noise * torch.randn(d, d, generator=generator) / d**0.5 + identity * torch.eye(d)
+
+
 def init_model(preset: str, out: str | Path, seed: int = 0) -> Path:
     """Write a random-weight CLIP directory of the given preset to ``out`` and return its path."""
     import torch
@@ -153,6 +217,7 @@ def init_model(preset: str, out: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = CLIPModel(config)
+    init_vision_for_scratch_training(model.vision_model, seed)
     model.save_pretrained(str(out))
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": p.image_size},

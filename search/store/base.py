@@ -46,6 +46,8 @@ class CollectionMeta:
 
     ``fields`` maps each filterable payload field to ``"keyword"`` or ``"float"``.
     ``fused_weight`` is the image share A of the early-fused vector, None when absent.
+    ``derived`` names payload fields computed from the vectors (zero-shot tags): a re-ingest of an
+    unchanged product keeps them, where it replaces the fields the catalog owns.
     """
 
     model: str
@@ -55,6 +57,7 @@ class CollectionMeta:
     fields: dict[str, str] = field(default_factory=dict)
     fused_weight: float | None = None
     schema_version: int = SCHEMA_VERSION
+    derived: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +68,7 @@ class CollectionMeta:
             "fields": dict(self.fields),
             "fused_weight": self.fused_weight,
             "schema_version": self.schema_version,
+            "derived": list(self.derived),
         }
 
     @classmethod
@@ -77,6 +81,7 @@ class CollectionMeta:
             fields=dict(data.get("fields", {})),
             fused_weight=data.get("fused_weight"),
             schema_version=int(data.get("schema_version", 0)),
+            derived=tuple(data.get("derived", ())),
         )
 
 

@@ -129,6 +129,7 @@ def test_storefront_in_headless_chromium(tmp_path, tiny_model_dir, catalog_dir, 
             # change a filter through the URL the page keeps: only that category shows
             page.goto(f"http://127.0.0.1:{port}/?q=bag&category={first['category']}", wait_until="domcontentloaded")
             page.get_by_text("results in").first.wait_for(timeout=60_000)
+            page.get_by_text(" score ").first.wait_for(timeout=60_000)  # the summary can render before the cards
             cards = page.get_by_text(" score ").all_inner_texts()
             assert cards and all(c.startswith(first["category"]) for c in cards)
             page.screenshot(path=str(ARTIFACTS / "storefront-filtered.png"), full_page=True)

@@ -116,3 +116,28 @@ def test_long_text_truncated_and_counted(store, collection_name, embedder, tmp_p
     report = ingest_catalog(path, store, embedder, IngestOptions(collection=collection_name))
     assert (report.ingested, report.truncated, report.text_only) == (2, 1, 2)
     store.drop_collection(collection_name)
+
+
+def test_reingest_keeps_zero_shot_tags_and_replaces_catalog_fields(
+    store, collection_name, embedder, catalog_dir, tmp_path
+):
+    from search.tagging import tag_collection
+
+    options = IngestOptions(collection=collection_name)
+    ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
+    tag_collection(store, embedder, collection_name, ["shoe", "bag", "hat"], threshold=0.0)
+    rows = list(csv.DictReader((catalog_dir / "catalog.csv").open()))
+    rows[0]["brand"] = "Renamed"
+    for r in rows:
+        r["image"] = str(catalog_dir / r["image"])
+    changed = tmp_path / "changed.csv"
+    with changed.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    report = ingest_catalog(changed, store, embedder, options)
+    assert (report.ingested, report.updated, report.unchanged) == (0, 1, 47)
+    points = {p.payload["product_id"]: p.payload for p in store.scroll(collection_name)}
+    assert points[rows[0]["id"]]["brand"] == "Renamed"
+    assert all(p["tag"] in ("shoe", "bag", "hat") and "tag_score" in p for p in points.values())
