@@ -32,6 +32,8 @@ from ingest.catalog import read_catalog
 from ingest.images import decode_image, read_image_bytes
 from search.embedder import pick_device
 
+CHECKPOINT_SECONDS = 120  # at most one checkpoint per this many seconds, at the end of an epoch
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -240,6 +242,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     history = []
     step, epoch, loss_value = 0, 0, float("nan")
     text_frozen = False
+    last_recall = float("nan")
+    last_save = started
     bar = None
     if progress:
         from tqdm import tqdm
@@ -279,19 +283,22 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             loss_value = loss.item()
             if bar is not None:
                 bar.n = int(time.monotonic() - started) if budget_s else step
-                bar.set_postfix(loss=f"{loss_value:.3f}", epoch=epoch)
+                bar.set_postfix(loss=f"{loss_value:.3f}", epoch=epoch, val_r1=f"{last_recall:.2f}")
         else:
-            recall = _val_recall(model, val_set, images, texts)
+            recall = last_recall = _val_recall(model, val_set, images, texts)
             history.append({"epoch": epoch, "step": step, "loss": round(loss_value, 4), "val_recall@1": recall})
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.3f}", val_r1=f"{recall:.2f}")
+            if time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                # A loadable checkpoint, so a long run that is stopped still leaves a model.
+                _save(model, processor, out)
+                last_save = time.monotonic()
         epoch += 1
     if bar is not None:
         bar.close()
     model.eval()
     final = _val_recall(model, val_set, images, texts)
-    model.to("cpu").save_pretrained(str(out))
-    processor.save_pretrained(str(out))
+    _save(model, processor, out)
     metrics = {
         "config": asdict(config),
         "bf16": bf16,
@@ -333,6 +340,11 @@ def _val_recall(model, val_set, images, texts) -> float:
     best = sims.argmax(dim=1).tolist()
     model.train(was_training)
     return round(sum(pair[b] == pair[i] for i, b in enumerate(best)) / len(val_set), 4)
+
+
+def _save(model, processor, out: Path) -> None:
+    model.save_pretrained(str(out))  # safetensors from any device
+    processor.save_pretrained(str(out))
 
 
 def _freeze(module, frozen: bool) -> bool:
