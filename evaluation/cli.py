@@ -14,7 +14,7 @@ from search.settings import DEFAULT_COLLECTION, Settings
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="recall@1/5/10, MRR and nDCG@10 of each retrieval mode on a JSONL query set",
+        help="recall@1/5/10, hit@10, MRR and nDCG@10 of each retrieval mode on a JSONL query set",
         description='Queries file: one JSON object per line, {"query": "...", "image": "optional path", '
         '"relevant": ["id", ...]} (optional "suite" groups lines in the report).',
     )
