@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import base64
 import csv
-import subprocess
-import sys
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, wait_for_http
+from tests.e2e.conftest import serving
 
 
 @pytest.fixture(scope="module")
 def api(built_db, server_env):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shelfsight", "serve", "--db", str(built_db), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=server_env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/health", proc)
+    with serving("serve", "--db", built_db, health="/health", env=server_env) as base:
         yield httpx.Client(base_url=base, timeout=60)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_health_search_and_products(api, catalog_dir):

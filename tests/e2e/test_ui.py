@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.e2e.conftest import free_port, wait_for_http
+from tests.e2e.conftest import serving
 
 APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
 CHROMIUM = "/usr/bin/chromium"
@@ -92,17 +90,8 @@ def test_storefront_in_headless_chromium(tmp_path, tiny_model_dir, catalog_dir, 
     run_cli("ingest", catalog_dir / "catalog.csv", "--db", built_db, "--model", tiny_model_dir, check=True)
 
     first = next(csv.DictReader((catalog_dir / "catalog.csv").open()))
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shelfsight", "ui", "--db", str(built_db), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=server_env,
-    )
     ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", proc)
+    with serving("ui", "--db", built_db, health="/_stcore/health", env=server_env) as base:
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM,
@@ -116,7 +105,7 @@ def test_storefront_in_headless_chromium(tmp_path, tiny_model_dir, catalog_dir, 
             )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             query = quote_plus(f"{first['title']}. {first['description']}")
-            page.goto(f"http://127.0.0.1:{port}/?q={query}", wait_until="domcontentloaded")
+            page.goto(f"{base}/?q={query}", wait_until="domcontentloaded")
             try:
                 page.get_by_text("results in").first.wait_for(timeout=150_000)
                 page.get_by_text(first["title"], exact=True).first.wait_for(timeout=30_000)
@@ -127,13 +116,10 @@ def test_storefront_in_headless_chromium(tmp_path, tiny_model_dir, catalog_dir, 
             page.get_by_text("results in").first.wait_for(timeout=60_000)
             page.get_by_text(first["title"], exact=True).first.wait_for(timeout=60_000)
             # change a filter through the URL the page keeps: only that category shows
-            page.goto(f"http://127.0.0.1:{port}/?q=bag&category={first['category']}", wait_until="domcontentloaded")
+            page.goto(f"{base}/?q=bag&category={first['category']}", wait_until="domcontentloaded")
             page.get_by_text("results in").first.wait_for(timeout=60_000)
             page.get_by_text(" score ").first.wait_for(timeout=60_000)  # the summary can render before the cards
             cards = page.get_by_text(" score ").all_inner_texts()
             assert cards and all(c.startswith(first["category"]) for c in cards)
             page.screenshot(path=str(ARTIFACTS / "storefront-filtered.png"), full_page=True)
             browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
