@@ -331,7 +331,8 @@ def _val_recall(model, val_set, images, texts) -> float:
                 for i in range(0, len(val_set), 64)
             ]
         )
-        caps = [next((c.text for c in e["captions"] if len(c.pins) == 2), e["captions"][0].text) for e in val_set]
+        pair_pins = ("category", "color")
+        caps = [next((c.text for c in e["captions"] if c.pins == pair_pins), e["captions"][0].text) for e in val_set]
         txt = torch.cat(
             [_features(model.get_text_features(**texts(caps[i : i + 64]))) for i in range(0, len(caps), 64)]
         )
