@@ -297,6 +297,7 @@ def write_catalog(out: str | Path, n: int = 400, seed: int = 0) -> Path:
                 "title": title_of(spec),
                 "description": description_of(spec, rng),
                 "category": spec.kind,
+                "type": spec.noun,  # the shop's own word for the kind: "handbag", "tee"
                 "color": spec.color,
                 "pattern": spec.pattern,
                 "price": f"{spec.price:.2f}",

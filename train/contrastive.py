@@ -52,6 +52,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp32
     gray_share: float = 0.3  # share of images shown in grayscale with a caption that names no colour
     single_attribute_share: float = 0.3  # first share of the budget trained on one-attribute captions
+    filler_share: float = 0.3  # share of captions given one or two words that name nothing visible
 
 
 # The product fields a picture shows; a caption pins down some of them ("red" pins only colour).
@@ -65,19 +66,27 @@ class Caption:
 
 
 def captions_for(title: str, description: str, fields: dict) -> list[Caption]:
-    """Caption templates: the catalog text plus short phrasings from its structured fields."""
+    """Caption templates: the catalog text plus short phrasings from its structured fields.
+
+    A ``type`` field (the shop's word for the kind: "handbag" for a bag) is phrased like the
+    category, so the text tower learns both words for the same picture.
+    """
     every = tuple(f for f in VISIBLE_FIELDS if fields.get(f))
     caps = [Caption(title, every), Caption(f"{title}. {description}".strip(". "), every)]
     color, kind, pattern = fields.get("color"), fields.get("category"), fields.get("pattern")
+    nouns = [str(n) for n in dict.fromkeys((kind, fields.get("type"))) if n] if kind else []
     if color and kind:
         pair = ("category", "color")
-        caps += [Caption(t, pair) for t in (f"a {color} {kind}", f"a photo of a {color} {kind}", f"{kind} in {color}")]
+        for noun in nouns:
+            caps += [
+                Caption(t, pair) for t in (f"a {color} {noun}", f"a photo of a {color} {noun}", f"{noun} in {color}")
+            ]
         caps.append(Caption(str(color), ("color",)))
         if pattern and pattern != "plain":
             caps.append(Caption(f"a {color} {pattern} {kind}", every))
             caps.append(Caption(f"a {pattern} {kind}", ("category", "pattern")))
-    if kind:
-        caps += [Caption(f"a photo of a {kind}", ("category",)), Caption(str(kind), ("category",))]
+    for noun in nouns:
+        caps += [Caption(f"a photo of a {noun}", ("category",)), Caption(noun, ("category",))]
     return [c for c in caps if c.text]
 
 
@@ -110,6 +119,24 @@ def multi_positive_loss(logits_per_text, mask):
     per_image, mask_t = logits_per_text.T, mask.T
     i2t = torch.logsumexp(per_image, 1) - torch.logsumexp(per_image.masked_fill(~mask_t, neg_inf), 1)
     return (t2i.mean() + i2t.mean()) / 2
+
+
+def filler_words(vocabulary, informative: set[str]) -> list[str]:
+    """Whole words the tokenizer knows that say nothing about a product in this catalog."""
+    words = {t[: -len("</w>")] for t in vocabulary if t.endswith("</w>")}
+    return sorted(w for w in words if w.isascii() and w.isalpha() and w.lower() not in informative)
+
+
+def add_filler(text: str, fillers: list[str], rng: random.Random) -> str:
+    """Insert one or two filler words at random places (random insertion, as in EDA text augmentation).
+
+    Shoppers type words a catalog never uses ("any", "looking for"); the text tower learns that
+    such words do not change what a caption asks for.
+    """
+    words = text.split()
+    for _ in range(rng.choice((1, 2))):
+        words.insert(rng.randint(0, len(words)), rng.choice(fillers))
+    return " ".join(words)
 
 
 def _group_of(fields: dict, title: str) -> str:
@@ -192,6 +219,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     rng.shuffle(groups)
     val_groups = set(groups[: max(1, int(len(groups) * config.val_share))])
     train_set = [e for e in examples if e["group"] not in val_groups]
+    informative = {w.lower() for e in examples for w in e["captions"][0].text.split()}
+    informative |= {v.lower() for e in examples for v in e["attributes"].values()}
+    fillers = filler_words(processor.tokenizer.get_vocab(), informative)
     val_set = [e for e in examples if e["group"] in val_groups]
 
     def images(batch, augment: bool, gray: list[bool] | None = None):
@@ -270,6 +300,11 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             if first_stage != text_frozen:
                 text_frozen = _freeze(model.text_model, first_stage)
             chosen = [rng.choice(e["colourless"] if g else (e[pool] or e["captions"])) for e, g in zip(batch, gray)]
+            if fillers and config.filler_share > 0:
+                chosen = [
+                    Caption(add_filler(c.text, fillers, rng), c.pins) if rng.random() < config.filler_share else c
+                    for c in chosen
+                ]
             mask = torch.from_numpy(positive_mask(chosen, [e["attributes"] for e in batch])).to(device)
             with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 output = model(pixel_values=images(batch, True, gray), **texts([c.text for c in chosen]))

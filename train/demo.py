@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from data.generate import write_catalog
 from ingest.pipeline import IngestOptions, ingest_catalog
-from search.embedder import Embedder
+from search.embedder import Embedder, hub_reachable
 from search.engine import SearchEngine
 from search.settings import DEFAULT_MODEL
 from search.store.edge import EdgeStore
@@ -22,14 +21,6 @@ DEMO_PRODUCTS, DEMO_SEED = 800, 7
 TRAIN_PRODUCTS, TRAIN_SEED = 2400, 1001  # a different seed: the demo catalog is unseen data
 KINDS = "shoe,bag,hat,mug,lamp,shirt,bottle,umbrella"
 EXAMPLES = ("red bag", "blue shoe", "yellow umbrella -striped", "green mug")
-
-
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def demo_model(workdir: Path, minutes: float, offline: bool = False) -> str:

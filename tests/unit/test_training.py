@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from train.contrastive import Caption, TrainConfig, captions_for, multi_positive_loss, positive_mask, train
+from train.contrastive import (
+    Caption,
+    TrainConfig,
+    add_filler,
+    captions_for,
+    filler_words,
+    multi_positive_loss,
+    positive_mask,
+    train,
+)
 
 
 def test_positive_mask_follows_what_each_caption_names():
@@ -34,6 +44,24 @@ def test_captions_pin_the_fields_they_name():
     assert pins["a red bag"] == ("category", "color")
     assert pins["red"] == ("color",)
     assert pins["bag"] == ("category",)
+    assert "tote" not in pins  # no type field: only the category is phrased
+
+
+def test_type_field_is_phrased_like_the_category():
+    fields = {"category": "bag", "type": "tote", "color": "red", "pattern": "plain"}
+    pins = {c.text: c.pins for c in captions_for("Oakline red leather tote", "A tote.", fields)}
+    assert pins["a red tote"] == pins["a red bag"] == ("category", "color")
+    assert pins["tote"] == pins["bag"] == ("category",)
+    same = {"category": "bag", "type": "bag", "color": "red"}
+    texts = [c.text for c in captions_for("Oakline red bag", "", same)]
+    assert texts.count("a red bag") == 1  # a type equal to the category adds nothing
+
+
+def test_filler_words_leave_out_what_names_a_product():
+    vocab = ["any</w>", "red</w>", "shoe</w>", "y</w>", "ing", "Ù</w>", ",</w>"]
+    assert filler_words(vocab, {"red", "shoe"}) == ["any", "y"]
+    text = add_filler("a red shoe", ["any"], random.Random(0))
+    assert text.replace("any", "").split() == ["a", "red", "shoe"] and 1 <= text.split().count("any") <= 2
 
 
 def test_multi_positive_loss_worked_by_hand():
