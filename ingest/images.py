@@ -6,6 +6,7 @@ an unchanged product is recognised without decoding its image.
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import socket
 import urllib.error
@@ -54,10 +55,14 @@ def check_url(url: str, policy: ImagePolicy) -> None:
     host = parsed.hostname
     if not host:
         raise ImageError(f"URL has no host: {url}", "use a full http(s)://host/path URL")
-    if policy.allow_private:
-        return
+    if not policy.allow_private:
+        _public_addresses(host, parsed.port or (443 if parsed.scheme == "https" else 80), url)
+
+
+def _public_addresses(host: str, port: int, url: str) -> list[tuple]:
+    """Resolve ``host``; every address must be public, else the URL is refused."""
     try:
-        infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise ImageError(f"cannot resolve host {host!r}: {exc}", "check the URL's host name") from exc
     for info in infos:
@@ -67,6 +72,49 @@ def check_url(url: str, policy: ImagePolicy) -> None:
                 f"refused URL to a non-public address ({address}): {url}",
                 "host the image publicly, or pass --allow-private-urls for a trusted network",
             )
+    return infos
+
+
+def _pinned_connect(address: tuple[str, int], timeout=None, source_address=None) -> socket.socket:
+    """Connect only to an address checked at this moment, so a host that resolves to a public
+    address for the check and a private one for the fetch (DNS rebinding) is still refused."""
+    host, port = address
+    last: OSError | None = None
+    for family, kind, proto, _, sockaddr in _public_addresses(host, port, f"{host}:{port}"):
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not None:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last or OSError(f"no address for {host}")
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _pinned_connect
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _pinned_connect  # TLS still verifies the URL's host name
+
+
+class _PinnedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_PinnedHTTPConnection, req)
+
+
+class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_PinnedHTTPSConnection, req, context=self._context)
 
 
 class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
@@ -78,9 +126,20 @@ class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+def _through_proxy(url: str) -> bool:
+    """Whether urllib sends this URL through a configured proxy (which then resolves the host)."""
+    parsed = urllib.parse.urlsplit(url)
+    return bool(urllib.request.getproxies().get(parsed.scheme)) and not urllib.request.proxy_bypass(
+        parsed.hostname or ""
+    )
+
+
 def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
     check_url(url, policy)
-    opener = urllib.request.build_opener(_GuardedRedirects(policy))
+    handlers: list = [_GuardedRedirects(policy)]
+    if not policy.allow_private and not _through_proxy(url):
+        handlers += [_PinnedHTTPHandler(), _PinnedHTTPSHandler()]
+    opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(url, headers={"User-Agent": "shelfsight-ingest"})
     try:
         with opener.open(request, timeout=policy.timeout) as response:

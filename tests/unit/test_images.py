@@ -143,3 +143,39 @@ def test_url_fetch_through_a_real_loopback_server(tmp_path: Path):
             read_image_bytes(f"{base}/p.png", tmp_path, ImagePolicy(allow_private=True, max_bytes=10))
     finally:
         server.shutdown()
+
+
+def test_host_that_rebinds_to_a_private_address_is_refused_at_connect(tmp_path: Path, monkeypatch):
+    """DNS rebinding: public when checked, loopback when fetched. The fetch must not reach it."""
+    import http.server
+    import socket
+    import threading
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    answers = iter(["93.184.216.34", "127.0.0.1", "127.0.0.1"])
+    real = socket.getaddrinfo
+
+    def rebinding(host, *args, **kwargs):
+        if host != "shop.example":
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        with pytest.raises(ImageError, match="non-public address \\(127.0.0.1\\)"):
+            read_image_bytes(f"http://shop.example:{port}/p.png", tmp_path)
+        assert hits == []
+    finally:
+        server.shutdown()
