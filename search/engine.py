@@ -32,11 +32,14 @@ from search.records import Hit, Product, VectorScore, point_id
 from search.settings import Settings
 from search.store import open_store
 from search.store.base import CollectionMeta, NearestQuery, StoredPoint, VectorStore
+from search.vector_cache import VectorCache, image_key
 
 FUSION_METHODS = ("rrf", "dbsf", "weighted", "early")
 ImageInput = Image.Image | bytes | str | Path
 # Each ranked list fetches at least this many candidates so fusion sees beyond the page.
 MIN_CANDIDATES = 100
+# Query texts and images whose vectors are kept (a vector is a few KB).
+QUERY_CACHE_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class SearchEngine:
                 "rebuild the collection with `shelfsight ingest CATALOG --reindex --model NEW`"
             )
         self.image_policy = ImagePolicy()
+        self.query_vectors = VectorCache(QUERY_CACHE_SIZE)
 
     @classmethod
     def open(cls, db_or_settings: str | Path | Settings, model: str | None = None) -> SearchEngine:
@@ -218,7 +222,11 @@ class SearchEngine:
     def _part_vectors(self, parsed: ParsedQuery, images: list[tuple[Image.Image, float]]) -> dict[str, np.ndarray]:
         """One vector per query part; negative terms are subtracted from every part."""
         all_texts = [t for t, _ in parsed.texts] + [t for t, _ in parsed.negatives]
-        text_vecs = self.embedder.encode_texts(all_texts) if all_texts else np.zeros((0, self.meta.dimension))
+        text_vecs = (
+            self.query_vectors.get_many([("text", t) for t in all_texts], self.embedder.encode_texts, all_texts)
+            if all_texts
+            else np.zeros((0, self.meta.dimension))
+        )
         pos_text = list(text_vecs[: len(parsed.texts)])
         neg = list(text_vecs[len(parsed.texts) :])
         neg_w = [-w for _, w in parsed.negatives]
@@ -226,7 +234,9 @@ class SearchEngine:
         if pos_text:
             parts["text"] = fusion.combine(pos_text + neg, [w for _, w in parsed.texts] + neg_w)
         if images:
-            image_vecs = list(self.embedder.encode_images([im for im, _ in images]))
+            pictures = [im for im, _ in images]
+            keys = [("image", image_key(im)) for im in pictures]
+            image_vecs = list(self.query_vectors.get_many(keys, self.embedder.encode_images, pictures))
             parts["image"] = fusion.combine(image_vecs + neg, [w for _, w in images] + neg_w)
         return parts
 

@@ -138,3 +138,15 @@ def test_open_errors(tmp_path, embedder, catalog_dir):
         SearchEngine.open(tmp_path / "db", model=str(other))
     with SearchEngine.open(tmp_path / "db") as engine:  # the collection's own model by default
         assert engine.search("red shoe", limit=2)
+
+
+def test_repeated_queries_reuse_their_vectors(engine, catalog_dir):
+    product = _products(engine, 1)[0]
+    image = Image.open(catalog_dir / product.image)
+    first = engine.search("red bag", image, filters=["price<=100"], limit=5)
+    misses = engine.query_vectors.misses
+    again = engine.search("red bag", image.copy(), filters=["price<=100"], limit=5)  # same pixels, new object
+    assert engine.query_vectors.misses == misses  # nothing embedded again
+    assert [(h.id, h.score) for h in again] == [(h.id, h.score) for h in first]
+    engine.search("blue shoe", image, limit=5)
+    assert engine.query_vectors.misses == misses + 1  # only the new text
