@@ -53,6 +53,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp32
     gray_share: float = 0.3  # share of images shown in grayscale with a caption that names no colour
     single_attribute_share: float = 0.3  # first share of the budget trained on one-attribute captions
+    rephrase: bool = True  # second stage: "a photo of a" captions get a random phrasing of the same
     filler_share: float = 0.3  # share of captions given one or two words that name nothing visible
 
 
@@ -89,6 +90,17 @@ def captions_for(title: str, description: str, fields: dict) -> list[Caption]:
     for noun in nouns:
         caps += [Caption(f"a photo of a {noun}", ("category",)), Caption(noun, ("category",))]
     return [c for c in caps if c.text]
+
+
+# Ways to say "a photo of"; second-stage captions draw one at random, so the kind word carries
+# the match and no single phrasing is special to the model.
+PHOTO_PHRASES = ("a photo of a", "a picture of a", "an image of a", "a shot of a", "a snapshot of a")
+
+
+def rephrase(text: str, rng: random.Random) -> str:
+    """Swap a leading "a photo of a" for a random phrasing of the same."""
+    head = PHOTO_PHRASES[0] + " "
+    return f"{rng.choice(PHOTO_PHRASES)} {text[len(head) :]}" if text.startswith(head) else text
 
 
 def positive_mask(captions: list[Caption], attributes: list[dict]) -> np.ndarray:
@@ -326,6 +338,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             if first_stage != text_frozen:
                 text_frozen = _freeze(model.text_model, first_stage)
             chosen = [rng.choice(e["colourless"] if g else (e[pool] or e["captions"])) for e, g in zip(batch, gray)]
+            if not first_stage and config.rephrase:
+                chosen = [Caption(rephrase(c.text, rng), c.pins) for c in chosen]
             if fillers and config.filler_share > 0:
                 chosen = [
                     Caption(add_filler(c.text, fillers, rng), c.pins) if rng.random() < config.filler_share else c

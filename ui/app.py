@@ -18,6 +18,8 @@ from search.engine import FUSION_METHODS
 PAGE = 12
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 SUGGESTIONS = ("red bag", "blue shoe", "striped shirt", "yellow umbrella")
+# Sidebar filters, in this order, where the collection has them as keyword fields.
+FACET_FIELDS = ("category", "type", "brand", "color", "tag")
 
 
 @st.cache_resource(show_spinner="Loading the search engine…")
@@ -109,12 +111,11 @@ def main() -> None:
     # Sidebar filters, built from the collection's payload with counts for the current query.
     fields = engine.filterable_fields
     st.sidebar.header("Filters")
+    facet_fields = [f for f in FACET_FIELDS if fields.get(f) == "keyword"]
     try:
-        counts = engine.facets(
-            [f for f in ("category", "brand", "color", "tag") if fields.get(f) == "keyword"], q or None
-        )
+        counts = engine.facets(facet_fields, q or None)
     except ShelfsightError:
-        counts = engine.facets([f for f in ("category", "brand", "color", "tag") if fields.get(f) == "keyword"])
+        counts = engine.facets(facet_fields)
     chosen: dict[str, list[str]] = {}
     for field, pairs in counts.items():
         options = [str(v) for v, _ in pairs]
