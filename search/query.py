@@ -22,7 +22,10 @@ from search.store.base import CollectionMeta, Condition, Filter, Match, Range
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$")
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-NEGATIVE_WEIGHT = 1.0
+# How hard "-word" pushes away, relative to the positive text. Measured on the demo catalog (24
+# queries like "yellow umbrella -striped"): at 1.0 only 39% of the top 10 kept the asked kind and
+# colour (72% without the negative term); at 0.5, 64%, while 87% lacked the pattern (92% at 1.0).
+NEGATIVE_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)

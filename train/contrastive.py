@@ -84,7 +84,7 @@ def captions_for(title: str, description: str, fields: dict) -> list[Caption]:
                 Caption(t, pair) for t in (f"a {color} {noun}", f"a photo of a {color} {noun}", f"{noun} in {color}")
             ]
         caps.append(Caption(str(color), ("color",)))
-        if pattern and pattern != "plain":
+        if pattern:  # "plain" too: it is a value shoppers and templates use ("a plain bag")
             caps.append(Caption(f"a {color} {pattern} {kind}", every))
             caps.append(Caption(f"a {pattern} {kind}", ("category", "pattern")))
     for noun in nouns:

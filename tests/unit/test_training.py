@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from train.contrastive import (
+    PHOTO_PHRASES,
     Caption,
     TrainConfig,
     add_filler,
@@ -19,6 +20,7 @@ from train.contrastive import (
     filler_words,
     multi_positive_loss,
     positive_mask,
+    rephrase,
     train,
 )
 
@@ -126,3 +128,12 @@ def test_scratch_init_gives_positions_and_local_attention(tiny_model_dir):
     qk = att.q_proj.weight[:k].T @ att.k_proj.weight[:k]  # one head's W_q^T W_k, d x d
     assert qk.diagonal().mean() > 3 * qk.fill_diagonal_(0).abs().mean()  # identity-like: attends to its own kind
     assert (att.out_proj.weight @ att.v_proj.weight).diagonal().mean().item() == pytest.approx(-0.4, abs=0.05)
+
+
+def test_rephrase_keeps_what_follows_the_phrase():
+    rng = random.Random(0)
+    seen = {rephrase("a photo of a red bag", rng) for _ in range(50)}
+    assert seen == {f"{p} red bag" for p in PHOTO_PHRASES}
+    assert (
+        rephrase("red bag", rng) == "red bag" and rephrase("Oakline photo of a tote", rng) == "Oakline photo of a tote"
+    )
