@@ -6,7 +6,7 @@ import argparse
 import json
 
 from search.engine import FUSION_METHODS, SearchEngine
-from search.settings import DEFAULT_COLLECTION, Settings
+from search.settings import DEFAULT_COLLECTION, DEFAULT_FUSION, Settings
 from search.store import open_store
 
 
@@ -47,7 +47,7 @@ def register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vectors", default="image,text", help="product vectors to search (default image,text)")
     p.add_argument("--text-weight", type=float, default=None)
     p.add_argument("--image-weight", type=float, default=None)
-    p.add_argument("--fusion", choices=FUSION_METHODS, default="rrf")
+    p.add_argument("--fusion", choices=FUSION_METHODS, default=None, help=f"default: {DEFAULT_FUSION}")
     p.add_argument(
         "--filter",
         action="append",

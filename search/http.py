@@ -24,7 +24,7 @@ from search.errors import (
     ShelfsightError,
     StoreUnavailableError,
 )
-from search.settings import Settings
+from search.settings import DEFAULT_FUSION, Settings
 
 _STATUS = [
     (ProductNotFoundError, 404),
@@ -43,7 +43,7 @@ class SearchBody(BaseModel):
     )
     image_base64: str | None = Field(None, description="query image, base64-encoded bytes")
     filters: list[str] = Field(default_factory=list, description="e.g. ['category=shoe', 'price<=40']")
-    fusion: str = Field("rrf", description=f"one of {', '.join(FUSION_METHODS)}")
+    fusion: str | None = Field(None, description=f"one of {', '.join(FUSION_METHODS)}; default {DEFAULT_FUSION}")
     vectors: list[str] = Field(default_factory=lambda: ["image", "text"])
     text_weight: float | None = None
     image_weight: float | None = None
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
     def search_get(
         q: str,
         filter: list[str] = Query(default_factory=list, description="repeatable: category=shoe, price<=40"),
-        fusion: str = "rrf",
+        fusion: str | None = None,
         vectors: str = "image,text",
         text_weight: float | None = None,
         image_weight: float | None = None,
@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
     async def search_upload(
         image: UploadFile = File(..., description="query image"),
         q: str | None = Form(None),
-        fusion: str = Form("rrf"),
+        fusion: str | None = Form(None),
         vectors: str = Form("image,text"),
         limit: int = Form(10),
     ) -> dict[str, Any]:

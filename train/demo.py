@@ -51,15 +51,16 @@ def print_quality(engine: SearchEngine, db: Path, queries: Path, out: Path) -> N
     from evaluation.queries import read_queries
     from evaluation.zero_shot import tagging_accuracy
 
-    report = evaluate(engine, read_queries(queries), ["text-vector", "image-vector", "rrf"])
+    fusion = engine.settings.fusion
+    report = evaluate(engine, read_queries(queries), ["text-vector", "image-vector", fusion])
     report.tagging = tagging_accuracy(engine.store, engine.embedder, engine.collection, "category")
     out.write_text(json.dumps(report.to_dict(), indent=2))
 
     def r10(suite: str, parts: str) -> str:
-        return f"{report.row(suite, parts, 'rrf').metrics['recall@10']:.2f}"
+        return f"{report.row(suite, parts, fusion).metrics['recall@10']:.2f}"
 
     print(
-        f"quality on the unseen demo catalog (recall@10, RRF): kind+colour text queries {r10('kind+colour', 'text')}; "
+        f"quality on the unseen demo catalog (recall@10, {fusion.upper()} fusion): kind+colour text queries {r10('kind+colour', 'text')}; "
         f"'like this but <colour>' {r10('composed', 'text+image')} (text alone {r10('composed', 'text')}, "
         f"image alone {r10('composed', 'image')}); zero-shot kind tags {report.tagging['ensemble']:.2f} accurate. "
         f"Full table: shelfsight eval --db {db} --queries {queries} --tags category"

@@ -104,8 +104,11 @@ def main() -> None:
             help="0: only the photo counts, 1: only the words",
         )
         methods = [m for m in FUSION_METHODS if m != "early" or "fused" in engine.meta.vectors]
+        default_fusion = engine.settings.fusion
         fusion = st.selectbox(
-            "Fusion", methods, index=methods.index(_param("fusion", "rrf")) if _param("fusion", "rrf") in methods else 0
+            "Fusion",
+            methods,
+            index=methods.index(_param("fusion", default_fusion)) if _param("fusion", default_fusion) in methods else 0,
         )
 
     # Sidebar filters, built from the collection's payload with counts for the current query.
@@ -142,7 +145,7 @@ def main() -> None:
     _set_params(
         q=q,
         tw=tw,
-        fusion=fusion if fusion != "rrf" else None,
+        fusion=fusion if fusion != default_fusion else None,
         pmax=pmax or None,
         **{field: values for field, values in chosen.items()},
     )

@@ -150,3 +150,12 @@ def test_repeated_queries_reuse_their_vectors(engine, catalog_dir):
     assert [(h.id, h.score) for h in again] == [(h.id, h.score) for h in first]
     engine.search("blue shoe", image, limit=5)
     assert engine.query_vectors.misses == misses + 1  # only the new text
+
+
+def test_default_fusion_is_dbsf(engine):
+    default = engine.search("red bag", limit=8)
+    dbsf = engine.search("red bag", fusion_method="dbsf", limit=8)
+    rrf = engine.search("red bag", fusion_method="rrf", limit=8)
+    assert [h.id for h in default] == [h.id for h in dbsf]
+    assert [h.score for h in default] == pytest.approx([h.score for h in dbsf])
+    assert [h.score for h in default] != pytest.approx([h.score for h in rrf])
