@@ -10,7 +10,7 @@ DEFAULT_COLLECTION = "products"
 
 # Late fusion when a caller names none. DBSF rescales each ranked list by its own score spread,
 # so text->text and text->image cosines (different ranges in CLIP) add up fairly; on the demo
-# catalog it beat RRF in each of four runs (kind+colour recall@10 0.965 vs 0.943, text+image
+# catalog it beat RRF in each of five runs (kind+colour recall@10 0.965 vs 0.943, text+image
 # 0.596 vs 0.510 in the last).
 DEFAULT_FUSION = "dbsf"
 
