@@ -105,11 +105,8 @@ def main() -> None:
         )
         methods = [m for m in FUSION_METHODS if m != "early" or "fused" in engine.meta.vectors]
         default_fusion = engine.settings.fusion
-        fusion = st.selectbox(
-            "Fusion",
-            methods,
-            index=methods.index(_param("fusion", default_fusion)) if _param("fusion", default_fusion) in methods else 0,
-        )
+        asked_fusion = _param("fusion", default_fusion)
+        fusion = st.selectbox("Fusion", methods, index=methods.index(asked_fusion) if asked_fusion in methods else 0)
 
     # Sidebar filters, built from the collection's payload with counts for the current query.
     fields = engine.filterable_fields
