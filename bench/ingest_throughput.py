@@ -12,11 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.generate import write_catalog  # noqa: E402
-from ingest.pipeline import IngestOptions, ingest_catalog  # noqa: E402
-from search.embedder import Embedder  # noqa: E402
-from search.store.edge import EdgeStore  # noqa: E402
-from train.model_init import init_model  # noqa: E402
+from shelfsight.data.generate import write_catalog  # noqa: E402
+from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog  # noqa: E402
+from shelfsight.search.embedder import Embedder  # noqa: E402
+from shelfsight.search.store.edge import EdgeStore  # noqa: E402
+from shelfsight.train.model_init import init_model  # noqa: E402
 
 
 def main() -> None:

@@ -19,12 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.embedder import Embedder, normalize_rows  # noqa: E402
-from search.engine import SearchEngine  # noqa: E402
-from search.records import point_id  # noqa: E402
-from search.store.base import CollectionMeta, PointRecord  # noqa: E402
-from search.store.edge import EdgeStore  # noqa: E402
-from train.model_init import init_model  # noqa: E402
+from shelfsight.search.embedder import Embedder, normalize_rows  # noqa: E402
+from shelfsight.search.engine import SearchEngine  # noqa: E402
+from shelfsight.search.records import point_id  # noqa: E402
+from shelfsight.search.store.base import CollectionMeta, PointRecord  # noqa: E402
+from shelfsight.search.store.edge import EdgeStore  # noqa: E402
+from shelfsight.train.model_init import init_model  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from data.generate import spec_count_summary, write_catalog
+from shelfsight.data.generate import spec_count_summary, write_catalog
 
 
 def register(sub: argparse._SubParsersAction) -> None:

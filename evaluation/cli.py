@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from evaluation.harness import MODES, evaluate, format_table
-from evaluation.queries import read_queries
-from search.engine import SearchEngine
-from search.settings import DEFAULT_COLLECTION, Settings
+from shelfsight.evaluation.harness import MODES, evaluate, format_table
+from shelfsight.evaluation.queries import read_queries
+from shelfsight.search.engine import SearchEngine
+from shelfsight.search.settings import DEFAULT_COLLECTION, Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +36,11 @@ def _eval(args: argparse.Namespace) -> int:
     with SearchEngine.open(settings, model=args.model) as engine:
         report = evaluate(engine, queries, modes)
         if args.tags:
-            from evaluation.zero_shot import tagging_accuracy
+            from shelfsight.evaluation.zero_shot import tagging_accuracy
 
             report.tagging = tagging_accuracy(engine.store, engine.embedder, engine.collection, args.tags)
     if args.plot:
-        from evaluation.plot import plot_report
+        from shelfsight.evaluation.plot import plot_report
 
         plot_report(report, args.plot)
     if args.json:

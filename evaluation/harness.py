@@ -18,10 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from evaluation.metrics import METRIC_NAMES, mean_metrics, query_metrics
-from evaluation.queries import EvalQuery
-from search.engine import SearchEngine
-from search.errors import BadInputError
+from shelfsight.evaluation.metrics import METRIC_NAMES, mean_metrics, query_metrics
+from shelfsight.evaluation.queries import EvalQuery
+from shelfsight.search.engine import SearchEngine
+from shelfsight.search.errors import BadInputError
 
 # mode -> (fusion method, product vectors searched)
 MODES: dict[str, tuple[str, tuple[str, ...]]] = {

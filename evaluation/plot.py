@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.harness import MODES, EvalReport
-from search.errors import BadInputError
+from shelfsight.evaluation.harness import MODES, EvalReport
+from shelfsight.search.errors import BadInputError
 
 
 def plot_report(report: EvalReport, out: str | Path, metric: str = "recall@10") -> Path:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from search.errors import BadInputError
+from shelfsight.search.errors import BadInputError
 
 LINE_SHAPE = '{"query": "red bag", "image": "optional.jpg", "relevant": ["id", ...]}'
 

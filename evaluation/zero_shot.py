@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from search.embedder import Embedder
-from search.errors import BadInputError
-from search.store.base import VectorStore
-from search.tagging import TEMPLATES, classify, label_vectors
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.store.base import VectorStore
+from shelfsight.search.tagging import TEMPLATES, classify, label_vectors
 
 
 def tagging_accuracy(

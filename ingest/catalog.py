@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from search.errors import BadInputError
-from search.records import RESERVED_FIELDS, Product
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.records import RESERVED_FIELDS, Product
 
 # Share of a text column's non-empty cells that must parse as numbers to treat it as numeric.
 _NUMERIC_SHARE = 0.75

@@ -11,12 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from ingest.catalog import Columns, read_catalog
-from ingest.images import ImagePolicy
-from ingest.pipeline import IngestOptions, IngestReport, ingest_catalog
-from search.embedder import Embedder
-from search.settings import DEFAULT_COLLECTION, DEFAULT_MODEL, Settings
-from search.store import open_store
+from shelfsight.ingest.catalog import Columns, read_catalog
+from shelfsight.ingest.pipeline import IngestOptions, IngestReport, ingest_catalog
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.images import ImagePolicy
+from shelfsight.search.settings import DEFAULT_COLLECTION, DEFAULT_MODEL, Settings
+from shelfsight.search.store import open_store
 
 _SHOWN_ERRORS = 20
 

@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from ingest.catalog import Catalog, CatalogRow, Columns, RowError, read_catalog
-from ingest.images import ImageError, ImagePolicy, decode_image, is_url, read_image_bytes
-from search.embedder import Embedder
-from search.errors import IncompatibleCollectionError
-from search.fusion import early_fuse
-from search.records import point_id
-from search.settings import DEFAULT_COLLECTION
-from search.store.base import CollectionMeta, PointRecord, VectorStore
+from shelfsight.ingest.catalog import Catalog, CatalogRow, Columns, RowError, read_catalog
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.errors import IncompatibleCollectionError
+from shelfsight.search.fusion import early_fuse
+from shelfsight.search.images import ImageError, ImagePolicy, decode_image, is_url, read_image_bytes
+from shelfsight.search.records import point_id
+from shelfsight.search.settings import DEFAULT_COLLECTION
+from shelfsight.search.store.base import CollectionMeta, PointRecord, VectorStore
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Shelfsight's core library and public Python API."""
 
-from search.embedder import Embedder
-from search.engine import SearchEngine
-from search.errors import (
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.engine import SearchEngine
+from shelfsight.search.errors import (
     BadInputError,
     CollectionNotFoundError,
     IncompatibleCollectionError,
@@ -11,8 +11,8 @@ from search.errors import (
     ShelfsightError,
     StoreUnavailableError,
 )
-from search.records import Hit, Product, VectorScore
-from search.settings import Settings
+from shelfsight.search.records import Hit, Product, VectorScore
+from shelfsight.search.settings import Settings
 
 __all__ = [
     "BadInputError",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from search.engine import FUSION_METHODS, SearchEngine
-from search.settings import DEFAULT_COLLECTION, DEFAULT_FUSION, Settings
-from search.store import open_store
+from shelfsight.search.engine import FUSION_METHODS, SearchEngine
+from shelfsight.search.settings import DEFAULT_COLLECTION, DEFAULT_FUSION, Settings
+from shelfsight.search.store import open_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -120,7 +120,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _tag(args: argparse.Namespace) -> int:
-    from search.tagging import tag_collection
+    from shelfsight.search.tagging import tag_collection
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     settings = Settings.from_env(db=args.db, collection=args.collection)
@@ -137,8 +137,7 @@ def _tag(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
-
-    from search.http import create_app
+    from shelfsight.search.http import create_app
 
     settings = Settings.from_env(db=args.db, collection=args.collection, model=args.model)
     app = create_app(settings)

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
-
-from search.errors import BadInputError, ModelUnavailableError
-from search.settings import DEFAULT_MODEL
+from shelfsight.search.errors import BadInputError, ModelUnavailableError
+from shelfsight.search.settings import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from PIL import Image

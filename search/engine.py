@@ -6,7 +6,7 @@ weighted sum of exact cosines in Python), early fusion searches the ``fused`` ve
 
 Example::
 
-    from search import SearchEngine
+    from shelfsight.search import SearchEngine
     engine = SearchEngine.open("db")
     for hit in engine.search("red bag -striped", filters=["price<=50"], limit=5):
         print(hit.score, hit.title)
@@ -22,17 +22,16 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
-from search import fusion
-from search.embedder import Embedder
-from search.errors import BadInputError, IncompatibleCollectionError, ProductNotFoundError
-from search.images import ImagePolicy, decode_image
-from search.query import Filters, ParsedQuery, parse_filters, parse_query
-from search.records import Hit, Product, VectorScore, point_id
-from search.settings import Settings
-from search.store import open_store
-from search.store.base import CollectionMeta, NearestQuery, StoredPoint, VectorStore
-from search.vector_cache import VectorCache, image_key
+from shelfsight.search import fusion
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.errors import BadInputError, IncompatibleCollectionError, ProductNotFoundError
+from shelfsight.search.images import ImagePolicy, decode_image, is_url, load_image, to_rgb
+from shelfsight.search.query import Filters, ParsedQuery, parse_filters, parse_query
+from shelfsight.search.records import Hit, Product, VectorScore, point_id
+from shelfsight.search.settings import Settings
+from shelfsight.search.store import open_store
+from shelfsight.search.store.base import CollectionMeta, NearestQuery, StoredPoint, VectorStore
+from shelfsight.search.vector_cache import VectorCache, image_key
 
 FUSION_METHODS = ("rrf", "dbsf", "weighted", "early")
 ImageInput = Image.Image | bytes | str | Path
@@ -202,15 +201,11 @@ class SearchEngine:
 
     def _image(self, ref: ImageInput) -> Image.Image:
         if isinstance(ref, Image.Image):
-            from search.images import to_rgb
-
             return to_rgb(ref)
         if isinstance(ref, bytes):
             return decode_image(ref, self.image_policy, name="uploaded image")
         ref = str(ref)
-        if ref.lower().startswith(("http://", "https://")):
-            from ingest.images import load_image  # URL fetching lives with its guard in ingest
-
+        if is_url(ref):
             return load_image(ref, Path("."), self.image_policy)
         path = Path(ref).expanduser()
         if not path.is_file():

@@ -13,9 +13,8 @@ from typing import Any
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-
-from search.engine import FUSION_METHODS, SearchEngine
-from search.errors import (
+from shelfsight.search.engine import FUSION_METHODS, SearchEngine
+from shelfsight.search.errors import (
     BadInputError,
     CollectionNotFoundError,
     IncompatibleCollectionError,
@@ -24,7 +23,7 @@ from search.errors import (
     ShelfsightError,
     StoreUnavailableError,
 )
-from search.settings import DEFAULT_FUSION, Settings
+from shelfsight.search.settings import DEFAULT_FUSION, Settings
 
 _STATUS = [
     (ProductNotFoundError, 404),

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.errors import BadInputError
-from search.store.base import CollectionMeta, Condition, Filter, Match, Range
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.images import is_url
+from shelfsight.search.store.base import CollectionMeta, Condition, Filter, Match, Range
 
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$")
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
@@ -42,10 +43,9 @@ class ParsedQuery:
 
 
 def _looks_like_image(part: str) -> bool:
-    lower = part.lower()
-    if lower.startswith(("http://", "https://")):
+    if is_url(part):
         return True
-    return lower.endswith(_IMAGE_SUFFIXES) and " " not in part.strip() and Path(part).expanduser().exists()
+    return part.lower().endswith(_IMAGE_SUFFIXES) and " " not in part.strip() and Path(part).expanduser().exists()
 
 
 def parse_query(text: str) -> ParsedQuery:

@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-
-from search.embedder import Embedder, normalize_rows
-from search.errors import BadInputError
-from search.store.base import VectorStore
+from shelfsight.search.embedder import Embedder, normalize_rows
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.store.base import VectorStore
 
 TEMPLATES = (
     "a photo of a {}",

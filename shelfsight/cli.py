@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from search.errors import (
+from shelfsight.search.errors import (
     BadInputError,
     CollectionNotFoundError,
     IncompatibleCollectionError,
@@ -20,19 +20,36 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from data import cli as data_cli
-    from evaluation import cli as eval_cli
-    from ingest import cli as ingest_cli
-    from search import cli as search_cli
-    from train import cli as train_cli
-    from ui import cli as ui_cli
+    from shelfsight.data import cli as data_cli
+    from shelfsight.evaluation import cli as eval_cli
+    from shelfsight.ingest import cli as ingest_cli
+    from shelfsight.search import cli as search_cli
+    from shelfsight.train import cli as train_cli
+    from shelfsight.ui import cli as ui_cli
 
     parser = argparse.ArgumentParser(prog="shelfsight", description="Multimodal product search on Qdrant and CLIP.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (data_cli, train_cli, ingest_cli, search_cli, eval_cli, ui_cli):
         module.register(sub)
+    _register_demo(sub)
     return parser
+
+
+def _register_demo(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="offline demo: demo catalog, demo model (trained once), ingest, storefront")
+    d.add_argument("--workdir", default=".shelfsight", help="where the demo keeps its catalog, model and store")
+    d.add_argument("--port", type=int, default=8501)
+    d.add_argument("--no-ui", action="store_true", help="print example searches and exit")
+    d.add_argument("--minutes", type=float, default=4.0, help="training budget for the demo model")
+    d.add_argument("--offline", action="store_true", help="use the demo model even when the hub is reachable")
+    d.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from shelfsight.demo import run_demo  # the demo ties every layer together; loaded only when asked for
+
+    return run_demo(args.workdir, port=args.port, ui=not args.no_ui, minutes=args.minutes, offline=args.offline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

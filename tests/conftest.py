@@ -8,14 +8,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from data.generate import write_catalog
-from ingest.pipeline import IngestOptions, ingest_catalog
-from search.embedder import Embedder
-from search.engine import SearchEngine
-from search.store.edge import EdgeStore
-from search.store.server import ServerStore, local_store
-from train.model_init import init_model
+from shelfsight.data.generate import write_catalog
+from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.engine import SearchEngine
+from shelfsight.search.store.edge import EdgeStore
+from shelfsight.search.store.server import ServerStore, local_store
+from shelfsight.train.model_init import init_model
 
 BACKENDS = ["edge", "server-local"] + (["server"] if os.environ.get("QDRANT_URL") else [])
 

@@ -1,10 +1,10 @@
-"""``shelfsight model init``, ``train`` and ``demo``: making models, training them, showing them."""
+"""``shelfsight model init`` and ``train``: making models and training them."""
 
 from __future__ import annotations
 
 import argparse
 
-from train.model_init import PRESETS, init_model
+from shelfsight.train.model_init import PRESETS, init_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,17 +52,9 @@ def register_training(sub: argparse._SubParsersAction) -> None:
     )
     t.set_defaults(func=_train)
 
-    d = sub.add_parser("demo", help="offline demo: demo catalog, demo model (trained once), ingest, storefront")
-    d.add_argument("--workdir", default=".shelfsight", help="where the demo keeps its catalog, model and store")
-    d.add_argument("--port", type=int, default=8501)
-    d.add_argument("--no-ui", action="store_true", help="print example searches and exit")
-    d.add_argument("--minutes", type=float, default=4.0, help="training budget for the demo model")
-    d.add_argument("--offline", action="store_true", help="use the demo model even when the hub is reachable")
-    d.set_defaults(func=_demo)
-
 
 def _train(args: argparse.Namespace) -> int:
-    from train.contrastive import TrainConfig, train
+    from shelfsight.train.contrastive import TrainConfig, train
 
     minutes = args.minutes if args.minutes is not None or args.epochs is not None else 4.0
     config = TrainConfig(
@@ -85,9 +77,3 @@ def _train(args: argparse.Namespace) -> int:
         f"validation text->image recall@1 {metrics['val_text_to_image_recall@1']}"
     )
     return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from train.demo import run_demo
-
-    return run_demo(args.workdir, port=args.port, ui=not args.no_ui, minutes=args.minutes, offline=args.offline)

@@ -28,10 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from ingest.catalog import read_catalog
-from ingest.images import decode_image, read_image_bytes
-from search.embedder import pick_device
+from shelfsight.ingest.catalog import read_catalog
+from shelfsight.search.embedder import pick_device
+from shelfsight.search.images import decode_image, read_image_bytes
 
 SHORT_CAPTION = 16  # tokens; captions up to this long are embedded in one padded batch, longer ones in another
 CHECKPOINT_SECONDS = 120  # at most one checkpoint per this many seconds, at the end of an epoch
@@ -220,9 +219,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     # speed (8 was 22% slower). Read when oneDNN first runs, so set before any tensor work.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     import torch
+    from shelfsight.train.model_init import init_model
     from transformers import CLIPModel, CLIPProcessor
-
-    from train.model_init import init_model
 
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)

@@ -6,7 +6,7 @@ tokenizer trained on a built-in corpus, and a PIL image processor.
 
 Example::
 
-    from train.model_init import init_model
+    from shelfsight.train.model_init import init_model
     init_model("tiny", "models/tiny", seed=0)
     SentenceTransformer("models/tiny").encode(["a red shoe"])
 """

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import streamlit as st
-
-from search import SearchEngine, Settings, ShelfsightError
-from search.engine import FUSION_METHODS
+from shelfsight.search import SearchEngine, Settings, ShelfsightError
+from shelfsight.search.engine import FUSION_METHODS
 
 PAGE = 12
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024

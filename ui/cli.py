@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from search.settings import DEFAULT_COLLECTION
+from shelfsight.search.settings import DEFAULT_COLLECTION
 
 APP = Path(__file__).with_name("app.py")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from search.errors import BadInputError
-from search.settings import Settings
-from search.store.base import (
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.settings import Settings
+from shelfsight.search.store.base import (
     CollectionMeta,
     Condition,
     Filter,
@@ -33,11 +33,11 @@ __all__ = [
 def open_store(settings: Settings) -> VectorStore:
     """The backend the settings name: a Qdrant server when ``qdrant_url`` is set, else ``db``."""
     if settings.qdrant_url:
-        from search.store.server import ServerStore
+        from shelfsight.search.store.server import ServerStore
 
         return ServerStore.connect(settings.qdrant_url, api_key=settings.qdrant_api_key)
     if not settings.db:
         raise BadInputError("no store given: pass --db DIR (embedded store) or set QDRANT_URL")
-    from search.store.edge import EdgeStore
+    from shelfsight.search.store.edge import EdgeStore
 
     return EdgeStore(settings.db)

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
-
-from search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from search.store.base import (
+from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
+from shelfsight.search.store.base import (
     CollectionMeta,
     Filter,
     Match,
@@ -28,7 +27,7 @@ from search.store.base import (
     Range,
     StoredPoint,
 )
-from search.store.validate import check_collection_name, check_vectors
+from shelfsight.search.store.validate import check_collection_name, check_vectors
 
 _META_FILE = "collection.json"
 _INDEX_TYPES = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float}

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
-
-from search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from search.fusion import RRF_K
-from search.store.base import (
+from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
+from shelfsight.search.fusion import RRF_K
+from shelfsight.search.store.base import (
     CollectionMeta,
     Filter,
     Match,
@@ -25,7 +24,7 @@ from search.store.base import (
     Range,
     StoredPoint,
 )
-from search.store.validate import check_collection_name, check_vectors
+from shelfsight.search.store.validate import check_collection_name, check_vectors
 
 _INDEX_TYPES = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
 _META_KEY = "shelfsight"

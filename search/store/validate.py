@@ -6,9 +6,8 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
-
-from search.errors import BadInputError
-from search.store.base import CollectionMeta
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.store.base import CollectionMeta
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from ingest.catalog import CatalogError, Columns, read_catalog
+from shelfsight.ingest.catalog import CatalogError, Columns, read_catalog
 
 
 def _csv(tmp_path: Path, text: str) -> Path:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-
-from search.embedder import Embedder, hub_reachable
-from search.errors import ModelUnavailableError
+from shelfsight.search.embedder import Embedder, hub_reachable
+from shelfsight.search.errors import ModelUnavailableError
 
 
 def _closed_port() -> int:

@@ -2,12 +2,16 @@
 
 import pytest
 from PIL import Image
-
-from search.engine import SearchEngine
-from search.errors import BadInputError, CollectionNotFoundError, IncompatibleCollectionError, ProductNotFoundError
-from search.store.edge import EdgeStore
-from search.tagging import tag_collection
-from train.model_init import init_model
+from shelfsight.search.engine import SearchEngine
+from shelfsight.search.errors import (
+    BadInputError,
+    CollectionNotFoundError,
+    IncompatibleCollectionError,
+    ProductNotFoundError,
+)
+from shelfsight.search.store.edge import EdgeStore
+from shelfsight.search.tagging import tag_collection
+from shelfsight.train.model_init import init_model
 
 
 def _products(engine, n=6):
@@ -128,7 +132,7 @@ def test_zero_shot_tags_become_filterable(engine):
 def test_open_errors(tmp_path, embedder, catalog_dir):
     with pytest.raises(CollectionNotFoundError, match="shelfsight ingest"):
         SearchEngine.open(tmp_path / "empty-db")
-    from ingest.pipeline import ingest_catalog
+    from shelfsight.ingest.pipeline import ingest_catalog
 
     store = EdgeStore(tmp_path / "db")
     ingest_catalog(catalog_dir / "catalog.csv", store, embedder)

@@ -6,13 +6,12 @@ import json
 import math
 
 import pytest
-
-from evaluation.harness import MODES, evaluate, format_table
-from evaluation.metrics import mean_metrics, ndcg_at_k, query_metrics, recall_at_k, reciprocal_rank
-from evaluation.queries import read_queries
-from evaluation.zero_shot import tagging_accuracy
-from search.errors import BadInputError
-from search.tagging import TEMPLATES
+from shelfsight.evaluation.harness import MODES, evaluate, format_table
+from shelfsight.evaluation.metrics import mean_metrics, ndcg_at_k, query_metrics, recall_at_k, reciprocal_rank
+from shelfsight.evaluation.queries import read_queries
+from shelfsight.evaluation.zero_shot import tagging_accuracy
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.tagging import TEMPLATES
 
 
 def test_metrics_worked_by_hand():

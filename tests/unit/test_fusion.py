@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from search.fusion import combine, dbsf_normalize, early_fuse, fuse_dbsf, fuse_rrf, fuse_weighted, rank_fused
+from shelfsight.search.fusion import combine, dbsf_normalize, early_fuse, fuse_dbsf, fuse_rrf, fuse_weighted, rank_fused
 
 
 def test_cosine_ranking_worked_example():

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from ingest.images import ImageError, ImagePolicy, check_url, decode_image, read_image_bytes
+from shelfsight.search.images import ImageError, ImagePolicy, check_url, decode_image, read_image_bytes
 
 
 def _bytes(image: Image.Image, fmt: str, **kw) -> bytes:

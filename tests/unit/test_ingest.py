@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from ingest.catalog import read_catalog
-from ingest.images import ImagePolicy
-from ingest.pipeline import IngestOptions, ingest_catalog
-from search.embedder import Embedder
-from search.errors import IncompatibleCollectionError
-from search.records import point_id
-from train.model_init import init_model
+from shelfsight.ingest.catalog import read_catalog
+from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.errors import IncompatibleCollectionError
+from shelfsight.search.images import ImagePolicy
+from shelfsight.search.records import point_id
+from shelfsight.train.model_init import init_model
 
 
 def _broken_catalog(catalog_dir: Path, tmp_path: Path) -> tuple[Path, set[str], dict[str, str]]:
@@ -121,7 +120,7 @@ def test_long_text_truncated_and_counted(store, collection_name, embedder, tmp_p
 def test_reingest_keeps_zero_shot_tags_and_replaces_catalog_fields(
     store, collection_name, embedder, catalog_dir, tmp_path
 ):
-    from search.tagging import tag_collection
+    from shelfsight.search.tagging import tag_collection
 
     options = IngestOptions(collection=collection_name)
     ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-
-from search.errors import BadInputError, CollectionNotFoundError
-from search.fusion import fuse_dbsf, fuse_rrf, rank_fused
-from search.records import point_id
-from search.store.base import CollectionMeta, Match, NearestQuery, PointRecord, Range
+from shelfsight.search.errors import BadInputError, CollectionNotFoundError
+from shelfsight.search.fusion import fuse_dbsf, fuse_rrf, rank_fused
+from shelfsight.search.records import point_id
+from shelfsight.search.store.base import CollectionMeta, Match, NearestQuery, PointRecord, Range
 
 META = CollectionMeta(
     model="m@1", dimension=8, model_source="/models/m", fields={"category": "keyword", "price": "float"}

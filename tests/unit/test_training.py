@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from train.contrastive import (
+from shelfsight.train.contrastive import (
     PHOTO_PHRASES,
     Caption,
     TrainConfig,
@@ -108,9 +107,8 @@ def test_short_training_run_saves_a_loadable_model(catalog_dir, tiny_model_dir, 
 
 
 def test_scratch_init_gives_positions_and_local_attention(tiny_model_dir):
+    from shelfsight.train.model_init import POSITION_SCALE, sincos_positions
     from transformers import CLIPModel
-
-    from train.model_init import POSITION_SCALE, sincos_positions
 
     pe = sincos_positions(2, 8)
     # rows: class token, then patches (0,0), (1,0), (0,1), (1,1); columns: sin x, cos x, sin y, cos y

@@ -2,8 +2,7 @@
 
 import numpy as np
 from PIL import Image
-
-from search.vector_cache import VectorCache, image_key
+from shelfsight.search.vector_cache import VectorCache, image_key
 
 
 def _fake_encoder(calls):

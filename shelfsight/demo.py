@@ -9,13 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data.generate import write_catalog
-from ingest.pipeline import IngestOptions, ingest_catalog
-from search.embedder import Embedder, hub_reachable
-from search.engine import SearchEngine
-from search.settings import DEFAULT_MODEL
-from search.store.edge import EdgeStore
-from search.tagging import tag_collection
+from shelfsight.data.generate import write_catalog
+from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
+from shelfsight.search.embedder import Embedder, hub_reachable
+from shelfsight.search.engine import SearchEngine
+from shelfsight.search.settings import DEFAULT_MODEL
+from shelfsight.search.store.edge import EdgeStore
+from shelfsight.search.tagging import tag_collection
 
 DEMO_PRODUCTS, DEMO_SEED = 800, 7
 TRAIN_PRODUCTS, TRAIN_SEED = 2400, 1001  # a different seed: the demo catalog is unseen data
@@ -34,7 +34,7 @@ def demo_model(workdir: Path, minutes: float, offline: bool = False) -> str:
         print(f"model: {reason} -> cached demo model {model_dir}")
         return str(model_dir)
     print(f"model: {reason} -> training the demo model ({minutes:g} min, once)")
-    from train.contrastive import TrainConfig, train
+    from shelfsight.train.contrastive import TrainConfig, train
 
     train_csv = write_catalog(workdir / "train-catalog", n=TRAIN_PRODUCTS, seed=TRAIN_SEED)
     tmp = model_dir.with_name("demo.partial")
@@ -47,9 +47,9 @@ def demo_model(workdir: Path, minutes: float, offline: bool = False) -> str:
 
 def print_quality(engine: SearchEngine, db: Path, queries: Path, out: Path) -> None:
     """Score the model on the demo catalog's queries (data it never trained on); full report to ``out``."""
-    from evaluation.harness import evaluate
-    from evaluation.queries import read_queries
-    from evaluation.zero_shot import tagging_accuracy
+    from shelfsight.evaluation.harness import evaluate
+    from shelfsight.evaluation.queries import read_queries
+    from shelfsight.evaluation.zero_shot import tagging_accuracy
 
     fusion = engine.settings.fusion
     report = evaluate(engine, read_queries(queries), ["text-vector", "image-vector", fusion])
