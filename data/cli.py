@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from shelfsight.data.generate import spec_count_summary, write_catalog
+from shelfsight.search.errors import BadInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     if args.n < 1:
-        raise SystemExit("error: --n must be at least 1")
+        raise BadInputError("--n must be at least 1")
     path = write_catalog(args.out, n=args.n, seed=args.seed)
     print(f"wrote {path} ({spec_count_summary(args.n)})")
     return 0

@@ -7,8 +7,8 @@ import json
 
 from shelfsight.evaluation.harness import MODES, evaluate, format_table
 from shelfsight.evaluation.queries import read_queries
+from shelfsight.search.cli_args import add_store_args, settings_from_args
 from shelfsight.search.engine import SearchEngine
-from shelfsight.search.settings import DEFAULT_COLLECTION, Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,10 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description='Queries file: one JSON object per line, {"query": "...", "image": "optional path", '
         '"relevant": ["id", ...]} (optional "suite" groups lines in the report).',
     )
-    p.add_argument("--db", help="embedded store directory (or set QDRANT_URL for a server)")
-    p.add_argument("--collection", default=DEFAULT_COLLECTION)
+    add_store_args(p, model_help="default: the model that built the collection")
     p.add_argument("--queries", required=True, help="JSONL query file (data generate writes queries.jsonl)")
-    p.add_argument("--model", default=None, help="default: the model that built the collection")
     p.add_argument("--modes", default=None, help=f"comma-separated subset of {','.join(MODES)} (default: all)")
     p.add_argument("--tags", metavar="FIELD", help="also score zero-shot tagging against this field, e.g. category")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -32,8 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     queries = read_queries(args.queries)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
-    settings = Settings.from_env(db=args.db, collection=args.collection)
-    with SearchEngine.open(settings, model=args.model) as engine:
+    with SearchEngine.open(settings_from_args(args)) as engine:
         report = evaluate(engine, queries, modes)
         if args.tags:
             from shelfsight.evaluation.zero_shot import tagging_accuracy

@@ -119,10 +119,37 @@ def _numeric_columns(frame: pd.DataFrame, candidates: list[str]) -> set[str]:
     return numeric
 
 
+@dataclass(frozen=True)
+class _Schema:
+    """The catalog's columns: which play a role, which become payload, which hold numbers."""
+
+    columns: Columns
+    extra: list[str]
+    numeric: set[str]
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return {c: ("float" if c in self.numeric else "keyword") for c in self.extra}
+
+
 def read_catalog(path: str | Path, columns: Columns = Columns()) -> Catalog:
     """Read and validate a catalog. Raises CatalogError only when nothing can be read."""
     path = Path(path)
     frame = read_frame(path)
+    schema = _schema(frame, columns, path)
+    rows: list[CatalogRow] = []
+    errors: list[RowError] = []
+    first_seen: dict[str, int] = {}
+    for number, record in enumerate(frame.to_dict(orient="records"), start=1):
+        result = _read_row(number, record, schema, first_seen)
+        if isinstance(result, RowError):
+            errors.append(result)
+        else:
+            rows.append(result)
+    return Catalog(path=path, rows=rows, errors=errors, fields=schema.fields)
+
+
+def _schema(frame: pd.DataFrame, columns: Columns, path: Path) -> _Schema:
     if columns.id not in frame.columns:
         raise CatalogError(
             f"catalog {path} has no id column {columns.id!r} (columns: {', '.join(map(str, frame.columns))}); "
@@ -133,74 +160,63 @@ def read_catalog(path: str | Path, columns: Columns = Columns()) -> Catalog:
     clashes = [c for c in extra if c in RESERVED_FIELDS]
     if clashes:
         raise CatalogError(f"catalog columns {clashes} clash with fields Shelfsight stores itself; rename them")
-    numeric = _numeric_columns(frame, extra)
-    fields = {c: ("float" if c in numeric else "keyword") for c in extra}
+    return _Schema(columns, extra, _numeric_columns(frame, extra))
 
-    rows: list[CatalogRow] = []
-    errors: list[RowError] = []
-    first_seen: dict[str, int] = {}
-    records = frame.to_dict(orient="records")
-    for number, record in enumerate(records, start=1):
-        raw_id = _clean(record.get(columns.id))
-        product_id = (
-            None
-            if raw_id is None
-            else (str(int(raw_id)) if isinstance(raw_id, float) and raw_id.is_integer() else str(raw_id))
+
+def _read_row(
+    number: int, record: dict[str, Any], schema: _Schema, first_seen: dict[str, int]
+) -> CatalogRow | RowError:
+    """One data row as a product, or the reason it is skipped (``first_seen`` tracks ids)."""
+    columns = schema.columns
+    product_id = _product_id(record.get(columns.id))
+    if product_id is None:
+        return RowError(number, None, "missing product id", f"fill the {columns.id!r} column")
+    if product_id in first_seen:
+        return RowError(
+            number,
+            product_id,
+            f"duplicate id, first seen at row {first_seen[product_id]}",
+            "give every product its own id; the first row was kept",
         )
-        if product_id is None:
-            errors.append(RowError(number, None, "missing product id", f"fill the {columns.id!r} column"))
-            continue
-        if product_id in first_seen:
-            errors.append(
-                RowError(
-                    number,
-                    product_id,
-                    f"duplicate id, first seen at row {first_seen[product_id]}",
-                    "give every product its own id; the first row was kept",
-                )
-            )
-            continue
-        first_seen[product_id] = number
-        title = _clean(record.get(columns.title)) or ""
-        description = _clean(record.get(columns.description)) or ""
-        image = _clean(record.get(columns.image))
-        if not str(title) and not str(description) and image is None:
-            errors.append(
-                RowError(
-                    number,
-                    product_id,
-                    "nothing to embed: no title, description or image",
-                    "fill the title or the image column",
-                )
-            )
-            continue
-        payload: dict[str, Any] = {}
-        bad_number = None
-        for col in extra:
-            value = _clean(record.get(col))
-            if value is None:
-                continue
-            if col in numeric:
-                number_value = pd.to_numeric(value, errors="coerce")
-                if pd.isna(number_value) or not math.isfinite(float(number_value)):
-                    bad_number = (col, value)
-                    break
-                value = float(number_value)
-            elif not isinstance(value, (str, list)):
-                value = str(value)
-            payload[col] = value
-        if bad_number:
-            col, value = bad_number
-            errors.append(
-                RowError(
-                    number, product_id, f"{col} {value!r} is not a number", f"write {col} as a plain number like 19.99"
-                )
-            )
-            continue
-        rows.append(
-            CatalogRow(
-                number,
-                Product(product_id, str(title), str(description), None if image is None else str(image), payload),
-            )
+    first_seen[product_id] = number
+    title = _clean(record.get(columns.title)) or ""
+    description = _clean(record.get(columns.description)) or ""
+    image = _clean(record.get(columns.image))
+    if not str(title) and not str(description) and image is None:
+        return RowError(
+            number, product_id, "nothing to embed: no title, description or image", "fill the title or the image column"
         )
-    return Catalog(path=path, rows=rows, errors=errors, fields=fields)
+    payload = _payload(record, schema)
+    if isinstance(payload, tuple):
+        col, value = payload
+        return RowError(
+            number, product_id, f"{col} {value!r} is not a number", f"write {col} as a plain number like 19.99"
+        )
+    image_ref = None if image is None else str(image)
+    return CatalogRow(number, Product(product_id, str(title), str(description), image_ref, payload))
+
+
+def _product_id(raw: Any) -> str | None:
+    """Ids as text; a number read as 12.0 from a numeric column is the id "12"."""
+    value = _clean(raw)
+    if value is None:
+        return None
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _payload(record: dict[str, Any], schema: _Schema) -> dict[str, Any] | tuple[str, Any]:
+    """The row's payload fields, or (column, value) of the first number that does not parse."""
+    payload: dict[str, Any] = {}
+    for col in schema.extra:
+        value = _clean(record.get(col))
+        if value is None:
+            continue
+        if col in schema.numeric:
+            number_value = pd.to_numeric(value, errors="coerce")
+            if pd.isna(number_value) or not math.isfinite(float(number_value)):
+                return col, value
+            value = float(number_value)
+        elif not isinstance(value, (str, list)):
+            value = str(value)
+        payload[col] = value
+    return payload

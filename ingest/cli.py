@@ -13,9 +13,11 @@ from pathlib import Path
 
 from shelfsight.ingest.catalog import Columns, read_catalog
 from shelfsight.ingest.pipeline import IngestOptions, IngestReport, ingest_catalog
+from shelfsight.search.cli_args import EXIT_OK, EXIT_PARTIAL, add_store_args, settings_from_args
 from shelfsight.search.embedder import Embedder
+from shelfsight.search.errors import BadInputError
 from shelfsight.search.images import ImagePolicy
-from shelfsight.search.settings import DEFAULT_COLLECTION, DEFAULT_MODEL, Settings
+from shelfsight.search.settings import DEFAULT_MODEL
 from shelfsight.search.store import open_store
 
 _SHOWN_ERRORS = 20
@@ -24,13 +26,9 @@ _SHOWN_ERRORS = 20
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="embed a catalog's images and texts into the store")
     p.add_argument("catalog", help="CSV, TSV, JSONL, JSON or Parquet file")
-    p.add_argument("--db", help="embedded store directory (or set QDRANT_URL for a server)")
-    p.add_argument(
-        "--model",
-        default=None,
-        help=f"model name or local CLIP directory (default: the collection's, else {DEFAULT_MODEL})",
+    add_store_args(
+        p, model_help=f"model name or local CLIP directory (default: the collection's, else {DEFAULT_MODEL})"
     )
-    p.add_argument("--collection", default=DEFAULT_COLLECTION)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="threads reading and decoding images")
     p.add_argument("--report", type=Path, help="write skipped rows here as JSONL (row, id, reason, hint)")
@@ -60,20 +58,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 1:
-        raise SystemExit("error: --batch-size and --workers must be at least 1")
+        raise BadInputError("--batch-size and --workers must be at least 1")
     if args.fused_weight is not None and not 0.0 <= args.fused_weight <= 1.0:
-        raise SystemExit("error: --fused-weight must lie in [0, 1]")
+        raise BadInputError("--fused-weight must lie in [0, 1]")
     columns = Columns(args.id_column, args.title_column, args.description_column, args.image_column)
     catalog = read_catalog(args.catalog, columns)
-    settings = Settings.from_env(db=args.db, collection=args.collection)
+    settings = settings_from_args(args)
     store = open_store(settings)
     try:
-        model = args.model
-        if model is None and store.collection_exists(args.collection) and not args.reindex:
-            model = store.get_meta(args.collection).model_source or None
+        model = settings.model
+        if model is None and store.collection_exists(settings.collection) and not args.reindex:
+            model = store.get_meta(settings.collection).model_source or None
         embedder = Embedder(model or DEFAULT_MODEL, device=args.device, batch_size=args.batch_size)
         options = IngestOptions(
-            collection=args.collection,
+            collection=settings.collection,
             batch_size=args.batch_size,
             workers=args.workers,
             reindex=args.reindex,
@@ -101,15 +99,19 @@ def run(args: argparse.Namespace) -> int:
             f"ingested {report.ingested}, unchanged {report.unchanged}, updated {report.updated}, "
             f"skipped {report.skipped}, text only {report.text_only}, truncated texts {report.truncated}"
             f"{f', pruned {report.pruned}' if args.prune else ''} in {report.seconds:.1f}s "
-            f"({_rate(report)})"
+            f"({_rate(report)}; {_stages(report)})"
         )
-    return 3 if report.skipped else 0
+    return EXIT_PARTIAL if report.skipped else EXIT_OK
 
 
 def _rate(report: IngestReport) -> str:
     return (
         f"{report.ingested / report.seconds:.1f} items/s" if report.seconds and report.ingested else "nothing embedded"
     )
+
+
+def _stages(report: IngestReport) -> str:
+    return ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in report.stage_seconds.items()) or "no stages ran"
 
 
 def _progress_bar(total: int):

@@ -1,4 +1,12 @@
-"""Catalog -> points: read, load images, embed, upsert in batches. Incremental and resumable.
+"""Catalog -> points, in stages joined by typed records, clip-retrieval style:
+
+    rows (CatalogRow) --read_item--> ReadItem --sort_batch--> SortedBatch --embed_batch--> points --write--> store
+
+``read_item`` reads an image's bytes, hashes what would be embedded and decodes the image only
+when the hash changed; it runs in worker threads, a batch ahead of embedding. ``sort_batch``
+splits a batch into new or changed products, payload-only updates and unchanged ones.
+``embed_batch`` runs both towers; the write stage upserts. ``ingest_catalog`` is the runner: it
+times each stage (``IngestReport.stage_seconds``).
 
 Each product's point id is derived from its catalog id and its payload carries a content hash of
 what was embedded (model, text, image bytes), so a re-run embeds only new or changed products and
@@ -17,11 +25,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from shelfsight.ingest.catalog import Catalog, CatalogRow, Columns, RowError, read_catalog
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import IncompatibleCollectionError
@@ -58,6 +68,9 @@ class IngestReport:
     pruned: int = 0
     seconds: float = 0.0
     errors: list[RowError] = field(default_factory=list)
+    # Seconds per stage: "read" (image reading, hashing and decoding, summed over worker threads,
+    # which overlap embedding), "embed", "write" (upserts and payload updates), "finish" (prune, index).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -69,18 +82,50 @@ class IngestReport:
             "truncated": self.truncated,
             "pruned": self.pruned,
             "seconds": round(self.seconds, 3),
+            "items_per_second": round(self.ingested / self.seconds, 2) if self.seconds else 0.0,
+            "stage_seconds": {stage: round(s, 3) for stage, s in self.stage_seconds.items()},
         }
 
+    def time(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
-@dataclass
-class _Prepared:
-    """One row after its image was read and (when it must be embedded) decoded."""
+
+@dataclass(frozen=True)
+class ReadItem:
+    """One row after the read stage: its content hash and payload, its decoded image when it must
+    be embedded, or the error that skips it. ``stored`` is the payload in the store (None: new)."""
 
     row: CatalogRow
-    content_hash: str
-    payload: dict[str, Any]
-    image: Any = None  # PIL image when it must be embedded
+    stored: dict[str, Any] | None
+    content_hash: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    image: Image.Image | None = None
     error: RowError | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SortedBatch:
+    """A batch split by what each product needs."""
+
+    to_embed: list[ReadItem]
+    payload_only: list[ReadItem]  # same vectors, new catalog fields
+    unchanged: int
+    errors: list[RowError]
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    points: list[PointRecord]
+    truncated: int  # texts longer than the text tower reads
+    text_only: int  # products without an image vector
+
+
+@dataclass(frozen=True)
+class _ReadContext:
+    base_dir: Path
+    policy: ImagePolicy
+    meta: CollectionMeta
 
 
 def content_hash(model_id: str, text: str, image_bytes: bytes | None, fused_weight: float | None) -> str:
@@ -128,11 +173,6 @@ def ensure_collection(
     return meta
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _payload(row: CatalogRow, digest: str, base_dir: Path) -> dict[str, Any]:
     p = row.product
     image = p.image
@@ -150,6 +190,69 @@ def _payload(row: CatalogRow, digest: str, base_dir: Path) -> dict[str, Any]:
     }
 
 
+def read_item(row: CatalogRow, stored: dict[str, Any] | None, ctx: _ReadContext) -> ReadItem:
+    """Read stage: image bytes, content hash, payload; decode only when the hash changed."""
+    started = time.perf_counter()
+    image_bytes = None
+    try:
+        if row.product.image:
+            image_bytes = read_image_bytes(row.product.image, ctx.base_dir, ctx.policy)
+        digest = content_hash(ctx.meta.model, row.product.text, image_bytes, ctx.meta.fused_weight)
+        image = None
+        if image_bytes is not None and (stored is None or stored.get("content_hash") != digest):
+            image = decode_image(image_bytes, ctx.policy, name=row.product.image or "image")
+    except ImageError as exc:
+        error = RowError(row.row, row.product.id, exc.reason, exc.hint)
+        return ReadItem(row, stored, error=error, seconds=time.perf_counter() - started)
+    payload = _payload(row, digest, ctx.base_dir)
+    return ReadItem(row, stored, digest, payload, image, seconds=time.perf_counter() - started)
+
+
+def sort_batch(items: Sequence[ReadItem], meta: CollectionMeta) -> SortedBatch:
+    """Which products need embedding, which only a payload update, which nothing."""
+    to_embed: list[ReadItem] = []
+    payload_only: list[ReadItem] = []
+    errors: list[RowError] = []
+    unchanged = 0
+    for item in items:
+        if item.error:
+            errors.append(item.error)
+        elif item.stored and item.stored.get("content_hash") == item.content_hash:
+            # Same vectors: fields computed from them (tags) stay; the catalog's own fields are replaced.
+            kept = {k: item.stored[k] for k in meta.derived if k in item.stored and k not in item.payload}
+            item = replace(item, payload={**item.payload, **kept})
+            if item.stored == item.payload:
+                unchanged += 1
+            else:
+                payload_only.append(item)
+        else:
+            to_embed.append(item)
+    return SortedBatch(to_embed, payload_only, unchanged, errors)
+
+
+def embed_batch(items: Sequence[ReadItem], embedder: Embedder, meta: CollectionMeta) -> EmbeddedBatch:
+    """Embed stage: both towers over the batch, the early-fused vector when the collection has one."""
+    texts = [item.row.product.text for item in items]
+    with_text = [i for i, t in enumerate(texts) if t]
+    with_image = [i for i, item in enumerate(items) if item.image is not None]
+    vectors: list[dict[str, np.ndarray]] = [{} for _ in items]
+    truncated = 0
+    if with_text:
+        batch = [texts[i] for i in with_text]
+        for i, vector in zip(with_text, embedder.encode_texts(batch)):
+            vectors[i]["text"] = vector
+        truncated = sum(n > embedder.max_tokens for n in embedder.count_tokens(batch))
+    if with_image:
+        pictures = [items[i].image for i in with_image]
+        for i, vector in zip(with_image, embedder.encode_images(pictures)):  # type: ignore[arg-type]
+            vectors[i]["image"] = vector
+    if meta.fused_weight is not None:
+        for vec in vectors:
+            vec["fused"] = early_fuse(vec.get("image"), vec.get("text"), meta.fused_weight)
+    points = [PointRecord(point_id(item.row.product.id), vec, item.payload) for item, vec in zip(items, vectors)]
+    return EmbeddedBatch(points, truncated, sum("image" not in vec for vec in vectors))
+
+
 def ingest_catalog(
     catalog: str | Path | Catalog,
     store: VectorStore,
@@ -163,48 +266,74 @@ def ingest_catalog(
         catalog = read_catalog(catalog, options.columns)
     report = IngestReport(errors=list(catalog.errors))
     meta = ensure_collection(store, embedder, options.collection, catalog.fields, options.fused_weight, options.reindex)
-    name = options.collection
-
-    def prepare(row: CatalogRow, stored_hash: str | None) -> _Prepared:
-        image_bytes = None
-        if row.product.image:
-            try:
-                image_bytes = read_image_bytes(row.product.image, catalog.base_dir, options.images)
-            except ImageError as exc:
-                return _Prepared(row, "", {}, error=RowError(row.row, row.product.id, exc.reason, exc.hint))
-        digest = content_hash(meta.model, row.product.text, image_bytes, meta.fused_weight)
-        prepared = _Prepared(row, digest, _payload(row, digest, catalog.base_dir))
-        if digest != stored_hash and image_bytes is not None:
-            try:
-                prepared.image = decode_image(image_bytes, options.images, name=row.product.image)
-            except ImageError as exc:
-                prepared.error = RowError(row.row, row.product.id, exc.reason, exc.hint)
-        return prepared
-
-    def submit(pool: ThreadPoolExecutor, batch: Sequence[CatalogRow]) -> list[Future]:
-        stored = {
-            p.payload.get("product_id"): p.payload
-            for p in store.retrieve(name, [point_id(r.product.id) for r in batch])
-        }
-        futures = []
-        for r in batch:
-            old = stored.get(r.product.id)
-            f = pool.submit(prepare, r, old.get("content_hash") if old else None)
-            f.stored_payload = old  # type: ignore[attr-defined]
-            futures.append(f)
-        return futures
-
-    batches = list(_batches(catalog.rows, options.batch_size))
+    ctx = _ReadContext(catalog.base_dir, options.images, meta)
     with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-        pending = submit(pool, batches[0]) if batches else []
-        for index in range(len(batches)):
-            current = pending
-            # Start reading and decoding the next batch while this one is embedded.
-            pending = submit(pool, batches[index + 1]) if index + 1 < len(batches) else []
-            _embed_and_upsert(store, embedder, name, meta, current, report)
+        for items in _read_ahead(pool, store, options.collection, catalog.rows, options.batch_size, ctx):
+            report.time("read", sum(item.seconds for item in items))
+            _embed_and_write(store, embedder, options.collection, meta, items, report)
             if on_progress:
-                on_progress(len(current))
+                on_progress(len(items))
+    with _timed(report, "finish"):
+        _finish(store, options, catalog, report)
+    report.skipped = len(report.errors)
+    report.errors.sort(key=lambda e: e.row)
+    report.seconds = time.perf_counter() - started
+    return report
 
+
+def _read_ahead(
+    pool: ThreadPoolExecutor,
+    store: VectorStore,
+    name: str,
+    rows: Sequence[CatalogRow],
+    size: int,
+    ctx: _ReadContext,
+) -> Iterator[list[ReadItem]]:
+    """Batches of read items; the next batch is read and decoded while this one is embedded."""
+
+    def submit(batch: Sequence[CatalogRow]) -> list[Future[ReadItem]]:
+        ids = [point_id(r.product.id) for r in batch]
+        stored = {p.payload.get("product_id"): p.payload for p in store.retrieve(name, ids)}
+        return [pool.submit(read_item, r, stored.get(r.product.id), ctx) for r in batch]
+
+    batches = [rows[start : start + size] for start in range(0, len(rows), size)]
+    pending = submit(batches[0]) if batches else []
+    for index in range(len(batches)):
+        current = pending
+        pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
+        yield [f.result() for f in current]
+
+
+def _embed_and_write(
+    store: VectorStore,
+    embedder: Embedder,
+    name: str,
+    meta: CollectionMeta,
+    items: Sequence[ReadItem],
+    report: IngestReport,
+) -> None:
+    batch = sort_batch(items, meta)
+    report.errors.extend(batch.errors)
+    report.unchanged += batch.unchanged
+    if batch.payload_only:
+        with _timed(report, "write"):
+            store.set_payload(name, {point_id(i.row.product.id): i.payload for i in batch.payload_only}, overwrite=True)
+        report.updated += len(batch.payload_only)
+    if not batch.to_embed:
+        return
+    with _timed(report, "embed"):
+        embedded = embed_batch(batch.to_embed, embedder, meta)
+    with _timed(report, "write"):
+        store.upsert(name, embedded.points)
+    report.ingested += len(embedded.points)
+    report.truncated += embedded.truncated
+    report.text_only += embedded.text_only
+    log.debug("upserted %d products (%d so far)", len(embedded.points), report.ingested)
+
+
+def _finish(store: VectorStore, options: IngestOptions, catalog: Catalog, report: IngestReport) -> None:
+    """Prune products gone from the catalog, then build the index once for the whole run."""
+    name = options.collection
     if options.prune:
         keep = {point_id(r.product.id) for r in catalog.rows}
         gone = [p.id for p in store.scroll(name) if p.id not in keep]
@@ -212,62 +341,12 @@ def ingest_catalog(
         report.pruned = len(gone)
     if options.optimize and (report.ingested or report.updated or report.pruned):
         store.optimize(name)
-    report.skipped = len(report.errors)
-    report.errors.sort(key=lambda e: e.row)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
-def _embed_and_upsert(
-    store: VectorStore, embedder: Embedder, name: str, meta: CollectionMeta, futures: list[Future], report: IngestReport
-) -> None:
-    to_embed: list[_Prepared] = []
-    payload_only: list[_Prepared] = []
-    for f in futures:
-        prepared: _Prepared = f.result()
-        stored = f.stored_payload  # type: ignore[attr-defined]
-        if prepared.error:
-            report.errors.append(prepared.error)
-        elif stored and stored.get("content_hash") == prepared.content_hash:
-            # Same vectors: fields computed from them (tags) stay; the catalog's own fields are replaced.
-            kept = {k: stored[k] for k in meta.derived if k in stored and k not in prepared.payload}
-            prepared = replace(prepared, payload={**prepared.payload, **kept})
-            if stored == prepared.payload:
-                report.unchanged += 1
-            else:
-                payload_only.append(prepared)
-        else:
-            to_embed.append(prepared)
-
-    if payload_only:
-        store.set_payload(name, {point_id(p.row.product.id): p.payload for p in payload_only}, overwrite=True)
-        report.updated += len(payload_only)
-    if not to_embed:
-        return
-
-    texts = [p.row.product.text for p in to_embed]
-    with_text = [i for i, t in enumerate(texts) if t]
-    text_vectors = embedder.encode_texts([texts[i] for i in with_text]) if with_text else np.zeros((0, meta.dimension))
-    if with_text:
-        report.truncated += sum(n > embedder.max_tokens for n in embedder.count_tokens([texts[i] for i in with_text]))
-    with_image = [i for i, p in enumerate(to_embed) if p.image is not None]
-    image_vectors = (
-        embedder.encode_images([to_embed[i].image for i in with_image]) if with_image else np.zeros((0, meta.dimension))
-    )
-
-    vectors: list[dict[str, np.ndarray]] = [{} for _ in to_embed]
-    for row, i in enumerate(with_text):
-        vectors[i]["text"] = text_vectors[row]
-    for row, i in enumerate(with_image):
-        vectors[i]["image"] = image_vectors[row]
-    points = []
-    for p, vec in zip(to_embed, vectors, strict=False):
-        if meta.fused_weight is not None:
-            vec["fused"] = early_fuse(vec.get("image"), vec.get("text"), meta.fused_weight)
-        if "image" not in vec:
-            report.text_only += 1
-        points.append(PointRecord(point_id(p.row.product.id), vec, p.payload))
-        p.image = None  # free the pixels
-    store.upsert(name, points)
-    report.ingested += len(points)
-    log.debug("upserted %d products (%d so far)", len(points), report.ingested)
+@contextmanager
+def _timed(report: IngestReport, stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.time(stage, time.perf_counter() - started)

@@ -1,7 +1,7 @@
 """Shelfsight's core library and public Python API."""
 
 from shelfsight.search.embedder import Embedder
-from shelfsight.search.engine import SearchEngine
+from shelfsight.search.engine import SearchEngine, SearchRequest
 from shelfsight.search.errors import (
     BadInputError,
     CollectionNotFoundError,
@@ -24,6 +24,7 @@ __all__ = [
     "Product",
     "ProductNotFoundError",
     "SearchEngine",
+    "SearchRequest",
     "Settings",
     "ShelfsightError",
     "StoreUnavailableError",

@@ -5,29 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 
-from shelfsight.search.engine import FUSION_METHODS, SearchEngine
-from shelfsight.search.settings import DEFAULT_COLLECTION, DEFAULT_FUSION, Settings
+from shelfsight.search.cli_args import EXIT_OK, add_store_args, settings_from_args
+from shelfsight.search.engine import FUSION_METHODS, SearchEngine, SearchRequest
+from shelfsight.search.settings import DEFAULT_FUSION
 from shelfsight.search.store import open_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    stats = sub.add_parser("stats", help="what a collection holds and which model built it")
-    _store_args(stats)
-    stats.add_argument("--json", action="store_true")
-    stats.set_defaults(func=_stats)
-    register_search(sub)
+    """The commands over a built collection: ``stats``, ``search``, ``tag`` and ``serve``."""
+    _register_stats(sub)
+    _register_search(sub)
+    _register_tag(sub)
+    _register_serve(sub)
 
 
-def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="embedded store directory (or set QDRANT_URL for a server)")
-    p.add_argument("--collection", default=DEFAULT_COLLECTION)
+def _register_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stats", help="what a collection holds and which model built it")
+    add_store_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_stats)
 
 
 def _stats(args: argparse.Namespace) -> int:
-    store = open_store(Settings.from_env(db=args.db, collection=args.collection))
+    settings = settings_from_args(args)
+    store = open_store(settings)
     try:
-        meta = store.get_meta(args.collection)
-        info = {"collection": args.collection, "count": store.count(args.collection), **meta.to_dict()}
+        meta = store.get_meta(settings.collection)
+        info = {"collection": settings.collection, "count": store.count(settings.collection), **meta.to_dict()}
     finally:
         store.close()
     if args.json:
@@ -35,15 +39,14 @@ def _stats(args: argparse.Namespace) -> int:
     else:
         for key, value in info.items():
             print(f"{key:>15}: {', '.join(value) if isinstance(value, list) else value}")
-    return 0
+    return EXIT_OK
 
 
-def register_search(sub: argparse._SubParsersAction) -> None:
+def _register_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search the catalog by text, image or both")
     p.add_argument("query", nargs="?", default=None, help='query text: "red dress + ./photo.jpg", "2:red", "-floral"')
-    _store_args(p)
+    add_store_args(p, model_help="default: the model that built the collection")
     p.add_argument("--image", help="query image path or URL")
-    p.add_argument("--model", default=None, help="default: the model that built the collection")
     p.add_argument("--vectors", default="image,text", help="product vectors to search (default image,text)")
     p.add_argument("--text-weight", type=float, default=None)
     p.add_argument("--image-weight", type=float, default=None)
@@ -62,25 +65,27 @@ def register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON array of hits")
     p.set_defaults(func=_search)
 
+
+def _register_tag(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tag", help="zero-shot label every product (prompt ensembles); tags become filterable")
-    _store_args(t)
+    add_store_args(t)
     t.add_argument("--labels", required=True, help='comma-separated labels, e.g. "shoe,bag,hat"')
     t.add_argument("--field", default="tag", help="payload field to write (default tag)")
     t.add_argument("--threshold", type=float, default=0.3, help="below this probability the tag is 'unknown'")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_tag)
 
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="HTTP API over the search engine (FastAPI, OpenAPI at /docs)")
-    _store_args(s)
-    s.add_argument("--model", default=None)
+    add_store_args(s, model_help="default: the model that built the collection")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=_serve)
 
 
 def _search(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(db=args.db, collection=args.collection)
-    with SearchEngine.open(settings, model=args.model) as engine:
+    with SearchEngine.open(settings_from_args(args)) as engine:
         vectors = [v.strip() for v in args.vectors.split(",") if v.strip()]
         if args.similar:
             hits = engine.similar(
@@ -92,21 +97,20 @@ def _search(args: argparse.Namespace) -> int:
                 offset=args.offset,
             )
         else:
-            hits = engine.search(
-                args.query,
-                args.image,
+            request = SearchRequest(
                 filters=args.filter,
-                fusion_method=args.fusion,
-                vectors=vectors,
+                fusion=args.fusion,
+                vectors=tuple(vectors) or None,
                 text_weight=args.text_weight,
                 image_weight=args.image_weight,
                 min_score=args.min_score,
                 limit=args.limit,
                 offset=args.offset,
             )
+            hits = engine.run(args.query, args.image, request)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits]))
-        return 0
+        return EXIT_OK
     if not hits:
         print("no results")
     for rank, h in enumerate(hits, start=args.offset + 1):
@@ -116,30 +120,28 @@ def _search(args: argparse.Namespace) -> int:
             f"{k} {v.score:.3f}" + (f" #{v.rank}" if v.rank else "") for k, v in h.vector_scores.items()
         )
         print(f"{rank:>3}. {h.score:.4f}  {h.id}  {h.title}{extra}   [{explain}]")
-    return 0
+    return EXIT_OK
 
 
 def _tag(args: argparse.Namespace) -> int:
     from shelfsight.search.tagging import tag_collection
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
-    settings = Settings.from_env(db=args.db, collection=args.collection)
-    with SearchEngine.open(settings) as engine:
+    with SearchEngine.open(settings_from_args(args)) as engine:
         counts = tag_collection(
-            engine.store, engine.embedder, args.collection, labels, field=args.field, threshold=args.threshold
+            engine.store, engine.embedder, engine.collection, labels, field=args.field, threshold=args.threshold
         )
     if args.json:
         print(json.dumps(counts))
     else:
         print(", ".join(f"{label}: {n}" for label, n in counts.items()))
-    return 0
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from shelfsight.search.http import create_app
 
-    settings = Settings.from_env(db=args.db, collection=args.collection, model=args.model)
-    app = create_app(settings)
+    app = create_app(settings_from_args(args))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+    return EXIT_OK

@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from shelfsight.search.query import Filters, ParsedQuery, parse_filters, parse_q
 from shelfsight.search.records import Hit, Product, VectorScore, point_id
 from shelfsight.search.settings import Settings
 from shelfsight.search.store import open_store
-from shelfsight.search.store.base import CollectionMeta, NearestQuery, StoredPoint, VectorStore
+from shelfsight.search.store.base import CollectionMeta, Filter, NearestQuery, StoredPoint, VectorStore
 from shelfsight.search.vector_cache import VectorCache, image_key
 
 FUSION_METHODS = ("rrf", "dbsf", "weighted", "early")
@@ -42,11 +42,55 @@ QUERY_CACHE_SIZE = 512
 
 
 @dataclass(frozen=True)
+class SearchRequest:
+    """A search's options beyond the query itself; ``None`` means the engine's settings decide.
+
+    ``vectors`` picks the product vectors searched (default ``image`` and ``text``);
+    ``min_score`` is a cosine floor on each ranked list.
+
+    Example::
+
+        engine.run("red bag", None, SearchRequest(filters=("price<=50",), fusion="rrf", limit=5))
+    """
+
+    filters: Filters = None
+    fusion: str | None = None
+    vectors: tuple[str, ...] | None = None
+    text_weight: float | None = None
+    image_weight: float | None = None
+    vector_weights: Mapping[str, float] | None = None
+    min_score: float | None = None
+    limit: int | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True)
 class _List:
     label: str  # "<query part>-><product vector>", e.g. "text->image"
     vector: np.ndarray
     using: str
     weight: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A validated request: the ranked lists to run and how deep, the filter, the page."""
+
+    method: str
+    lists: tuple[_List, ...]
+    condition: Filter
+    want: int  # fused results needed to cut the page (offset + limit, +1 for an excluded product)
+    depth: int  # candidates per ranked list
+    limit: int
+    offset: int
+
+    @property
+    def engine_fusion(self) -> tuple[str, list[float]] | None:
+        """RRF, and DBSF with equal weights, run in the store; weighted and single lists do not."""
+        weights = [lst.weight for lst in self.lists]
+        if len(self.lists) > 1 and (self.method == "rrf" or (self.method == "dbsf" and len(set(weights)) == 1)):
+            return self.method, weights
+        return None
 
 
 class SearchEngine:
@@ -119,24 +163,30 @@ class SearchEngine:
     ) -> list[Hit]:
         """Products for a text and/or image query, best first, each with its explanation.
 
-        ``text`` uses the query syntax of ``search.query`` unless ``parse=False``. ``vectors``
-        picks the product vectors searched (default ``image`` and ``text``); ``min_score`` is a
-        cosine floor on each ranked list.
+        ``text`` uses the query syntax of ``shelfsight.search.query`` unless ``parse=False``.
+        ``vectors`` picks the product vectors searched (default ``image`` and ``text``);
+        ``min_score`` is a cosine floor on each ranked list.
         """
+        request = SearchRequest(
+            filters, fusion_method, _names(vectors), text_weight, image_weight, vector_weights, min_score, limit, offset
+        )
+        return self.run(text, image, request, parse=parse)
+
+    def run(
+        self, text: str | None, image: ImageInput | None, request: SearchRequest, *, parse: bool = True
+    ) -> list[Hit]:
+        """``search`` with its options in one ``SearchRequest`` (what the CLI and HTTP API build)."""
         parsed = parse_query(text) if parse and text else ParsedQuery(((text, 1.0),) if text else ())
         images: list[tuple[Image.Image, float]] = [(self._image(ref), w) for ref, w in parsed.images]
         if image is not None:
             images.append((self._image(image), 1.0))
         if parsed.empty and not images:
             raise BadInputError("empty query: give some text, an image, or both")
-        parts = self._part_vectors(parsed, images)
         weights = {
-            "text": self._default(text_weight, "text_weight"),
-            "image": self._default(image_weight, "image_weight"),
+            "text": self._default(request.text_weight, "text_weight"),
+            "image": self._default(request.image_weight, "image_weight"),
         }
-        return self._run(
-            parts, weights, filters, fusion_method, vectors, vector_weights, min_score, limit, offset, exclude=None
-        )
+        return self._execute(self._part_vectors(parsed, images), weights, request)
 
     def similar(
         self,
@@ -151,18 +201,10 @@ class SearchEngine:
         """Products like a stored one, from its own vectors (it is left out of the results)."""
         stored = self._stored(product_id, with_vectors=True)
         parts = {k: v for k, v in stored.vectors.items() if k in ("image", "text")}
-        return self._run(
-            parts,
-            {"text": 1.0, "image": 1.0},
-            filters,
-            fusion_method,
-            vectors,
-            None,
-            None,
-            limit,
-            offset,
-            exclude=stored.id,
+        request = SearchRequest(
+            filters=filters, fusion=fusion_method, vectors=_names(vectors), limit=limit, offset=offset
         )
+        return self._execute(parts, {"text": 1.0, "image": 1.0}, request, exclude=stored.id)
 
     def facets(
         self,
@@ -241,107 +283,60 @@ class SearchEngine:
             raise ProductNotFoundError(f"no product with id {product_id!r} in collection {self.collection!r}")
         return found[0]
 
-    def _run(
+    def _execute(
         self,
         parts: dict[str, np.ndarray],
         part_weights: dict[str, float],
-        filters: Filters,
-        method: str | None,
-        vectors: Sequence[str] | None,
-        vector_weights: dict[str, float] | None,
-        min_score: float | None,
-        limit: int | None,
-        offset: int,
-        exclude: str | None,
+        request: SearchRequest,
+        exclude: str | None = None,
     ) -> list[Hit]:
-        method = (method or self.settings.fusion).lower()
+        """Plan the ranked lists, run them in one store round trip, fuse, explain one page."""
+        plan = self._plan(parts, part_weights, request, exclude)
+        queries = [NearestQuery(lst.vector, lst.using, plan.depth, request.min_score) for lst in plan.lists]
+        results, fused = self.store.query(
+            self.collection, queries, plan.condition, with_vectors=True, fusion=plan.engine_fusion, limit=plan.want
+        )
+        hits = _explained_hits(plan, results, fused, exclude)
+        return hits[plan.offset : plan.offset + plan.limit]
+
+    def _plan(
+        self, parts: dict[str, np.ndarray], part_weights: dict[str, float], request: SearchRequest, exclude: str | None
+    ) -> _Plan:
+        method = (request.fusion or self.settings.fusion).lower()
         if method not in FUSION_METHODS:
             raise BadInputError(f"unknown fusion method {method!r}; choose one of {', '.join(FUSION_METHODS)}")
-        limit = self.settings.limit if limit is None else int(limit)
-        if limit < 1 or offset < 0:
+        limit = self.settings.limit if request.limit is None else int(request.limit)
+        if limit < 1 or request.offset < 0:
             raise BadInputError("limit must be at least 1 and offset at least 0")
-        if min_score is not None and not -1.0 <= min_score <= 1.0:
-            raise BadInputError(f"min_score is a cosine similarity in [-1, 1], got {min_score}")
-        condition = parse_filters(filters, self.meta)
-        # Ask for one more when a product must be left out of its own "similar" list.
-        want = limit + offset + (1 if exclude else 0)
-        depth = max(MIN_CANDIDATES, 2 * want)
-
+        if request.min_score is not None and not -1.0 <= request.min_score <= 1.0:
+            raise BadInputError(f"min_score is a cosine similarity in [-1, 1], got {request.min_score}")
+        condition = parse_filters(request.filters, self.meta)
         if method == "early":
-            if "fused" not in self.meta.vectors:
-                raise BadInputError(
-                    f"collection {self.collection!r} has no early-fused vector; ingest with --fused-weight A"
-                )
-            names = list(parts)
-            vector = fusion.combine([parts[n] for n in names], [part_weights[n] for n in names])
-            lists = [_List("query->fused", vector, "fused", 1.0)]
+            lists = [self._early_list(parts, part_weights)]
         else:
-            lists = self._lists(parts, part_weights, vectors, vector_weights)
+            lists = self._lists(parts, part_weights, request.vectors, request.vector_weights)
         lists = [lst for lst in lists if lst.weight > 0]
         if not lists:
             raise BadInputError("every ranked list has weight 0; raise a weight above 0")
+        # Ask for one more when a product must be left out of its own "similar" list.
+        want = limit + request.offset + (1 if exclude else 0)
+        return _Plan(method, tuple(lists), condition, want, max(MIN_CANDIDATES, 2 * want), limit, request.offset)
 
-        queries = [NearestQuery(lst.vector, lst.using, depth, min_score) for lst in lists]
-        engine_fusion = None
-        if len(lists) > 1 and (method == "rrf" or (method == "dbsf" and len({lst.weight for lst in lists}) == 1)):
-            engine_fusion = (method, [lst.weight for lst in lists])
-        results, fused = self.store.query(
-            self.collection, queries, condition, with_vectors=True, fusion=engine_fusion, limit=want, offset=0
-        )
-        by_id: dict[str, StoredPoint] = {}
-        for result in results:
-            for p in result:
-                by_id.setdefault(p.id, p)
-        ranked_lists = [[(p.id, p.score) for p in result] for result in results]
-        weights = [lst.weight for lst in lists]
-
-        if len(lists) == 1:
-            contributions = {pid: [score] for pid, score in ranked_lists[0]}
-            order = list(ranked_lists[0])
-        elif method == "rrf":
-            contributions = fusion.fuse_rrf(ranked_lists, weights)
-            order = [(p.id, p.score) for p in fused]
-        elif method == "dbsf":
-            contributions = fusion.fuse_dbsf(ranked_lists, weights)
-            order = [(p.id, p.score) for p in fused] if fused is not None else fusion.rank_fused(contributions)
-        else:  # weighted: exact cosines for every candidate in every list
-            exact = {pid: [_cosine(p.vectors.get(lst.using), lst.vector) for lst in lists] for pid, p in by_id.items()}
-            contributions = fusion.fuse_weighted(exact, weights)
-            order = fusion.rank_fused(contributions)
-        for p in fused or []:
-            by_id.setdefault(p.id, p)
-
-        hits = []
-        ranks = [{pid: rank for rank, (pid, _) in enumerate(lst, start=1)} for lst in ranked_lists]
-        scores = [dict(lst) for lst in ranked_lists]
-        for pid, score in order:
-            if pid == exclude:
-                continue
-            point = by_id[pid]
-            explanation = {
-                lst.label: VectorScore(
-                    float(scores[i].get(pid, _cosine(point.vectors.get(lst.using), lst.vector))), ranks[i].get(pid)
-                )
-                for i, lst in enumerate(lists)
-            }
-            shares = contributions.get(pid, [0.0] * len(lists))
-            hits.append(
-                Hit(
-                    id=str(point.payload.get("product_id", pid)),
-                    score=float(score),
-                    payload=_public_payload(point.payload),
-                    vector_scores=explanation,
-                    contributions={lst.label: float(s) for lst, s in zip(lists, shares)},
-                )
+    def _early_list(self, parts: dict[str, np.ndarray], part_weights: dict[str, float]) -> _List:
+        if "fused" not in self.meta.vectors:
+            raise BadInputError(
+                f"collection {self.collection!r} has no early-fused vector; ingest with --fused-weight A"
             )
-        return hits[offset : offset + limit]
+        names = list(parts)
+        vector = fusion.combine([parts[n] for n in names], [part_weights[n] for n in names])
+        return _List("query->fused", vector, "fused", 1.0)
 
     def _lists(
         self,
         parts: dict[str, np.ndarray],
         part_weights: dict[str, float],
         vectors: Sequence[str] | None,
-        vector_weights: dict[str, float] | None,
+        vector_weights: Mapping[str, float] | None,
     ) -> list[_List]:
         vectors = list(vectors) if vectors else ["image", "text"]
         for v in vectors:
@@ -351,6 +346,64 @@ class SearchEngine:
         return [
             _List(f"{part}->{v}", vec, v, part_weights[part] * vw[v]) for part, vec in parts.items() for v in vectors
         ]
+
+
+def _names(vectors: Sequence[str] | None) -> tuple[str, ...] | None:
+    return tuple(vectors) if vectors else None
+
+
+def _fused_order(
+    plan: _Plan, ranked: list[list[tuple[str, float]]], fused: list[StoredPoint] | None, by_id: dict[str, StoredPoint]
+) -> tuple[list[tuple[str, float]], dict[str, list[float]]]:
+    """The fused ranking and each id's per-list contributions, for the plan's fusion method."""
+    weights = [lst.weight for lst in plan.lists]
+    if len(plan.lists) == 1:
+        return list(ranked[0]), {pid: [score] for pid, score in ranked[0]}
+    if plan.method == "rrf":
+        return [(p.id, p.score) for p in fused or []], fusion.fuse_rrf(ranked, weights)
+    if plan.method == "dbsf":
+        contributions = fusion.fuse_dbsf(ranked, weights)
+        order = [(p.id, p.score) for p in fused] if fused is not None else fusion.rank_fused(contributions)
+        return order, contributions
+    # weighted: exact cosines for every candidate in every list
+    exact = {pid: [_cosine(p.vectors.get(lst.using), lst.vector) for lst in plan.lists] for pid, p in by_id.items()}
+    contributions = fusion.fuse_weighted(exact, weights)
+    return fusion.rank_fused(contributions), contributions
+
+
+def _explained_hits(
+    plan: _Plan, results: list[list[StoredPoint]], fused: list[StoredPoint] | None, exclude: str | None
+) -> list[Hit]:
+    """Hits in fused order, each with every list's cosine and rank and its share of the score."""
+    by_id: dict[str, StoredPoint] = {}
+    for point in (p for result in [*results, fused or []] for p in result):
+        by_id.setdefault(point.id, point)
+    ranked = [[(p.id, p.score) for p in result] for result in results]
+    order, contributions = _fused_order(plan, ranked, fused, by_id)
+    ranks = [{pid: rank for rank, (pid, _) in enumerate(lst, start=1)} for lst in ranked]
+    scores = [dict(lst) for lst in ranked]
+    hits = []
+    for pid, score in order:
+        if pid == exclude:
+            continue
+        point = by_id[pid]
+        explanation = {
+            lst.label: VectorScore(
+                float(scores[i].get(pid, _cosine(point.vectors.get(lst.using), lst.vector))), ranks[i].get(pid)
+            )
+            for i, lst in enumerate(plan.lists)
+        }
+        shares = contributions.get(pid, [0.0] * len(plan.lists))
+        hits.append(
+            Hit(
+                id=str(point.payload.get("product_id", pid)),
+                score=float(score),
+                payload=_public_payload(point.payload),
+                vector_scores=explanation,
+                contributions={lst.label: float(s) for lst, s in zip(plan.lists, shares)},
+            )
+        )
+    return hits
 
 
 def _cosine(stored: np.ndarray | None, query: np.ndarray) -> float:

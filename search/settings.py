@@ -1,9 +1,15 @@
-"""One Settings object: where the store lives, which collection and model, fusion defaults."""
+"""One Settings object: where the store lives, which collection and model, fusion defaults.
+
+Environment variables carry locations and secrets only: ``QDRANT_URL`` and ``QDRANT_API_KEY``
+(a Qdrant server), ``SHELFSIGHT_DB`` and ``SHELFSIGHT_COLLECTION`` (how ``shelfsight ui`` hands its
+store to the Streamlit process it starts). Flags and arguments win over them.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_MODEL = "clip-ViT-B-32"
 DEFAULT_COLLECTION = "products"
@@ -13,6 +19,16 @@ DEFAULT_COLLECTION = "products"
 # catalog it beat RRF in each of five runs (kind+colour recall@10 0.965 vs 0.943, text+image
 # 0.596 vs 0.510 in the last).
 DEFAULT_FUSION = "dbsf"
+
+# Largest query image an upload may carry, in the HTTP API and the storefront alike.
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+_ENVIRONMENT = {
+    "qdrant_url": "QDRANT_URL",
+    "qdrant_api_key": "QDRANT_API_KEY",
+    "db": "SHELFSIGHT_DB",
+    "collection": "SHELFSIGHT_COLLECTION",
+}
 
 
 @dataclass(frozen=True)
@@ -35,11 +51,17 @@ class Settings:
     limit: int = 10
 
     @classmethod
-    def from_env(cls, **overrides) -> Settings:
-        """Settings with the server location and secret taken from the environment."""
-        env = {
-            "qdrant_url": os.environ.get("QDRANT_URL") or None,
-            "qdrant_api_key": os.environ.get("QDRANT_API_KEY") or None,
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from the environment's locations and secrets; ``overrides`` that are not None win."""
+        values: dict[str, Any] = {
+            field: os.environ[name] for field, name in _ENVIRONMENT.items() if os.environ.get(name)
         }
-        env.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def environment(self) -> dict[str, str]:
+        """The environment variables that make ``from_env`` in a child process give these locations."""
+        values = {"db": self.db, "qdrant_url": self.qdrant_url, "qdrant_api_key": self.qdrant_api_key}
+        env = {_ENVIRONMENT[k]: v for k, v in values.items() if v}
+        env[_ENVIRONMENT["collection"]] = self.collection
+        return env

@@ -1,5 +1,5 @@
 """``shelfsight`` entry point: builds the parser from each stage's ``register`` and maps errors to
-exit codes (2: bad input or usage, 1: anything else). Stages keep their command code beside them."""
+exit codes (``shelfsight.search.cli_args``: 2 bad input or usage, 1 anything else). Stages keep their command code beside them."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 
+from shelfsight.search.cli_args import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from shelfsight.search.errors import (
     BadInputError,
     CollectionNotFoundError,
     IncompatibleCollectionError,
     ShelfsightError,
 )
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
