@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
 import time
 from typing import Any
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from shelfsight.search.engine import FUSION_METHODS, SearchEngine
+from shelfsight.search.engine import FUSION_METHODS, SearchEngine, SearchRequest
 from shelfsight.search.errors import (
     BadInputError,
     CollectionNotFoundError,
@@ -23,7 +24,7 @@ from shelfsight.search.errors import (
     ShelfsightError,
     StoreUnavailableError,
 )
-from shelfsight.search.settings import DEFAULT_FUSION, Settings
+from shelfsight.search.settings import DEFAULT_FUSION, MAX_UPLOAD_BYTES, Settings
 
 _STATUS = [
     (ProductNotFoundError, 404),
@@ -33,7 +34,6 @@ _STATUS = [
     (ModelUnavailableError, 503),
     (StoreUnavailableError, 503),
 ]
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 
 class SearchBody(BaseModel):
@@ -51,42 +51,70 @@ class SearchBody(BaseModel):
     offset: int = Field(0, ge=0)
 
 
+class _EngineHolder:
+    """The app's engine, opened on first use; a lock keeps two first requests from opening the
+    embedded store twice (the second would find it locked)."""
+
+    def __init__(self, settings: Settings | None, engine: SearchEngine | None):
+        self.settings = settings
+        self.engine = engine
+        self.lock = threading.Lock()
+
+    def __call__(self) -> SearchEngine:
+        with self.lock:
+            if self.engine is None:
+                self.engine = SearchEngine.open(self.settings or Settings.from_env())
+            return self.engine
+
+
 def create_app(settings: Settings | None = None, engine: SearchEngine | None = None) -> FastAPI:
     """An app over ``engine`` (or one opened from ``settings`` on first request)."""
     app = FastAPI(title="Shelfsight", description="Multimodal product search", version="0.1.0")
-    state: dict[str, Any] = {"engine": engine}
-
-    def get_engine() -> SearchEngine:
-        if state["engine"] is None:
-            state["engine"] = SearchEngine.open(settings or Settings.from_env())
-        return state["engine"]
-
-    @app.exception_handler(ShelfsightError)
-    async def _library_error(request: Request, exc: ShelfsightError) -> JSONResponse:
-        status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
+    get_engine = _EngineHolder(settings, engine)
+    app.add_exception_handler(ShelfsightError, _library_error)  # type: ignore[arg-type]
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         e = get_engine()
         return {"status": "ok", "collection": e.collection, "count": e.count(), "model": e.meta.model}
 
-    def run_search(body: SearchBody, image: bytes | None) -> dict[str, Any]:
-        started = time.perf_counter()
-        hits = get_engine().search(
-            body.q,
-            image,
-            filters=body.filters,
-            fusion_method=body.fusion,
-            vectors=body.vectors,
-            text_weight=body.text_weight,
-            image_weight=body.image_weight,
-            min_score=body.min_score,
-            limit=body.limit,
-            offset=body.offset,
-        )
-        return {"hits": [h.to_dict() for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+    _add_search_routes(app, get_engine)
+    _add_product_routes(app, get_engine)
+    return app
 
+
+async def _library_error(request: Request, exc: ShelfsightError) -> JSONResponse:
+    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+    return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
+
+
+def _run_search(engine: SearchEngine, body: SearchBody, image: bytes | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    request = SearchRequest(
+        filters=body.filters,
+        fusion=body.fusion,
+        vectors=tuple(body.vectors) or None,
+        text_weight=body.text_weight,
+        image_weight=body.image_weight,
+        min_score=body.min_score,
+        limit=body.limit,
+        offset=body.offset,
+    )
+    hits = engine.run(body.q, image, request)
+    return {"hits": [h.to_dict() for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _decode_base64_image(data: str) -> bytes:
+    try:
+        image = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInputError("image_base64 is not valid base64") from None
+    if len(image) > MAX_UPLOAD_BYTES:
+        raise BadInputError(f"image is over the {MAX_UPLOAD_BYTES}-byte upload cap")
+    return image
+
+
+def _add_search_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
     @app.get("/search")
     def search_get(
         q: str,
@@ -110,19 +138,12 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
             limit=limit,
             offset=offset,
         )
-        return run_search(body, None)
+        return _run_search(get_engine(), body, None)
 
     @app.post("/search")
     def search_post(body: SearchBody) -> dict[str, Any]:
-        image = None
-        if body.image_base64:
-            try:
-                image = base64.b64decode(body.image_base64, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadInputError("image_base64 is not valid base64") from None
-            if len(image) > MAX_UPLOAD_BYTES:
-                raise BadInputError(f"image is over the {MAX_UPLOAD_BYTES}-byte upload cap")
-        return run_search(body, image)
+        image = _decode_base64_image(body.image_base64) if body.image_base64 else None
+        return _run_search(get_engine(), body, image)
 
     @app.post("/search/upload")
     async def search_upload(
@@ -136,8 +157,10 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
         if len(data) > MAX_UPLOAD_BYTES:
             raise BadInputError(f"image is over the {MAX_UPLOAD_BYTES}-byte upload cap")
         body = SearchBody(q=q, fusion=fusion, vectors=[v for v in vectors.split(",") if v], limit=limit)
-        return run_search(body, data)
+        return _run_search(get_engine(), body, data)
 
+
+def _add_product_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
     @app.get("/products/{product_id}")
     def product(product_id: str) -> dict[str, Any]:
         p = get_engine().get(product_id)
@@ -157,5 +180,3 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
     ) -> dict[str, Any]:
         counts = get_engine().facets(field or None, q, filters=filter)
         return {f: [{"value": v, "count": c} for v, c in pairs] for f, pairs in counts.items()}
-
-    return app
