@@ -133,6 +133,14 @@ class VectorStore(Protocol):
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None: ...
 
+    def set_payload(self, name: str, payloads: dict[str, dict[str, Any]], overwrite: bool = False) -> None:
+        """Set payload fields of existing points: ``payloads`` maps a point id to its fields.
+
+        Merges into each point's payload, or replaces it whole when ``overwrite``; vectors stay.
+        ``store.set_payload("products", {pid: {"tags": ["red"]}})``
+        """
+        ...
+
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
     def delete(self, name: str, ids: Sequence[str]) -> None: ...

@@ -11,23 +11,16 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import qdrant_edge as qe
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from shelfsight.search.store.base import (
-    CollectionMeta,
-    Filter,
-    Match,
-    NearestQuery,
-    PointRecord,
-    Range,
-    StoredPoint,
-)
-from shelfsight.search.store.validate import check_collection_name, check_vectors
+
+from .base import CollectionMeta, Filter, StoredPoint
+from .core import Dialect, QdrantStore, to_stored
+from .validate import check_collection_name
 
 _META_FILE = "collection.json"
 _INDEX_TYPES = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float}
@@ -35,40 +28,25 @@ _INDEX_TYPES = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSche
 _ACORN_MAX_SELECTIVITY = 0.4
 
 
-def _edge_filter(conditions: Filter) -> qe.Filter | None:
-    if not conditions:
-        return None
-    must: list[Any] = []
-    must_not: list[Any] = []
-    for c in conditions:
-        if isinstance(c, Match):
-            values = list(c.values)
-            match = qe.MatchValue(values[0]) if len(values) == 1 else qe.MatchAny(values)
-            (must_not if c.exclude else must).append(qe.FieldCondition(key=c.field, match=match))
-        elif isinstance(c, Range):
-            rng = qe.RangeFloat(gte=c.gte, gt=c.gt, lte=c.lte, lt=c.lt)
-            must.append(qe.FieldCondition(key=c.field, range=rng))
-        else:
-            raise BadInputError(f"unsupported filter condition {c!r}")
-    return qe.Filter(must=must or None, must_not=must_not or None)
-
-
-def _to_stored(point: Any, with_vectors: bool) -> StoredPoint:
-    vectors = {}
-    if with_vectors and point.vector:
-        vectors = {k: np.asarray(v, dtype=np.float32) for k, v in dict(point.vector).items()}
-    return StoredPoint(
-        id=str(point.id),
-        payload=dict(point.payload or {}),
-        score=float(getattr(point, "score", 0.0) or 0.0),
-        vectors=vectors,
-    )
-
-
-class EdgeStore:
+class EdgeStore(QdrantStore):
     """Collections as qdrant-edge shards under one directory, owned by this process."""
 
-    def __init__(self, db: str | os.PathLike):
+    dialect = Dialect(
+        match_value=qe.MatchValue,
+        match_any=qe.MatchAny,
+        range=qe.RangeFloat,
+        field_condition=qe.FieldCondition,
+        filter=qe.Filter,
+        point=qe.Point,
+        nearest=lambda vector, using: {"query": qe.Query.Nearest(vector, using=using)},
+        request=qe.QueryRequest,
+        prefetch=qe.Prefetch,
+        prefetches="prefetches",
+        rrf=lambda k, weights: qe.Fusion.Rrf(k=k, weights=weights),
+        dbsf=qe.Fusion.Dbsf,
+    )
+
+    def __init__(self, db: str | os.PathLike[str]):
         self.root = Path(db)
         self._shards: dict[str, qe.EdgeShard] = {}
         self._metas: dict[str, CollectionMeta] = {}
@@ -164,16 +142,8 @@ class EdgeStore:
         return shard
 
     # -- points --------------------------------------------------------------------------------
-    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
-        if not points:
-            return
-        meta = self.get_meta(name)
-        edge_points = []
-        for p in points:
-            check_vectors(p.id, p.vectors, meta)
-            vector = {k: np.asarray(v, dtype=np.float32).tolist() for k, v in p.vectors.items()}
-            edge_points.append(qe.Point(id=p.id, vector=vector, payload=p.payload))
-        self._shard(name).update(qe.UpdateOperation.upsert_points(edge_points))
+    def _write_points(self, name: str, points: list[Any]) -> None:
+        self._shard(name).update(qe.UpdateOperation.upsert_points(points))
 
     def set_payload(self, name: str, payloads: dict[str, dict[str, Any]], overwrite: bool = False) -> None:
         shard = self._shard(name)
@@ -185,101 +155,36 @@ class EdgeStore:
         if not ids:
             return []
         records = self._shard(name).retrieve(list(ids), with_payload=True, with_vector=with_vectors)
-        return [_to_stored(r, with_vectors) for r in records]
+        return [to_stored(r, with_vectors) for r in records]
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
             self._shard(name).update(qe.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
 
     def count(self, name: str, filter: Filter = ()) -> int:
-        return int(self._shard(name).count(qe.CountRequest(filter=_edge_filter(filter), exact=True)))
+        return int(self._shard(name).count(qe.CountRequest(filter=self._filter(filter), exact=True)))
 
-    def scroll(
-        self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
-    ) -> Iterator[StoredPoint]:
-        shard = self._shard(name)
-        offset = None
-        while True:
-            request = qe.ScrollRequest(
-                offset=offset,
-                limit=batch_size,
-                filter=_edge_filter(filter),
-                with_payload=True,
-                with_vector=with_vectors,
-            )
-            records, offset = shard.scroll(request)
-            for r in records:
-                yield _to_stored(r, with_vectors)
-            if offset is None or not records:
-                return
+    def _scroll_page(
+        self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool
+    ) -> tuple[list[Any], Any]:
+        request = qe.ScrollRequest(
+            offset=offset, limit=limit, filter=filter, with_payload=True, with_vector=with_vectors
+        )
+        return self._shard(name).scroll(request)
 
     # -- search --------------------------------------------------------------------------------
-    def _params(self, name: str, filter: Filter) -> qe.SearchParams | None:
+    def _search_params(self, filter: Filter) -> qe.SearchParams | None:
         if not filter:
             return None
         # HNSW alone misses matches under selective filters; ACORN keeps recall at a small cost.
         return qe.SearchParams(acorn=qe.AcornSearchParams(enable=True, max_selectivity=_ACORN_MAX_SELECTIVITY))
 
-    def query(
-        self,
-        name: str,
-        lists: Sequence[NearestQuery],
-        filter: Filter = (),
-        with_vectors: bool = False,
-        fusion: tuple[str, Sequence[float]] | None = None,
-        limit: int = 10,
-        offset: int = 0,
-    ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
-        meta = self.get_meta(name)
-        edge_filter = _edge_filter(filter)
-        params = self._params(name, filter)
-        requests = []
-        for q in lists:
-            check_vectors("query", {q.using: q.vector}, meta)
-            requests.append(
-                qe.QueryRequest(
-                    query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist(), using=q.using),
-                    limit=q.limit,
-                    filter=edge_filter,
-                    params=params,
-                    score_threshold=q.score_threshold,
-                    with_payload=True,
-                    with_vector=with_vectors,
-                )
-            )
-        if fusion is not None:
-            method, weights = fusion
-            prefetches = [
-                qe.Prefetch(
-                    query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist(), using=q.using),
-                    limit=q.limit,
-                    filter=edge_filter,
-                    params=params,
-                    score_threshold=q.score_threshold,
-                )
-                for q in lists
-            ]
-            fuse = qe.Fusion.Rrf(k=60, weights=list(weights)) if method == "rrf" else qe.Fusion.Dbsf()
-            requests.append(
-                qe.QueryRequest(
-                    prefetches=prefetches,
-                    query=fuse,
-                    limit=limit,
-                    offset=offset or None,
-                    filter=edge_filter,
-                    with_payload=True,
-                    with_vector=with_vectors,
-                )
-            )
-        results = self._shard(name).query_batch(qe.QueryBatchRequest(requests))
-        converted = [[_to_stored(p, with_vectors) for p in r] for r in results]
-        if fusion is not None:
-            return converted[:-1], converted[-1]
-        return converted, None
+    def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
+        return self._shard(name).query_batch(qe.QueryBatchRequest(requests))
 
     def facet(self, name: str, field: str, filter: Filter = (), limit: int = 50) -> list[tuple[Any, int]]:
         response = self._shard(name).facet(
-            qe.FacetRequest(key=field, limit=limit, exact=True, filter=_edge_filter(filter))
+            qe.FacetRequest(key=field, limit=limit, exact=True, filter=self._filter(filter))
         )
         return [(h.value, int(h.count)) for h in response.hits]
 

@@ -7,60 +7,38 @@ collection's own ``metadata`` so every client of the server sees the same model 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from shelfsight.search.fusion import RRF_K
-from shelfsight.search.store.base import (
-    CollectionMeta,
-    Filter,
-    Match,
-    NearestQuery,
-    PointRecord,
-    Range,
-    StoredPoint,
-)
-from shelfsight.search.store.validate import check_collection_name, check_vectors
+
+from .base import CollectionMeta, Filter, StoredPoint
+from .core import Dialect, QdrantStore, to_stored
+from .validate import check_collection_name
 
 _INDEX_TYPES = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
 _META_KEY = "shelfsight"
 
 
-def _server_filter(conditions: Filter) -> qm.Filter | None:
-    if not conditions:
-        return None
-    must: list[Any] = []
-    must_not: list[Any] = []
-    for c in conditions:
-        if isinstance(c, Match):
-            values = list(c.values)
-            match = qm.MatchValue(value=values[0]) if len(values) == 1 else qm.MatchAny(any=values)
-            (must_not if c.exclude else must).append(qm.FieldCondition(key=c.field, match=match))
-        elif isinstance(c, Range):
-            must.append(qm.FieldCondition(key=c.field, range=qm.Range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte)))
-        else:
-            raise BadInputError(f"unsupported filter condition {c!r}")
-    return qm.Filter(must=must or None, must_not=must_not or None)
-
-
-def _to_stored(point: Any, with_vectors: bool) -> StoredPoint:
-    vectors = {}
-    if with_vectors and isinstance(point.vector, dict):
-        vectors = {k: np.asarray(v, dtype=np.float32) for k, v in point.vector.items()}
-    return StoredPoint(
-        id=str(point.id),
-        payload=dict(point.payload or {}),
-        score=float(getattr(point, "score", 0.0) or 0.0),
-        vectors=vectors,
-    )
-
-
-class ServerStore:
+class ServerStore(QdrantStore):
     """Collections on a Qdrant server (or in qdrant-client's local mode)."""
+
+    dialect = Dialect(
+        match_value=lambda value: qm.MatchValue(value=value),
+        match_any=lambda values: qm.MatchAny(any=values),
+        range=qm.Range,
+        field_condition=qm.FieldCondition,
+        filter=qm.Filter,
+        point=qm.PointStruct,
+        nearest=lambda vector, using: {"query": vector, "using": using},
+        request=qm.QueryRequest,
+        prefetch=qm.Prefetch,
+        prefetches="prefetch",
+        rrf=lambda k, weights: qm.RrfQuery(rrf=qm.Rrf(k=k, weights=weights)),
+        dbsf=lambda: qm.FusionQuery(fusion=qm.Fusion.DBSF),
+    )
 
     def __init__(self, client: QdrantClient):
         self.client = client
@@ -115,16 +93,8 @@ class ServerStore:
         self.client.update_collection(name, metadata={_META_KEY: meta.to_dict()})
         self._metas[name] = meta
 
-    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
-        if not points:
-            return
-        meta = self.get_meta(name)
-        structs = []
-        for p in points:
-            check_vectors(p.id, p.vectors, meta)
-            vector = {k: np.asarray(v, dtype=np.float32).tolist() for k, v in p.vectors.items()}
-            structs.append(qm.PointStruct(id=p.id, vector=vector, payload=p.payload))
-        self.client.upsert(name, structs, wait=True)
+    def _write_points(self, name: str, points: list[Any]) -> None:
+        self.client.upsert(name, points, wait=True)
 
     def set_payload(self, name: str, payloads: dict[str, dict[str, Any]], overwrite: bool = False) -> None:
         for point, payload in payloads.items():
@@ -138,7 +108,7 @@ class ServerStore:
             return []
         self.get_meta(name)
         records = self.client.retrieve(name, list(ids), with_payload=True, with_vectors=with_vectors)
-        return [_to_stored(r, with_vectors) for r in records]
+        return [to_stored(r, with_vectors) for r in records]
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
@@ -146,90 +116,21 @@ class ServerStore:
 
     def count(self, name: str, filter: Filter = ()) -> int:
         self.get_meta(name)
-        return self.client.count(name, count_filter=_server_filter(filter), exact=True).count
+        return self.client.count(name, count_filter=self._filter(filter), exact=True).count
 
-    def scroll(
-        self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
-    ) -> Iterator[StoredPoint]:
-        self.get_meta(name)
-        offset = None
-        while True:
-            records, offset = self.client.scroll(
-                name,
-                scroll_filter=_server_filter(filter),
-                limit=batch_size,
-                offset=offset,
-                with_payload=True,
-                with_vectors=with_vectors,
-            )
-            for r in records:
-                yield _to_stored(r, with_vectors)
-            if offset is None or not records:
-                return
+    def _scroll_page(
+        self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool
+    ) -> tuple[list[Any], Any]:
+        return self.client.scroll(
+            name, scroll_filter=filter, limit=limit, offset=offset, with_payload=True, with_vectors=with_vectors
+        )
 
-    def query(
-        self,
-        name: str,
-        lists: Sequence[NearestQuery],
-        filter: Filter = (),
-        with_vectors: bool = False,
-        fusion: tuple[str, Sequence[float]] | None = None,
-        limit: int = 10,
-        offset: int = 0,
-    ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
-        meta = self.get_meta(name)
-        server_filter = _server_filter(filter)
-        requests = []
-        for q in lists:
-            check_vectors("query", {q.using: q.vector}, meta)
-            requests.append(
-                qm.QueryRequest(
-                    query=np.asarray(q.vector, dtype=np.float32).tolist(),
-                    using=q.using,
-                    limit=q.limit,
-                    filter=server_filter,
-                    score_threshold=q.score_threshold,
-                    with_payload=True,
-                    with_vector=with_vectors,
-                )
-            )
-        if fusion is not None:
-            method, weights = fusion
-            prefetch = [
-                qm.Prefetch(
-                    query=np.asarray(q.vector, dtype=np.float32).tolist(),
-                    using=q.using,
-                    limit=q.limit,
-                    filter=server_filter,
-                    score_threshold=q.score_threshold,
-                )
-                for q in lists
-            ]
-            fuse = (
-                qm.RrfQuery(rrf=qm.Rrf(k=RRF_K, weights=list(weights)))
-                if method == "rrf"
-                else qm.FusionQuery(fusion=qm.Fusion.DBSF)
-            )
-            requests.append(
-                qm.QueryRequest(
-                    prefetch=prefetch,
-                    query=fuse,
-                    limit=limit,
-                    offset=offset or None,
-                    filter=server_filter,
-                    with_payload=True,
-                    with_vector=with_vectors,
-                )
-            )
-        responses = self.client.query_batch_points(name, requests)
-        converted = [[_to_stored(p, with_vectors) for p in r.points] for r in responses]
-        if fusion is not None:
-            return converted[:-1], converted[-1]
-        return converted, None
+    def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
+        return [r.points for r in self.client.query_batch_points(name, requests)]
 
     def facet(self, name: str, field: str, filter: Filter = (), limit: int = 50) -> list[tuple[Any, int]]:
         self.get_meta(name)
-        response = self.client.facet(name, field, facet_filter=_server_filter(filter), limit=limit, exact=True)
+        response = self.client.facet(name, field, facet_filter=self._filter(filter), limit=limit, exact=True)
         return [(h.value, int(h.count)) for h in response.hits]
 
     def optimize(self, name: str) -> None:

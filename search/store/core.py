@@ -1,0 +1,171 @@
+"""The request logic both Qdrant backends share, written once.
+
+qdrant-edge-py and qdrant-client speak one query model through different classes, so
+``QdrantStore`` builds every filter, query, scroll and upsert here and asks a backend only for
+what differs (the shape of qdrant-client's ``QdrantBase``, one interface over a local and a remote
+implementation): a ``Dialect`` that spells the parts of a request in the client's types, and the
+calls that move points (``_write_points``, ``_query_batch``, ``_scroll_page``).
+
+Example, a backend::
+
+    class MyStore(QdrantStore):
+        dialect = Dialect(match_value=..., ..., dbsf=...)
+
+        def get_meta(self, name): ...
+        def _write_points(self, name, points): ...
+        def _query_batch(self, name, requests): ...
+        def _scroll_page(self, name, filter, limit, offset, with_vectors): ...
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.fusion import RRF_K
+
+from .base import CollectionMeta, Filter, Match, NearestQuery, PointRecord, Range, StoredPoint
+from .validate import check_vectors
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one client library spells each part of a request (its types take these keywords)."""
+
+    match_value: Callable[[Any], Any]
+    match_any: Callable[[list[Any]], Any]
+    range: Callable[..., Any]  # gt=, gte=, lt=, lte=
+    field_condition: Callable[..., Any]  # key=, and match= or range=
+    filter: Callable[..., Any]  # must=, must_not=
+    point: Callable[..., Any]  # id=, vector=, payload=
+    nearest: Callable[[list[float], str], dict[str, Any]]  # the request keywords naming a nearest query
+    request: Callable[..., Any]  # a query request
+    prefetch: Callable[..., Any]  # one prefetch of a fused request
+    prefetches: str  # the request keyword that takes the prefetches
+    rrf: Callable[[int, list[float]], Any]  # (k, weights)
+    dbsf: Callable[[], Any]
+
+
+def to_stored(point: Any, with_vectors: bool) -> StoredPoint:
+    """A client's record or scored point as ours; ids become strings (qdrant-edge returns UUIDs)."""
+    vectors = {}
+    if with_vectors and isinstance(point.vector, dict):
+        vectors = {k: np.asarray(v, dtype=np.float32) for k, v in point.vector.items()}
+    return StoredPoint(
+        id=str(point.id),
+        payload=dict(point.payload or {}),
+        score=float(getattr(point, "score", 0.0) or 0.0),
+        vectors=vectors,
+    )
+
+
+def _as_lists(vectors: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
+    return {k: np.asarray(v, dtype=np.float32).tolist() for k, v in vectors.items()}
+
+
+class QdrantStore(ABC):
+    """Filters, queries, scrolls and upserts built once; subclasses supply the client's calls."""
+
+    dialect: ClassVar[Dialect]
+
+    @abstractmethod
+    def get_meta(self, name: str) -> CollectionMeta:
+        """Raises CollectionNotFoundError when the collection does not exist."""
+
+    @abstractmethod
+    def _write_points(self, name: str, points: list[Any]) -> None:
+        """Upsert points made by ``dialect.point``."""
+
+    @abstractmethod
+    def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
+        """Run the requests in one round trip: one list of scored points per request."""
+
+    @abstractmethod
+    def _scroll_page(
+        self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool
+    ) -> tuple[list[Any], Any]:
+        """The records from ``offset`` on, and the next page's offset (None after the last)."""
+
+    def _search_params(self, filter: Filter) -> Any:
+        """Search parameters of the nearest lists under ``filter``; None keeps the engine's defaults."""
+        return None
+
+    def _filter(self, conditions: Filter) -> Any:
+        """Our conditions in the client's filter type; None when there are none."""
+        if not conditions:
+            return None
+        d = self.dialect
+        must: list[Any] = []
+        must_not: list[Any] = []
+        for c in conditions:
+            if isinstance(c, Match):
+                values = list(c.values)
+                match = d.match_value(values[0]) if len(values) == 1 else d.match_any(values)
+                (must_not if c.exclude else must).append(d.field_condition(key=c.field, match=match))
+            elif isinstance(c, Range):
+                rng = d.range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte)
+                must.append(d.field_condition(key=c.field, range=rng))
+            else:
+                raise BadInputError(f"unsupported filter condition {c!r}")
+        return d.filter(must=must or None, must_not=must_not or None)
+
+    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
+        if not points:
+            return
+        meta = self.get_meta(name)
+        for p in points:  # all checked before any is written: the engine would write up to a bad one
+            check_vectors(p.id, p.vectors, meta)
+        made = [self.dialect.point(id=p.id, vector=_as_lists(p.vectors), payload=p.payload) for p in points]
+        self._write_points(name, made)
+
+    def scroll(
+        self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
+    ) -> Iterator[StoredPoint]:
+        self.get_meta(name)
+        client_filter = self._filter(filter)
+        offset = None
+        while True:
+            records, offset = self._scroll_page(name, client_filter, batch_size, offset, with_vectors)
+            for r in records:
+                yield to_stored(r, with_vectors)
+            if offset is None or not records:
+                return
+
+    def query(
+        self,
+        name: str,
+        lists: Sequence[NearestQuery],
+        filter: Filter = (),
+        with_vectors: bool = False,
+        fusion: tuple[str, Sequence[float]] | None = None,
+        limit: int = 10,
+        offset: int = 0,
+    ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
+        """Each nearest list and, with ``fusion``, the engine's fusion of them, in one batch."""
+        meta = self.get_meta(name)
+        for q in lists:
+            check_vectors("query", {q.using: q.vector}, meta)
+        d = self.dialect
+        client_filter = self._filter(filter)
+        params = self._search_params(filter)
+        nearest = [
+            d.nearest(np.asarray(q.vector, dtype=np.float32).tolist(), q.using)
+            | {"limit": q.limit, "score_threshold": q.score_threshold, "filter": client_filter, "params": params}
+            for q in lists
+        ]
+        shown = {"with_payload": True, "with_vector": with_vectors}
+        requests = [d.request(**n, **shown) for n in nearest]
+        if fusion is not None:
+            method, weights = fusion
+            fuse = d.rrf(RRF_K, list(weights)) if method == "rrf" else d.dbsf()
+            prefetches = {d.prefetches: [d.prefetch(**n) for n in nearest]}
+            page = {"limit": limit, "offset": offset or None, "filter": client_filter}
+            requests.append(d.request(**prefetches, query=fuse, **page, **shown))
+        results = [[to_stored(p, with_vectors) for p in r] for r in self._query_batch(name, requests)]
+        if fusion is not None:
+            return results[:-1], results[-1]
+        return results, None
