@@ -8,7 +8,7 @@ from shelfsight.data.generate import spec_count_summary, write_catalog
 from shelfsight.search.errors import BadInputError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     data = sub.add_parser("data", help="synthetic catalogs").add_subparsers(dest="data_command", required=True)
     gen = data.add_parser("generate", help="draw a synthetic product catalog with images and eval queries")
     gen.add_argument("--out", required=True, help="output folder (catalog.csv, images/, queries.jsonl)")

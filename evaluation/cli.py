@@ -11,7 +11,7 @@ from shelfsight.search.cli_args import add_store_args, settings_from_args
 from shelfsight.search.engine import SearchEngine
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "eval",
         help="recall@1/5/10, hit@10, MRR and nDCG@10 of each retrieval mode on a JSONL query set",

@@ -23,7 +23,7 @@ from shelfsight.search.store import open_store
 _SHOWN_ERRORS = 20
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ingest", help="embed a catalog's images and texts into the store")
     p.add_argument("catalog", help="CSV, TSV, JSONL, JSON or Parquet file")
     add_store_args(

@@ -11,7 +11,7 @@ from shelfsight.search.settings import DEFAULT_FUSION
 from shelfsight.search.store import open_store
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The commands over a built collection: ``stats``, ``search``, ``tag`` and ``serve``."""
     _register_stats(sub)
     _register_search(sub)
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_serve(sub)
 
 
-def _register_stats(sub: argparse._SubParsersAction) -> None:
+def _register_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stats", help="what a collection holds and which model built it")
     add_store_args(p)
     p.add_argument("--json", action="store_true")
@@ -42,7 +42,7 @@ def _stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _register_search(sub: argparse._SubParsersAction) -> None:
+def _register_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("search", help="search the catalog by text, image or both")
     p.add_argument("query", nargs="?", default=None, help='query text: "red dress + ./photo.jpg", "2:red", "-floral"')
     add_store_args(p, model_help="default: the model that built the collection")
@@ -66,7 +66,7 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_search)
 
 
-def _register_tag(sub: argparse._SubParsersAction) -> None:
+def _register_tag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t = sub.add_parser("tag", help="zero-shot label every product (prompt ensembles); tags become filterable")
     add_store_args(t)
     t.add_argument("--labels", required=True, help='comma-separated labels, e.g. "shoe,bag,hat"')
@@ -76,7 +76,7 @@ def _register_tag(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_tag)
 
 
-def _register_serve(sub: argparse._SubParsersAction) -> None:
+def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("serve", help="HTTP API over the search engine (FastAPI, OpenAPI at /docs)")
     add_store_args(s, model_help="default: the model that built the collection")
     s.add_argument("--host", default="127.0.0.1")

@@ -16,7 +16,7 @@ import socket
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -184,7 +184,7 @@ class Embedder:
             return np.zeros((0, 0), dtype=np.float32)
         return self._encode(images)
 
-    def _encode(self, items: list) -> np.ndarray:
+    def _encode(self, items: list[Any]) -> np.ndarray:
         import torch
 
         model = self.model

@@ -8,18 +8,20 @@ Early fusion combines vectors before searching: ``normalize(a * image + (1 - a) 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 RRF_K = 60
 
-Ranked = Sequence[tuple[Hashable, float]]  # one list: (id, score), best first
+K = TypeVar("K", bound=Hashable)  # what identifies an item: a point id, a product id
+Ranked = Sequence[tuple[K, float]]  # one list: (id, score), best first
 
 
 def fuse_rrf(
-    lists: Sequence[Ranked], weights: Sequence[float] | None = None, k: int = RRF_K
-) -> dict[Hashable, list[float]]:
+    lists: Sequence[Ranked[K]], weights: Sequence[float] | None = None, k: int = RRF_K
+) -> dict[K, list[float]]:
     """Reciprocal rank fusion as Qdrant computes it: an item at 1-based rank ``r`` in a list of
     weight ``w`` gets ``1 / (k - 1 + r / w)``; with ``w = 1`` that is the classic ``1 / (k + r - 1)``.
     A weight stretches or shrinks the list's ranks rather than scaling its scores.
@@ -30,7 +32,7 @@ def fuse_rrf(
     weights = _weights(weights, len(lists))
     if any(w <= 0 for w in weights):
         raise ValueError("RRF weights must be positive")
-    out: dict[Hashable, list[float]] = {}
+    out: dict[K, list[float]] = {}
     for i, ranked in enumerate(lists):
         for rank, (item, _score) in enumerate(ranked, start=1):
             out.setdefault(item, [0.0] * len(lists))[i] = 1.0 / (k - 1 + rank / weights[i])
@@ -51,10 +53,10 @@ def dbsf_normalize(scores: Sequence[float]) -> list[float]:
     return [(s - low) / (high - low) for s in scores]
 
 
-def fuse_dbsf(lists: Sequence[Ranked], weights: Sequence[float] | None = None) -> dict[Hashable, list[float]]:
+def fuse_dbsf(lists: Sequence[Ranked[K]], weights: Sequence[float] | None = None) -> dict[K, list[float]]:
     """Distribution-based score fusion: per-list normalized scores, weighted, summed."""
     weights = _weights(weights, len(lists))
-    out: dict[Hashable, list[float]] = {}
+    out: dict[K, list[float]] = {}
     for i, ranked in enumerate(lists):
         normalized = dbsf_normalize([s for _, s in ranked])
         for (item, _), value in zip(ranked, normalized, strict=False):
@@ -62,9 +64,7 @@ def fuse_dbsf(lists: Sequence[Ranked], weights: Sequence[float] | None = None) -
     return out
 
 
-def fuse_weighted(
-    scores: dict[Hashable, Sequence[float]], weights: Sequence[float] | None = None
-) -> dict[Hashable, list[float]]:
+def fuse_weighted(scores: Mapping[K, Sequence[float]], weights: Sequence[float] | None = None) -> dict[K, list[float]]:
     """Weighted sum of cosine scores: ``sum(w_i * s_i) / sum(w_i)``.
 
     ``scores`` must hold every list's score for every id (exact cosines, not only retrieved
@@ -78,7 +78,7 @@ def fuse_weighted(
     return {item: [w * s / total for w, s in zip(weights, row, strict=False)] for item, row in scores.items()}
 
 
-def rank_fused(contributions: dict[Hashable, Sequence[float]]) -> list[tuple[Hashable, float]]:
+def rank_fused(contributions: Mapping[K, Sequence[float]]) -> list[tuple[K, float]]:
     """Ids by fused score (sum of contributions), best first; ties keep insertion order."""
     return sorted(((item, float(sum(c))) for item, c in contributions.items()), key=lambda t: -t[1])
 
@@ -97,7 +97,7 @@ def early_fuse(image: np.ndarray | None, text: np.ndarray | None, image_share: f
     if image is None and text is None:
         raise ValueError("early fusion needs an image or a text vector")
     if image is None:
-        return normalize(text)
+        return normalize(text)  # type: ignore[arg-type]  # not both None: checked above
     if text is None:
         return normalize(image)
     return normalize(image_share * np.asarray(image) + (1.0 - image_share) * np.asarray(text))

@@ -24,8 +24,9 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from shelfsight.search.errors import BadInputError
 
 # Formats Pillow recognises by content that we accept; anything else is "not an image".
@@ -56,26 +57,25 @@ def decode_image(data: bytes, policy: ImagePolicy = ImagePolicy(), name: str = "
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in ALLOWED_FORMATS:
+            opened = Image.open(io.BytesIO(data))
+            if opened.format not in ALLOWED_FORMATS:
                 raise ImageError(
-                    f"{name} is a {image.format} file, not a supported image", "use JPEG, PNG, WebP, GIF, BMP or TIFF"
+                    f"{name} is a {opened.format} file, not a supported image", "use JPEG, PNG, WebP, GIF, BMP or TIFF"
                 )
-            width, height = image.size
+            width, height = opened.size
             if width * height > policy.max_pixels:
                 raise ImageError(
                     f"{name} is {width}x{height} pixels, over the {policy.max_pixels}-pixel cap",
                     "downscale the image or raise --max-image-pixels",
                 )
-            image.seek(0)  # animated images: the first frame stands for the product
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return to_rgb(image)
+            opened.seek(0)  # animated images: the first frame stands for the product
+            opened.load()
+            return to_rgb(ImageOps.exif_transpose(opened) or opened)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name} is a decompression bomb: {exc}", "downscale the image") from exc
-    except Image.UnidentifiedImageError as exc:
+    except UnidentifiedImageError as exc:
         raise ImageError(f"{name} is not an image Pillow can read", "replace it with a JPEG, PNG or WebP file") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name} is broken or truncated: {exc}", "re-export or replace the image") from exc
@@ -90,7 +90,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16/32-bit greyscale: scale the actual range into 8 bits instead of clipping to white.
         image = image.convert("F")
-        low, high = image.getextrema()
+        low, high = cast(tuple[float, float], image.getextrema())  # one band: (min, max)
         scale = 255.0 / (high - low) if high > low else 0.0
         image = image.point(lambda v: (v - low) * scale).convert("L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -142,23 +142,25 @@ def check_url(url: str, policy: ImagePolicy) -> None:
         _public_addresses(host, parsed.port or (443 if parsed.scheme == "https" else 80), url)
 
 
-def _public_addresses(host: str, port: int, url: str) -> list[tuple]:
+def _public_addresses(host: str, port: int, url: str) -> list[tuple[Any, ...]]:
     """Resolve ``host``; every address must be public, else the URL is refused."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise ImageError(f"cannot resolve host {host!r}: {exc}", "check the URL's host name") from exc
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if not address.is_global or address.is_multicast:
             raise ImageError(
                 f"refused URL to a non-public address ({address}): {url}",
                 "host the image publicly, or pass --allow-private-urls for a trusted network",
             )
-    return infos
+    return list(infos)
 
 
-def _pinned_connect(address: tuple[str, int], timeout=None, source_address=None) -> socket.socket:
+def _pinned_connect(
+    address: tuple[str, int], timeout: float | None = None, source_address: tuple[str, int] | None = None
+) -> socket.socket:
     """Connect only to an address checked at this moment, so a host that resolves to a public
     address for the check and a private one for the fetch (DNS rebinding) is still refused."""
     host, port = address
@@ -179,32 +181,35 @@ def _pinned_connect(address: tuple[str, int], timeout=None, source_address=None)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._create_connection = _pinned_connect
+        self._create_connection = _pinned_connect  # http.client's connect hook
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._create_connection = _pinned_connect  # TLS still verifies the URL's host name
 
 
 class _PinnedHTTPHandler(urllib.request.HTTPHandler):
-    def http_open(self, req):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(_PinnedHTTPConnection, req)
 
 
 class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
-    def https_open(self, req):
-        return self.do_open(_PinnedHTTPSConnection, req, context=self._context)
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        context = getattr(self, "_context", None)  # the handler's TLS context (urllib keeps it private)
+        return self.do_open(_PinnedHTTPSConnection, req, context=context)
 
 
 class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, policy: ImagePolicy):
         self.policy = policy
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
         check_url(newurl, self.policy)  # a public host must not bounce us onto a private one
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -219,7 +224,7 @@ def _through_proxy(url: str) -> bool:
 
 def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
     check_url(url, policy)
-    handlers: list = [_GuardedRedirects(policy)]
+    handlers: list[urllib.request.BaseHandler] = [_GuardedRedirects(policy)]
     if not policy.allow_private and not _through_proxy(url):
         handlers += [_PinnedHTTPHandler(), _PinnedHTTPSHandler()]
     opener = urllib.request.build_opener(*handlers)
@@ -232,7 +237,7 @@ def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
                     f"image at {url} is {declared} bytes, over the {policy.max_bytes}-byte cap",
                     "shrink it or raise --max-image-bytes",
                 )
-            data = response.read(policy.max_bytes + 1)
+            data: bytes = response.read(policy.max_bytes + 1)
     except ImageError:
         raise
     except urllib.error.HTTPError as exc:

@@ -11,7 +11,7 @@ Filters: ``category=shoe``, ``category=shoe,bag``, ``color!=red``, ``price<=40``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ def parse_query(text: str) -> ParsedQuery:
 
 
 FilterSpec = str | Mapping[str, Any] | Condition
-Filters = list[FilterSpec] | tuple[FilterSpec, ...] | Mapping[str, Any] | str | None
+Filters = Sequence[FilterSpec] | Mapping[str, Any] | str | None
 
 
 def parse_filters(filters: Filters, meta: CollectionMeta) -> Filter:

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 from shelfsight.search.embedder import Embedder, normalize_rows
 from shelfsight.search.errors import BadInputError
-from shelfsight.search.store.base import VectorStore
+from shelfsight.search.store.base import StoredPoint, VectorStore
 
 TEMPLATES = (
     "a photo of a {}",
@@ -66,11 +66,11 @@ def tag_collection(
     matrix = label_vectors(embedder, labels, templates)
     scale = embedder.logit_scale()
     counts: Counter[str] = Counter()
-    batch = []
+    batch: list[StoredPoint] = []
 
     def flush() -> None:
         # Products are tagged by their image; text-only products by their text.
-        vecs = np.stack([p.vectors.get("image", p.vectors.get("text")) for p in batch])
+        vecs = np.stack([p.vectors["image"] if "image" in p.vectors else p.vectors["text"] for p in batch])
         best, prob = classify(vecs, matrix, scale)
         updates = {}
         for p, b, pr in zip(batch, best, prob):

@@ -15,6 +15,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -35,7 +36,9 @@ class VectorCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get_many(self, keys: Sequence[Hashable], compute: Callable[[list], np.ndarray], items=None) -> np.ndarray:
+    def get_many(
+        self, keys: Sequence[Hashable], compute: Callable[[list[Any]], np.ndarray], items: Sequence[Any] | None = None
+    ) -> np.ndarray:
         """Vectors for ``keys``; the missing ones come from ``compute(items of the missing keys)``
         in one batch. ``items`` defaults to the keys themselves (texts)."""
         items = list(keys) if items is None else list(items)

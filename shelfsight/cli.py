@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _register_demo(sub: argparse._SubParsersAction) -> None:
+def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = sub.add_parser("demo", help="offline demo: demo catalog, demo model (trained once), ingest, storefront")
     d.add_argument("--workdir", default=".shelfsight", help="where the demo keeps its catalog, model and store")
     d.add_argument("--port", type=int, default=8501)

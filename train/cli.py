@@ -7,7 +7,7 @@ import argparse
 from shelfsight.train.model_init import PRESETS, init_model
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     model = sub.add_parser("model", help="local CLIP model directories").add_subparsers(
         dest="model_command", required=True
     )
@@ -30,7 +30,7 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_training(sub: argparse._SubParsersAction) -> None:
+def register_training(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t = sub.add_parser("train", help="contrastive training (InfoNCE) of a CLIP model on a catalog")
     t.add_argument("--catalog", required=True)
     t.add_argument("--out", required=True)

@@ -13,7 +13,7 @@ from shelfsight.search.settings import DEFAULT_COLLECTION
 APP = Path(__file__).with_name("app.py")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ui", help="the Streamlit shopping storefront")
     p.add_argument("--db", help="embedded store directory (or set QDRANT_URL for a server)")
     p.add_argument("--collection", default=DEFAULT_COLLECTION)

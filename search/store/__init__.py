@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.settings import Settings
-
-# Inside this package, relative imports: mypy run on search/ resolves them, where it cannot follow
-# the editable install's shelfsight.search mapping (it would type the shared core as Any).
-from .base import (
+from shelfsight.search.store.base import (
     CollectionMeta,
     Condition,
     Filter,
@@ -36,11 +33,11 @@ __all__ = [
 def open_store(settings: Settings) -> VectorStore:
     """The backend the settings name: a Qdrant server when ``qdrant_url`` is set, else ``db``."""
     if settings.qdrant_url:
-        from .server import ServerStore
+        from shelfsight.search.store.server import ServerStore
 
         return ServerStore.connect(settings.qdrant_url, api_key=settings.qdrant_api_key)
     if not settings.db:
         raise BadInputError("no store given: pass --db DIR (embedded store) or set QDRANT_URL")
-    from .edge import EdgeStore
+    from shelfsight.search.store.edge import EdgeStore
 
     return EdgeStore(settings.db)

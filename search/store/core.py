@@ -27,9 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.fusion import RRF_K
-
-from .base import CollectionMeta, Filter, Match, NearestQuery, PointRecord, Range, StoredPoint
-from .validate import check_vectors
+from shelfsight.search.store.base import CollectionMeta, Filter, Match, NearestQuery, PointRecord, Range, StoredPoint
+from shelfsight.search.store.validate import check_vectors
 
 
 @dataclass(frozen=True)

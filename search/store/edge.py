@@ -17,10 +17,9 @@ from typing import Any
 
 import qdrant_edge as qe
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-
-from .base import CollectionMeta, Filter, StoredPoint
-from .core import Dialect, QdrantStore, to_stored
-from .validate import check_collection_name
+from shelfsight.search.store.base import CollectionMeta, Filter, StoredPoint
+from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
+from shelfsight.search.store.validate import check_collection_name
 
 _META_FILE = "collection.json"
 _INDEX_TYPES = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float}

@@ -13,10 +13,9 @@ from typing import Any
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-
-from .base import CollectionMeta, Filter, StoredPoint
-from .core import Dialect, QdrantStore, to_stored
-from .validate import check_collection_name
+from shelfsight.search.store.base import CollectionMeta, Filter, StoredPoint
+from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
+from shelfsight.search.store.validate import check_collection_name
 
 _INDEX_TYPES = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
 _META_KEY = "shelfsight"

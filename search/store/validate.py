@@ -7,8 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from shelfsight.search.errors import BadInputError
-
-from .base import CollectionMeta
+from shelfsight.search.store.base import CollectionMeta
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
