@@ -6,16 +6,16 @@ shared and reloaded. Catalog text is shown as plain text, never rendered as HTML
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
-from shelfsight.search import SearchEngine, Settings, ShelfsightError
+from shelfsight.search import Hit, SearchEngine, SearchRequest, Settings, ShelfsightError
 from shelfsight.search.engine import FUSION_METHODS
+from shelfsight.search.settings import MAX_UPLOAD_BYTES
 
 PAGE = 12
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 SUGGESTIONS = ("red bag", "blue shoe", "striped shirt", "yellow umbrella")
 # Sidebar filters, in this order, where the collection has them as keyword fields.
 FACET_FIELDS = ("category", "type", "brand", "color", "tag")
@@ -49,7 +49,7 @@ def _set_params(**values: object) -> None:
             st.query_params[key] = ",".join(value) if isinstance(value, list) else str(value)
 
 
-def _card(hit, engine: SearchEngine, key: str) -> None:
+def _card(hit: Hit, engine: SearchEngine, key: str) -> None:
     with st.container(border=True):
         image = hit.payload.get("image")
         if image and (image.startswith(("http://", "https://")) or Path(image).is_file()):
@@ -78,14 +78,52 @@ def _card(hit, engine: SearchEngine, key: str) -> None:
 def main() -> None:
     st.set_page_config(page_title="Shelfsight", page_icon="🛍️", layout="wide")
     st.title("Shelfsight")
-    db = os.environ.get("SHELFSIGHT_DB")
-    collection = os.environ.get("SHELFSIGHT_COLLECTION", "products")
+    engine = _engine_or_stop()
+    q, upload, tw, fusion = _search_controls(engine)
+    chosen, pmax = _sidebar_filters(engine, q)
+    filters = [f"{field}={','.join(values)}" for field, values in chosen.items() if values]
+    if pmax:
+        filters.append(f"price<={pmax}")
+    page = int(_number_param("page", 1, 1, 50))
+    _set_params(
+        q=q,
+        tw=tw,
+        fusion=fusion if fusion != engine.settings.fusion else None,
+        pmax=pmax or None,
+        **{field: values for field, values in chosen.items()},
+    )
+    image_bytes = _query_image(engine, upload)
+    similar_id = _param("similar")
+    if not (q.strip() or image_bytes or similar_id):
+        st.info("Try: " + " · ".join(SUGGESTIONS) + " — or upload a photo.")
+        return
+    started = time.perf_counter()
     try:
-        engine = load_engine(db, collection)
+        if similar_id:
+            st.caption(f"More like {engine.get(similar_id).title}")
+            hits = engine.similar(similar_id, filters=filters, limit=PAGE * page)
+        else:
+            request = SearchRequest(
+                filters=filters, fusion=fusion, text_weight=tw, image_weight=1.0 - tw, limit=PAGE * page
+            )
+            hits = engine.run(q.strip() or None, image_bytes, request)
+    except ShelfsightError as exc:
+        st.error(str(exc))
+        return
+    _show_results(engine, hits, (time.perf_counter() - started) * 1000, similar_id, page)
+
+
+def _engine_or_stop() -> SearchEngine:
+    settings = Settings.from_env()
+    try:
+        return load_engine(settings.db, settings.collection)
     except ShelfsightError as exc:
         st.error(f"The shop is not ready: {exc}")
-        st.stop()
+        st.stop()  # ends this script run
 
+
+def _search_controls(engine: SearchEngine) -> tuple[str, Any, float, str]:
+    """The query box, the photo upload and the advanced weight and fusion controls."""
     q = st.text_input(
         "Search products",
         value=_param("q"),
@@ -103,11 +141,13 @@ def main() -> None:
             help="0: only the photo counts, 1: only the words",
         )
         methods = [m for m in FUSION_METHODS if m != "early" or "fused" in engine.meta.vectors]
-        default_fusion = engine.settings.fusion
-        asked_fusion = _param("fusion", default_fusion)
+        asked_fusion = _param("fusion", engine.settings.fusion)
         fusion = st.selectbox("Fusion", methods, index=methods.index(asked_fusion) if asked_fusion in methods else 0)
+    return q, upload, tw, fusion
 
-    # Sidebar filters, built from the collection's payload with counts for the current query.
+
+def _sidebar_filters(engine: SearchEngine, q: str) -> tuple[dict[str, list[str]], float | None]:
+    """Sidebar filters built from the collection's payload, with counts for the current query."""
     fields = engine.filterable_fields
     st.sidebar.header("Filters")
     facet_fields = [f for f in FACET_FIELDS if fields.get(f) == "keyword"]
@@ -128,67 +168,40 @@ def main() -> None:
             format_func=lambda v, n=n: f"{v} ({n.get(v, 0)})",
             key=f"f-{field}",
         )
-    filters = [f"{field}={','.join(values)}" for field, values in chosen.items() if values]
     pmax = None
     if fields.get("price") == "float":
         pmax = st.sidebar.number_input(
             "Max price", min_value=0.0, value=_number_param("pmax", 0.0, 0.0, 1e9), step=5.0, help="0: no limit"
         )
-        if pmax:
-            filters.append(f"price<={pmax}")
+    return chosen, pmax
 
-    page = int(_number_param("page", 1, 1, 50))
-    _set_params(
-        q=q,
-        tw=tw,
-        fusion=fusion if fusion != default_fusion else None,
-        pmax=pmax or None,
-        **{field: values for field, values in chosen.items()},
-    )
 
-    image_bytes = None
+def _query_image(engine: SearchEngine, upload: Any) -> bytes | None:
+    """The uploaded photo, or the image of the product named by ``?img=`` (its "Search with image")."""
     if upload is not None:
         image_bytes = upload.getvalue()
-        if len(image_bytes) > MAX_UPLOAD_BYTES:
-            st.error("That photo is over 10 MB; upload a smaller one.")
-            image_bytes = None
-    similar_id, image_id = _param("similar"), _param("img")
-    if image_id and image_bytes is None:
-        try:
-            path = engine.get(image_id).image
-            image_bytes = Path(path).read_bytes() if path and Path(path).is_file() else None
-        except (ShelfsightError, OSError) as exc:
-            st.warning(f"Cannot use that product's image: {exc}")
-
-    if not (q.strip() or image_bytes or similar_id):
-        st.info("Try: " + " · ".join(SUGGESTIONS) + " — or upload a photo.")
-        return
-    started = time.perf_counter()
+        if len(image_bytes) <= MAX_UPLOAD_BYTES:
+            return image_bytes
+        st.error(f"That photo is over {MAX_UPLOAD_BYTES // 2**20} MB; upload a smaller one.")
+    image_id = _param("img")
+    if not image_id:
+        return None
     try:
-        if similar_id:
-            st.caption(f"More like {engine.get(similar_id).title}")
-            hits = engine.similar(similar_id, filters=filters, limit=PAGE * page)
-        else:
-            hits = engine.search(
-                q.strip() or None,
-                image_bytes,
-                filters=filters,
-                fusion_method=fusion,
-                text_weight=tw,
-                image_weight=1.0 - tw,
-                limit=PAGE * page,
-            )
-    except ShelfsightError as exc:
-        st.error(str(exc))
-        return
-    took = (time.perf_counter() - started) * 1000
+        path = engine.get(image_id).image
+        return Path(path).read_bytes() if path and Path(path).is_file() else None
+    except (ShelfsightError, OSError) as exc:
+        st.warning(f"Cannot use that product's image: {exc}")
+        return None
+
+
+def _show_results(engine: SearchEngine, hits: list[Hit], took_ms: float, similar_id: str, page: int) -> None:
     if similar_id and st.button("Back to search"):
         _set_params(similar=None)
         st.rerun()
     if not hits:
         st.warning("No products match. Loosen a filter or try: " + ", ".join(SUGGESTIONS))
         return
-    st.caption(f"{len(hits)} results in {took:.0f} ms")
+    st.caption(f"{len(hits)} results in {took_ms:.0f} ms")
     columns = st.columns(4)
     for i, hit in enumerate(hits):
         with columns[i % 4]:

@@ -6,28 +6,29 @@ import argparse
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from shelfsight.search.settings import DEFAULT_COLLECTION
+from shelfsight.search.cli_args import add_store_args, settings_from_args
+from shelfsight.search.settings import MAX_UPLOAD_BYTES
 
 APP = Path(__file__).with_name("app.py")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ui", help="the Streamlit shopping storefront")
-    p.add_argument("--db", help="embedded store directory (or set QDRANT_URL for a server)")
-    p.add_argument("--collection", default=DEFAULT_COLLECTION)
+    add_store_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    env = dict(os.environ)
-    # Locations travel by environment: the app reads them once per process.
-    if args.db:
-        env["SHELFSIGHT_DB"] = str(Path(args.db).resolve())
-    env["SHELFSIGHT_COLLECTION"] = args.collection
+    settings = settings_from_args(args)
+    if settings.db:
+        settings = replace(settings, db=str(Path(settings.db).resolve()))
+    # Locations travel by environment: the app reads them (Settings.from_env) once per process.
+    env = {**os.environ, **settings.environment()}
     command = [
         sys.executable,
         "-m",
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         "--browser.gatherUsageStats",
         "false",
         "--server.maxUploadSize",
-        "10",
+        str(max(1, MAX_UPLOAD_BYTES // 2**20)),  # megabytes
         "--server.fileWatcherType",
         "none",
         "--global.developmentMode",
