@@ -13,7 +13,7 @@ from shelfsight.data.generate import write_catalog
 from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
 from shelfsight.search.embedder import Embedder, hub_reachable
 from shelfsight.search.engine import SearchEngine
-from shelfsight.search.settings import DEFAULT_MODEL
+from shelfsight.search.settings import DEFAULT_COLLECTION, DEFAULT_MODEL
 from shelfsight.search.store.edge import EdgeStore
 from shelfsight.search.tagging import tag_collection
 
@@ -79,7 +79,7 @@ def run_demo(
     store = EdgeStore(db)
     try:
         embedder = Embedder(model)
-        meta_model = store.get_meta("products").model if store.collection_exists("products") else None
+        meta_model = store.get_meta(DEFAULT_COLLECTION).model if store.collection_exists(DEFAULT_COLLECTION) else None
         report = ingest_catalog(
             catalog,
             store,
@@ -89,9 +89,9 @@ def run_demo(
         print(
             f"catalog: {catalog} -> {db} (ingested {report.ingested}, unchanged {report.unchanged}, skipped {report.skipped})"
         )
-        engine = SearchEngine(store, embedder, "products")
+        engine = SearchEngine(store, embedder, DEFAULT_COLLECTION)
         if report.ingested:
-            tag_collection(store, embedder, "products", KINDS.split(","), threshold=0.3)
+            tag_collection(store, embedder, DEFAULT_COLLECTION, KINDS.split(","), threshold=0.3)
             print_quality(engine, db, catalog.parent / "queries.jsonl", workdir / "eval.json")
         for query in EXAMPLES:
             hits = engine.search(query, limit=3)
