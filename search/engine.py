@@ -39,6 +39,10 @@ ImageInput = Image.Image | bytes | str | Path
 MIN_CANDIDATES = 100
 # Query texts and images whose vectors are kept (a vector is a few KB).
 QUERY_CACHE_SIZE = 512
+# Largest page and deepest offset a request may ask for: each ranked list fetches 2 * (offset +
+# limit) candidates with their vectors, so these bound one query's store work and memory.
+MAX_LIMIT = 1000
+MAX_OFFSET = 10_000
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,8 @@ class SearchEngine:
                 "rebuild the collection with `shelfsight ingest CATALOG --reindex --model NEW`"
             )
         self.image_policy = ImagePolicy()
+        # Query parts that name local files are read only when this is True (the HTTP API sets it False).
+        self.allow_local_paths = True
         self.query_vectors = VectorCache(QUERY_CACHE_SIZE)
 
     @classmethod
@@ -176,7 +182,11 @@ class SearchEngine:
         self, text: str | None, image: ImageInput | None, request: SearchRequest, *, parse: bool = True
     ) -> list[Hit]:
         """``search`` with its options in one ``SearchRequest`` (what the CLI and HTTP API build)."""
-        parsed = parse_query(text) if parse and text else ParsedQuery(((text, 1.0),) if text else ())
+        parsed = (
+            parse_query(text, allow_paths=self.allow_local_paths)
+            if parse and text
+            else ParsedQuery(((text, 1.0),) if text else ())
+        )
         images: list[tuple[Image.Image, float]] = [(self._image(ref), w) for ref, w in parsed.images]
         if image is not None:
             images.append((self._image(image), 1.0))
@@ -249,6 +259,11 @@ class SearchEngine:
         ref = str(ref)
         if is_url(ref):
             return load_image(ref, Path("."), self.image_policy)
+        if not self.allow_local_paths:
+            raise BadInputError(
+                f"query image {ref!r} is a local path, and local paths are off here; "
+                "upload the image or give a public http(s) URL"
+            )
         path = Path(ref).expanduser()
         if not path.is_file():
             raise BadInputError(f"query image not found: {ref}")
@@ -306,8 +321,11 @@ class SearchEngine:
         if method not in FUSION_METHODS:
             raise BadInputError(f"unknown fusion method {method!r}; choose one of {', '.join(FUSION_METHODS)}")
         limit = self.settings.limit if request.limit is None else int(request.limit)
-        if limit < 1 or request.offset < 0:
-            raise BadInputError("limit must be at least 1 and offset at least 0")
+        if not (1 <= limit <= MAX_LIMIT and 0 <= request.offset <= MAX_OFFSET):
+            raise BadInputError(
+                f"limit must be 1 to {MAX_LIMIT} and offset 0 to {MAX_OFFSET}, got limit {limit} and "
+                f"offset {request.offset}; page through fewer results"
+            )
         if request.min_score is not None and not -1.0 <= request.min_score <= 1.0:
             raise BadInputError(f"min_score is a cosine similarity in [-1, 1], got {request.min_score}")
         condition = parse_filters(request.filters, self.meta)

@@ -18,6 +18,8 @@ import io
 import ipaddress
 import re
 import socket
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,14 +35,56 @@ from shelfsight.search.errors import BadInputError
 ALLOWED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"}
 
 
+# Bytes Pillow holds per pixel while decoding, by mode (RGB is stored as 4 bytes a pixel).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
 @dataclass(frozen=True)
 class ImagePolicy:
-    """Limits on what an image may cost. ``allow_private`` lets URLs reach loopback/LAN hosts."""
+    """Limits on what an image may cost. ``allow_private`` lets URLs reach loopback/LAN hosts.
+
+    ``max_decode_bytes`` bounds the memory of decoding and converting one image to RGB (a
+    128 KB single-colour 6300x6300 PNG decodes to 160 MB); JPEGs over it are decoded at a
+    reduced scale instead (``Image.draft``), other formats are refused. ``max_side`` decodes and
+    downscales to at most that many pixels a side (queries: CLIP sees 224 px). ``deadline`` bounds a
+    whole URL fetch, while ``timeout`` bounds each read. ``decode_slots`` > 0 lets at most that
+    many images decode at once in this process, so a burst of uploads queues instead of
+    multiplying memory.
+    """
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     timeout: float = 10.0
     allow_private: bool = False
+    max_decode_bytes: int = 256 * 2**20
+    max_side: int | None = None
+    deadline: float = 30.0
+    decode_slots: int = 0
+
+
+# What the HTTP API accepts as a query image: 64 MB of decode memory (16 MP RGB, more for JPEGs
+# decoded at reduced scale), 1024 px a side kept, two decodes at a time, 15 s per URL fetch.
+QUERY_POLICY = ImagePolicy(
+    max_bytes=10 * 1024 * 1024, max_decode_bytes=64 * 2**20, max_side=1024, deadline=15.0, decode_slots=2
+)
+_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _decode_slot(policy: ImagePolicy) -> threading.BoundedSemaphore | None:
+    if policy.decode_slots <= 0:
+        return None
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(policy.decode_slots, threading.BoundedSemaphore(policy.decode_slots))
+
+
+def decode_cost(mode: str, size: tuple[int, int]) -> int:
+    """Bytes that decoding an image of this mode and size and converting it to RGB holds at once."""
+    stored = _STORED_BYTES.get(mode, 4)
+    convert = 0 if mode == "RGB" else 4
+    widen = 4 if mode in _WIDE_MODES else 0  # 16/32-bit greyscale goes through a float image
+    return size[0] * size[1] * (stored + convert + widen)
 
 
 class ImageError(BadInputError):
@@ -53,7 +97,16 @@ class ImageError(BadInputError):
 
 
 def decode_image(data: bytes, policy: ImagePolicy = ImagePolicy(), name: str = "image") -> Image.Image:
-    """Decode bytes into an RGB image: type by content, pixel cap, EXIF orientation, first frame."""
+    """Decode bytes into an RGB image: type by content, pixel and memory caps, EXIF orientation,
+    first frame; at most ``policy.decode_slots`` at once when that is set."""
+    slot = _decode_slot(policy)
+    if slot is None:
+        return _decode(data, policy, name)
+    with slot:
+        return _decode(data, policy, name)
+
+
+def _decode(data: bytes, policy: ImagePolicy, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -68,9 +121,13 @@ def decode_image(data: bytes, policy: ImagePolicy = ImagePolicy(), name: str = "
                     f"{name} is {width}x{height} pixels, over the {policy.max_pixels}-pixel cap",
                     "downscale the image or raise --max-image-pixels",
                 )
+            _fit_decode_budget(opened, policy, name)
             opened.seek(0)  # animated images: the first frame stands for the product
             opened.load()
-            return to_rgb(ImageOps.exif_transpose(opened) or opened)
+            image = to_rgb(ImageOps.exif_transpose(opened) or opened)
+            if policy.max_side:
+                image.thumbnail((policy.max_side, policy.max_side))
+            return image
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -79,6 +136,32 @@ def decode_image(data: bytes, policy: ImagePolicy = ImagePolicy(), name: str = "
         raise ImageError(f"{name} is not an image Pillow can read", "replace it with a JPEG, PNG or WebP file") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name} is broken or truncated: {exc}", "re-export or replace the image") from exc
+
+
+def _fit_decode_budget(opened: Image.Image, policy: ImagePolicy, name: str) -> None:
+    """Before any pixel is decoded: JPEGs are set to decode at a reduced scale (1/2 to 1/8) that
+    fits ``max_side`` and the memory budget; other images over the budget are refused."""
+    width, height = opened.size
+    if opened.format in ("JPEG", "MPO"):
+        want = max(width, height)
+        if policy.max_side:
+            want = min(want, policy.max_side)
+        cost = decode_cost(opened.mode, opened.size)
+        if cost > policy.max_decode_bytes:
+            # Half the linear scale that would fit, so the power-of-two reduction lands inside the budget.
+            want = min(want, int(max(width, height) * (policy.max_decode_bytes / cost) ** 0.5 / 2))
+        if want < max(width, height):
+            opened.draft(
+                None, (max(1, want * width // max(width, height)), max(1, want * height // max(width, height)))
+            )
+    cost = decode_cost(opened.mode, opened.size)
+    if cost > policy.max_decode_bytes:
+        limit_mb = policy.max_decode_bytes // 2**20
+        raise ImageError(
+            f"{name} is {width}x{height} {opened.mode} pixels; decoding it takes {cost // 2**20} MB, over the "
+            f"{limit_mb} MB budget",
+            "send a smaller image (a JPEG, or fewer pixels)",
+        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -237,7 +320,7 @@ def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
                     f"image at {url} is {declared} bytes, over the {policy.max_bytes}-byte cap",
                     "shrink it or raise --max-image-bytes",
                 )
-            data: bytes = response.read(policy.max_bytes + 1)
+            data = _read_until_deadline(response, url, policy)
     except ImageError:
         raise
     except urllib.error.HTTPError as exc:
@@ -252,6 +335,26 @@ def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
     if not data:
         raise ImageError(f"empty response from {url}", "check that the URL serves the image")
     return data
+
+
+def _read_until_deadline(response: Any, url: str, policy: ImagePolicy) -> bytes:
+    """The body, at most ``max_bytes + 1`` of it, read in pieces; a host that drips bytes is cut
+    off at ``policy.deadline`` seconds (each read also has the per-read ``timeout``)."""
+    deadline = time.monotonic() + policy.deadline
+    chunks: list[bytes] = []
+    size = 0
+    while size <= policy.max_bytes:
+        if time.monotonic() > deadline:
+            raise ImageError(
+                f"fetching {url} took over the {policy.deadline:g}-second deadline",
+                "serve the image from a faster host",
+            )
+        chunk: bytes = response.read1(min(65536, policy.max_bytes + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def load_image(ref: str, base_dir: Path = Path("."), policy: ImagePolicy = ImagePolicy()) -> Image.Image:

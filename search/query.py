@@ -10,6 +10,7 @@ Filters: ``category=shoe``, ``category=shoe,bag``, ``color!=red``, ``price<=40``
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".t
 # queries like "yellow umbrella -striped"): at 1.0 only 39% of the top 10 kept the asked kind and
 # colour (72% without the negative term); at 0.5, 64%, while 87% lacked the pattern (92% at 1.0).
 NEGATIVE_WEIGHT = 0.5
+# What one query may cost: every part (and every negative term) is one text to embed, about 20 ms
+# each for ViT-B/32 on 2 cores, so 16 parts bound a query near a third of a second. 1,000
+# characters hold any query a shopper types (CLIP reads only 77 tokens of each part anyway).
+MAX_QUERY_PARTS = 16
+MAX_QUERY_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -42,14 +48,33 @@ class ParsedQuery:
         return not (self.texts or self.images)
 
 
-def _looks_like_image(part: str) -> bool:
+def _names_image(part: str) -> bool:
+    """Whether a part is written like an image reference: a URL, or one word with an image suffix."""
+    return is_url(part) or (part.lower().endswith(_IMAGE_SUFFIXES) and " " not in part.strip())
+
+
+def _looks_like_image(part: str, allow_paths: bool) -> bool:
     if is_url(part):
         return True
-    return part.lower().endswith(_IMAGE_SUFFIXES) and " " not in part.strip() and Path(part).expanduser().exists()
+    if not _names_image(part):
+        return False
+    if not allow_paths:
+        # Refused whether or not the file exists, so the answer reveals nothing about the disk.
+        raise BadInputError(
+            f"query part {part!r} names a local file, and this server does not read its own files; "
+            "upload the image (POST /search/upload or image_base64) or give a public http(s) URL"
+        )
+    return Path(part).expanduser().exists()
 
 
-def parse_query(text: str) -> ParsedQuery:
-    """Split rclip-style query text into weighted text parts, image parts and negative terms."""
+def parse_query(text: str, *, allow_paths: bool = True) -> ParsedQuery:
+    """Split rclip-style query text into weighted text parts, image parts and negative terms.
+
+    ``allow_paths=False`` (the HTTP API) refuses parts that name local files instead of reading them.
+    At most ``MAX_QUERY_CHARS`` characters and ``MAX_QUERY_PARTS`` parts and negative terms.
+    """
+    if len(text or "") > MAX_QUERY_CHARS:
+        raise BadInputError(f"query is {len(text)} characters, over the {MAX_QUERY_CHARS}-character cap; shorten it")
     texts: list[tuple[str, float]] = []
     images: list[tuple[str, float]] = []
     negatives: list[tuple[str, float]] = []
@@ -60,8 +85,8 @@ def parse_query(text: str) -> ParsedQuery:
         weight = 1.0
         m = _WEIGHT.match(part)
         if m:
-            weight, part = float(m.group(1)), m.group(2).strip()
-        if _looks_like_image(part):
+            weight, part = _finite_weight(m.group(1), part), m.group(2).strip()
+        if _looks_like_image(part, allow_paths):
             images.append((part, weight))
             continue
         words = []
@@ -72,7 +97,19 @@ def parse_query(text: str) -> ParsedQuery:
                 words.append(token)
         if words:
             texts.append((" ".join(words), weight))
+    if len(texts) + len(images) + len(negatives) > MAX_QUERY_PARTS:
+        raise BadInputError(
+            f"query has {len(texts) + len(images) + len(negatives)} parts and negative terms, over the "
+            f"cap of {MAX_QUERY_PARTS}; join words into fewer ' + ' parts"
+        )
     return ParsedQuery(tuple(texts), tuple(images), tuple(negatives))
+
+
+def _finite_weight(value: str, part: str) -> float:
+    weight = float(value)
+    if not math.isfinite(weight) or weight > 1000:
+        raise BadInputError(f"weight in {part!r} must be a number from 0 to 1000")
+    return weight
 
 
 FilterSpec = str | Mapping[str, Any] | Condition
@@ -135,9 +172,12 @@ def _from_mapping(key: str, value: Any) -> Condition:
 
 def _number(key: str, value: Any) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise BadInputError(f"filter on {key!r} needs a number, got {value!r}") from None
+    if not math.isfinite(number):  # a NaN bound panics inside qdrant-edge
+        raise BadInputError(f"filter on {key!r} needs a finite number, got {value!r}")
+    return number
 
 
 def _check(c: Condition, meta: CollectionMeta) -> Condition:
@@ -147,6 +187,10 @@ def _check(c: Condition, meta: CollectionMeta) -> Condition:
         raise BadInputError(f"unknown filter field {c.field!r}; filterable fields: {known}")
     if isinstance(c, Range) and kind != "float":
         raise BadInputError(f"{c.field!r} holds text; filter it with = or != (e.g. {c.field}=value)")
+    if isinstance(c, Range):
+        for bound in (c.gt, c.gte, c.lt, c.lte):
+            if bound is not None:
+                _number(c.field, bound)
     if isinstance(c, Match):
         if not c.values:
             raise BadInputError(f"filter on {c.field!r} has no value")
