@@ -81,6 +81,11 @@ def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_store_args(s, model_help="default: the model that built the collection")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--allow-local-paths",
+        action="store_true",
+        help="let query parts name image files on this machine (off: clients send uploads or public URLs)",
+    )
     s.set_defaults(func=_serve)
 
 
@@ -139,9 +144,8 @@ def _tag(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-    from shelfsight.search.http import create_app
+    from shelfsight.search.http import serve
+    from shelfsight.search.http_guard import ServeOptions
 
-    app = create_app(settings_from_args(args))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    serve(settings_from_args(args), args.host, args.port, ServeOptions.from_env(args.allow_local_paths))
     return EXIT_OK

@@ -1,20 +1,38 @@
-"""HTTP API over SearchEngine (FastAPI). Library errors become 4xx JSON, never a 500 for bad input.
+"""HTTP API over SearchEngine (FastAPI). Every bad input is a 4xx ``{"error", "detail"}``.
 
-Run with ``shelfsight serve --db DIR``; the OpenAPI page is at ``/docs``.
+Run with ``shelfsight serve --db DIR``; the OpenAPI page is at ``/docs`` and documents every
+status each operation returns. What one request may cost is bounded: the body (``http_guard``),
+the image's decode memory and concurrent decodes (``images.QUERY_POLICY``), the query's parts
+and length (``query``), the page and offset (``engine``). Queries never read the server's files:
+images come as uploads, base64 or public URLs, and products carry ``/products/{id}/image``.
+
+Example::
+
+    app = create_app(Settings(db="db"), options=ServeOptions(read_key="s3cret"))
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import logging
+import sys
 import threading
 import time
+import urllib.parse
+from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from PIL import Image
 from pydantic import BaseModel, Field
-from shelfsight.search.engine import FUSION_METHODS, SearchEngine, SearchRequest
+from shelfsight.search.engine import FUSION_METHODS, MAX_OFFSET, SearchEngine, SearchRequest
 from shelfsight.search.errors import (
     BadInputError,
     CollectionNotFoundError,
@@ -24,7 +42,14 @@ from shelfsight.search.errors import (
     ShelfsightError,
     StoreUnavailableError,
 )
+from shelfsight.search.http_guard import ApiKeyGuard, BodyLimit, ErrorBody, RedactingFilter, ServeOptions, redact
+from shelfsight.search.images import ALLOWED_FORMATS, QUERY_POLICY, is_url
+from shelfsight.search.query import MAX_QUERY_CHARS
+from shelfsight.search.records import Hit
 from shelfsight.search.settings import DEFAULT_FUSION, MAX_UPLOAD_BYTES, Settings
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger("shelfsight.http")
 
 _STATUS = [
     (ProductNotFoundError, 404),
@@ -34,58 +59,141 @@ _STATUS = [
     (ModelUnavailableError, 503),
     (StoreUnavailableError, 503),
 ]
+MAX_PAGE = 200
+MAX_FILTERS = 32
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an operation can return, all with ``ErrorBody``."""
+    text = {
+        400: "bad input: the detail names the item and the fix",
+        401: "an API key is needed (SHELFSIGHT_API_KEY / SHELFSIGHT_ADMIN_KEY is set)",
+        404: "no such product or collection",
+        405: "method not allowed",
+        409: "the collection was built with another model",
+        413: "request body over the size limit",
+        422: "a parameter has the wrong type or is out of range",
+        503: "the store or the model cannot be reached, or the store is damaged",
+    }
+    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+
+
+_COMMON = (401, 405, 409, 503)
+_QUERY_ERRORS = _errors(400, 404, 413, 422, *_COMMON)
+_PRODUCT_ERRORS = _errors(400, 404, 422, *_COMMON)
 
 
 class SearchBody(BaseModel):
     q: str | None = Field(
-        None, description='query text; syntax: "red bag + https://.../photo.jpg", "2:red", "-striped"'
+        None,
+        max_length=MAX_QUERY_CHARS,
+        description='query text; syntax: "red bag + https://.../photo.jpg", "2:red", "-striped"',
     )
-    image_base64: str | None = Field(None, description="query image, base64-encoded bytes")
-    filters: list[str] = Field(default_factory=list, description="e.g. ['category=shoe', 'price<=40']")
+    image_base64: str | None = Field(
+        None, max_length=MAX_UPLOAD_BYTES * 4 // 3 + 4, description="query image, base64-encoded bytes"
+    )
+    filters: list[str] = Field(
+        default_factory=list, max_length=MAX_FILTERS, description="e.g. ['category=shoe', 'price<=40']"
+    )
     fusion: str | None = Field(None, description=f"one of {', '.join(FUSION_METHODS)}; default {DEFAULT_FUSION}")
-    vectors: list[str] = Field(default_factory=lambda: ["image", "text"])
-    text_weight: float | None = None
-    image_weight: float | None = None
-    min_score: float | None = None
-    limit: int = Field(10, ge=1, le=200)
-    offset: int = Field(0, ge=0)
+    vectors: list[str] = Field(default_factory=lambda: ["image", "text"], max_length=3)
+    text_weight: float | None = Field(None, ge=0, allow_inf_nan=False)
+    image_weight: float | None = Field(None, ge=0, allow_inf_nan=False)
+    min_score: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
+    limit: int = Field(10, ge=1, le=MAX_PAGE)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class _EngineHolder:
     """The app's engine, opened on first use; a lock keeps two first requests from opening the
     embedded store twice (the second would find it locked)."""
 
-    def __init__(self, settings: Settings | None, engine: SearchEngine | None):
+    def __init__(self, settings: Settings | None, engine: SearchEngine | None, options: ServeOptions):
         self.settings = settings
-        self.engine = engine
+        self.options = options
+        self.engine = self._harden(engine) if engine is not None else None
         self.lock = threading.Lock()
+
+    def _harden(self, engine: SearchEngine) -> SearchEngine:
+        engine.allow_local_paths = self.options.allow_local_paths
+        engine.image_policy = QUERY_POLICY
+        return engine
 
     def __call__(self) -> SearchEngine:
         with self.lock:
             if self.engine is None:
-                self.engine = SearchEngine.open(self.settings or Settings.from_env())
+                self.engine = self._harden(SearchEngine.open(self.settings or Settings.from_env()))
             return self.engine
 
 
-def create_app(settings: Settings | None = None, engine: SearchEngine | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, engine: SearchEngine | None = None, options: ServeOptions | None = None
+) -> FastAPI:
     """An app over ``engine`` (or one opened from ``settings`` on first request)."""
+    options = options or ServeOptions()
     app = FastAPI(title="Shelfsight", description="Multimodal product search", version="0.1.0")
-    get_engine = _EngineHolder(settings, engine)
+    get_engine = _EngineHolder(settings, engine, options)
     app.add_exception_handler(ShelfsightError, _library_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
 
-    @app.get("/health")
+    @app.get("/health", responses=_errors(401, 405, 409, 503))
     def health() -> dict[str, Any]:
         e = get_engine()
         return {"status": "ok", "collection": e.collection, "count": e.count(), "model": e.meta.model}
 
     _add_search_routes(app, get_engine)
     _add_product_routes(app, get_engine)
+    if options.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    app.add_middleware(ApiKeyGuard, options=options)
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
     return app
+
+
+def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": redact(detail)}, status_code=status, headers=headers)
 
 
 async def _library_error(request: Request, exc: ShelfsightError) -> JSONResponse:
     status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
-    return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
+    return _error(status, type(exc).__name__, str(exc))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request"
+        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+    return _error(422, "ValidationError", "; ".join(problems) + " (see /docs for each parameter's type and range)")
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    try:
+        name = HTTPStatus(exc.status_code).phrase.replace(" ", "")
+    except ValueError:
+        name = "HTTPError"
+    return _error(exc.status_code, name, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s: %s", request.method, request.url.path, redact(repr(exc)))
+    return _error(500, "InternalError", "the server failed on this request; its log has the details")
+
+
+def image_url(product_id: str) -> str:
+    """Where the API serves a product's image (never the server's own path)."""
+    return f"/products/{urllib.parse.quote(product_id, safe='')}/image"
+
+
+def _public_hit(hit: Hit) -> dict[str, Any]:
+    out = hit.to_dict()
+    if out["payload"].get("image"):
+        out["payload"] = {**out["payload"], "image": image_url(hit.id)}
+    return out
 
 
 def _run_search(engine: SearchEngine, body: SearchBody, image: bytes | None) -> dict[str, Any]:
@@ -101,7 +209,7 @@ def _run_search(engine: SearchEngine, body: SearchBody, image: bytes | None) -> 
         offset=body.offset,
     )
     hits = engine.run(body.q, image, request)
-    return {"hits": [h.to_dict() for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return {"hits": [_public_hit(h) for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
 def _decode_base64_image(data: str) -> bytes:
@@ -114,24 +222,30 @@ def _decode_base64_image(data: str) -> bytes:
     return image
 
 
+def _vector_names(vectors: str) -> list[str]:
+    return [v for v in vectors.split(",") if v][:3]
+
+
 def _add_search_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
-    @app.get("/search")
+    @app.get("/search", responses=_QUERY_ERRORS)
     def search_get(
-        q: str,
-        filter: list[str] = Query(default_factory=list, description="repeatable: category=shoe, price<=40"),
+        q: str = Query(..., max_length=MAX_QUERY_CHARS),
+        filter: list[str] = Query(
+            default_factory=list, max_length=MAX_FILTERS, description="repeatable: category=shoe, price<=40"
+        ),
         fusion: str | None = None,
-        vectors: str = "image,text",
-        text_weight: float | None = None,
-        image_weight: float | None = None,
-        min_score: float | None = None,
-        limit: int = Query(10, ge=1, le=200),
-        offset: int = Query(0, ge=0),
+        vectors: str = Query("image,text", max_length=64),
+        text_weight: float | None = Query(None, ge=0, allow_inf_nan=False),
+        image_weight: float | None = Query(None, ge=0, allow_inf_nan=False),
+        min_score: float | None = Query(None, ge=-1, le=1, allow_inf_nan=False),
+        limit: int = Query(10, ge=1, le=MAX_PAGE),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ) -> dict[str, Any]:
         body = SearchBody(
             q=q,
             filters=filter,
             fusion=fusion,
-            vectors=[v for v in vectors.split(",") if v],
+            vectors=_vector_names(vectors),
             text_weight=text_weight,
             image_weight=image_weight,
             min_score=min_score,
@@ -140,43 +254,115 @@ def _add_search_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
         )
         return _run_search(get_engine(), body, None)
 
-    @app.post("/search")
+    @app.post("/search", responses=_QUERY_ERRORS)
     def search_post(body: SearchBody) -> dict[str, Any]:
         image = _decode_base64_image(body.image_base64) if body.image_base64 else None
         return _run_search(get_engine(), body, image)
 
-    @app.post("/search/upload")
+    @app.post("/search/upload", responses=_QUERY_ERRORS)
     async def search_upload(
         image: UploadFile = File(..., description="query image"),
-        q: str | None = Form(None),
+        q: str | None = Form(None, max_length=MAX_QUERY_CHARS),
         fusion: str | None = Form(None),
-        vectors: str = Form("image,text"),
-        limit: int = Form(10),
+        vectors: str = Form("image,text", max_length=64),
+        limit: int = Form(10, ge=1, le=MAX_PAGE),
     ) -> dict[str, Any]:
         data = await image.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise BadInputError(f"image is over the {MAX_UPLOAD_BYTES}-byte upload cap")
-        body = SearchBody(q=q, fusion=fusion, vectors=[v for v in vectors.split(",") if v], limit=limit)
-        return _run_search(get_engine(), body, data)
+        body = SearchBody(q=q, fusion=fusion, vectors=_vector_names(vectors), limit=limit)
+        # Decoding and embedding block: run them off the event loop like the other routes.
+        return await run_in_threadpool(_run_search, get_engine(), body, data)
+
+
+_IMAGE_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif"}
+_IMAGE_TYPES |= {"WEBP": "image/webp", "BMP": "image/bmp", "TIFF": "image/tiff"}
+
+
+def _image_response(product_id: str, ref: str | None) -> Response:
+    """The product's stored image: a redirect to its public URL, or the catalog file's bytes."""
+    if not ref:
+        raise ProductNotFoundError(f"product {product_id!r} has no image")
+    if is_url(ref):
+        if not ref.lower().startswith(("http://", "https://")):
+            raise ProductNotFoundError(f"product {product_id!r} has no image this API can serve")
+        return RedirectResponse(ref, status_code=307)
+    path = Path(ref)
+    try:
+        with Image.open(path) as opened:
+            kind = opened.format
+    except (OSError, ValueError):
+        raise ProductNotFoundError(
+            f"the image file of product {product_id!r} is missing or unreadable on the server; re-ingest the catalog"
+        ) from None
+    if kind not in ALLOWED_FORMATS:
+        raise ProductNotFoundError(f"product {product_id!r} has no image this API can serve")
+    return FileResponse(path, media_type=_IMAGE_TYPES.get(kind or "", "application/octet-stream"))
 
 
 def _add_product_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
-    @app.get("/products/{product_id}")
+    @app.get("/products/{product_id}", responses=_PRODUCT_ERRORS)
     def product(product_id: str) -> dict[str, Any]:
         p = get_engine().get(product_id)
-        return {"id": p.id, "title": p.title, "description": p.description, "image": p.image, **p.fields}
+        image = image_url(p.id) if p.image else None
+        return {"id": p.id, "title": p.title, "description": p.description, "image": image, **p.fields}
 
-    @app.get("/products/{product_id}/similar")
+    image_types = {t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(set(_IMAGE_TYPES.values()))}
+
+    @app.get(
+        "/products/{product_id}/image",
+        response_class=Response,
+        responses={
+            200: {"content": image_types, "description": "the product's image"},
+            307: {"description": "the product's image lives at a public URL (Location)"},
+            **_PRODUCT_ERRORS,
+        },
+    )
+    def product_image(product_id: str) -> Response:
+        return _image_response(product_id, get_engine().get(product_id).image)
+
+    @app.get("/products/{product_id}/similar", responses=_PRODUCT_ERRORS)
     def similar(
-        product_id: str, limit: int = Query(10, ge=1, le=200), filter: list[str] = Query(default_factory=list)
+        product_id: str,
+        limit: int = Query(10, ge=1, le=MAX_PAGE),
+        filter: list[str] = Query(default_factory=list, max_length=MAX_FILTERS),
     ) -> dict[str, Any]:
-        return {"hits": [h.to_dict() for h in get_engine().similar(product_id, filters=filter, limit=limit)]}
+        return {"hits": [_public_hit(h) for h in get_engine().similar(product_id, filters=filter, limit=limit)]}
 
-    @app.get("/facets")
+    @app.get("/facets", responses=_QUERY_ERRORS)
     def facets(
-        q: str | None = None,
-        field: list[str] = Query(default_factory=list),
-        filter: list[str] = Query(default_factory=list),
+        q: str | None = Query(None, max_length=MAX_QUERY_CHARS),
+        field: list[str] = Query(default_factory=list, max_length=MAX_FILTERS),
+        filter: list[str] = Query(default_factory=list, max_length=MAX_FILTERS),
     ) -> dict[str, Any]:
         counts = get_engine().facets(field or None, q, filters=filter)
         return {f: [{"value": v, "count": c} for v, c in pairs] for f, pairs in counts.items()}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: Settings, host: str, port: int, options: ServeOptions) -> None:
+    """Check the store (a damaged one fails here in one line), then serve until stopped."""
+    import uvicorn
+
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "shelfsight"):
+        logging.getLogger(name).addFilter(RedactingFilter())
+    if not is_loopback(host) and not options.read_key:
+        print(
+            f"warning: serving on {host} without an API key: anyone who can reach port {port} can search. "
+            "Set SHELFSIGHT_API_KEY (and SHELFSIGHT_ADMIN_KEY for writes), or bind to 127.0.0.1.",
+            file=sys.stderr,
+        )
+    engine = SearchEngine.open(settings)
+    try:
+        engine.count()  # loads the store now: a locked or damaged one is refused before serving
+        uvicorn.run(create_app(settings, engine, options), host=host, port=port, log_level="warning")
+    finally:
+        engine.close()
