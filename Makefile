@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: demo test install install-dev browser lint typecheck bench clean
+.PHONY: demo test install install-dev browser compose lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,16 @@ browser:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
+# Debian's docker-compose validates docker-compose.yml without a Docker engine (tests/e2e/test_compose.py).
+compose:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq docker-compose >/dev/null; fi; }
+
 demo: install
 	$(BIN)/shelfsight demo --port $(PORT)
 
-test: install-dev browser
+test: install-dev browser compose
 	$(BIN)/python -m pytest -q
 
 lint: install-dev
