@@ -40,15 +40,26 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     d.add_argument("--workdir", default=".shelfsight", help="where the demo keeps its catalog, model and store")
     d.add_argument("--port", type=int, default=8501)
     d.add_argument("--no-ui", action="store_true", help="print example searches and exit")
-    d.add_argument("--minutes", type=float, default=4.0, help="training budget for the demo model")
+    budget = d.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--steps", type=int, default=None, help="training steps for the demo model (default: the recipe's)"
+    )
+    budget.add_argument(
+        "--minutes", type=float, default=None, help="a wall-clock budget instead (a busy machine gets fewer steps)"
+    )
     d.add_argument("--offline", action="store_true", help="use the demo model even when the hub is reachable")
     d.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from shelfsight.demo import run_demo  # the demo ties every layer together; loaded only when asked for
+    # The demo ties every layer together; loaded only when asked for.
+    from shelfsight.demo import TrainingBudget, run_demo
+    from shelfsight.train.schedule import RECIPE_STEPS
 
-    return run_demo(args.workdir, port=args.port, ui=not args.no_ui, minutes=args.minutes, offline=args.offline)
+    if (args.steps is not None and args.steps < 1) or (args.minutes is not None and args.minutes <= 0):
+        raise BadInputError("--steps and --minutes must be above 0")
+    budget = TrainingBudget(minutes=args.minutes) if args.minutes else TrainingBudget(steps=args.steps or RECIPE_STEPS)
+    return run_demo(args.workdir, port=args.port, ui=not args.no_ui, budget=budget, offline=args.offline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

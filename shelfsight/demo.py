@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from shelfsight.data.generate import write_catalog
@@ -16,6 +17,8 @@ from shelfsight.search.engine import SearchEngine
 from shelfsight.search.settings import DEFAULT_COLLECTION, DEFAULT_MODEL
 from shelfsight.search.store.edge import EdgeStore
 from shelfsight.search.tagging import tag_collection
+from shelfsight.train.gate import saved_verdict, train_checked
+from shelfsight.train.schedule import RECIPE_STEPS
 
 DEMO_PRODUCTS, DEMO_SEED = 800, 7
 TRAIN_PRODUCTS, TRAIN_SEED = 2400, 1001  # a different seed: the demo catalog is unseen data
@@ -23,7 +26,18 @@ KINDS = "shoe,bag,hat,mug,lamp,shirt,bottle,umbrella"
 EXAMPLES = ("red bag", "blue shoe", "yellow umbrella -striped", "green mug")
 
 
-def demo_model(workdir: Path, minutes: float, offline: bool = False) -> str:
+@dataclass(frozen=True)
+class TrainingBudget:
+    """The demo model's budget: ``steps`` (the recipe's by default), or ``minutes`` when given."""
+
+    steps: int = RECIPE_STEPS
+    minutes: float | None = None
+
+    def describe(self) -> str:
+        return f"{self.minutes:g} min" if self.minutes else f"{self.steps} steps"
+
+
+def demo_model(workdir: Path, budget: TrainingBudget = TrainingBudget(), offline: bool = False) -> str:
     """The pretrained default when online (unless ``offline``); else the demo model, trained on first use."""
     if not offline and hub_reachable():
         print(f"model: {DEFAULT_MODEL} (pretrained, from the Hugging Face hub)")
@@ -32,16 +46,22 @@ def demo_model(workdir: Path, minutes: float, offline: bool = False) -> str:
     model_dir = workdir / "models" / "demo"
     if (model_dir / "training.json").is_file():
         print(f"model: {reason} -> cached demo model {model_dir}")
+        verdict = saved_verdict(model_dir)
+        if verdict is not None and not verdict.passed:
+            print(f"WARNING: {verdict.explain()}")
         return str(model_dir)
-    print(f"model: {reason} -> training the demo model ({minutes:g} min, once)")
-    from shelfsight.train.contrastive import TrainConfig, train
+    print(f"model: {reason} -> training the demo model ({budget.describe()}, once; the bar shows the time left)")
+    from shelfsight.train.contrastive import TrainConfig
 
     train_csv = write_catalog(workdir / "train-catalog", n=TRAIN_PRODUCTS, seed=TRAIN_SEED)
     tmp = model_dir.with_name("demo.partial")
-    metrics = train(TrainConfig(catalog=str(train_csv), out=str(tmp), minutes=minutes))
+    config = TrainConfig(
+        catalog=str(train_csv), out=str(tmp), steps=None if budget.minutes else budget.steps, minutes=budget.minutes
+    )
+    verdict = train_checked(config)
     shutil.rmtree(model_dir, ignore_errors=True)  # a half-written cache from an interrupted run
     tmp.replace(model_dir)  # only a finished model is ever cached
-    print(f"trained in {metrics['seconds']}s; validation text->image recall@1 {metrics['val_text_to_image_recall@1']}")
+    print(verdict.explain() if verdict.passed else f"WARNING: {verdict.explain()}")
     return str(model_dir)
 
 
@@ -68,10 +88,14 @@ def print_quality(engine: SearchEngine, db: Path, queries: Path, out: Path) -> N
 
 
 def run_demo(
-    workdir: str | Path, port: int = 8501, ui: bool = True, minutes: float = 4.0, offline: bool = False
+    workdir: str | Path,
+    port: int = 8501,
+    ui: bool = True,
+    budget: TrainingBudget = TrainingBudget(),
+    offline: bool = False,
 ) -> int:
     workdir = Path(workdir)
-    model = demo_model(workdir, minutes, offline)
+    model = demo_model(workdir, budget, offline)
     catalog = workdir / "demo-catalog" / "catalog.csv"
     if not catalog.is_file():
         write_catalog(catalog.parent, n=DEMO_PRODUCTS, seed=DEMO_SEED)

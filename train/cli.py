@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from shelfsight.search.errors import BadInputError
 from shelfsight.train.model_init import PRESETS, init_model
+from shelfsight.train.schedule import RECIPE_STEPS
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +40,12 @@ def register_training(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     start.add_argument("--init", help="fine-tune this CLIP directory")
     start.add_argument("--preset", choices=sorted(PRESETS), default="small", help="train a fresh model of this shape")
     budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, default=None)
+    budget.add_argument(
+        "--steps", type=int, default=None, help=f"optimizer steps (default {RECIPE_STEPS}, the demo recipe's)"
+    )
+    budget.add_argument(
+        "--minutes", type=float, default=None, help="a wall-clock budget instead: fewer steps on a busy machine"
+    )
     budget.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=5e-4)
@@ -56,14 +63,18 @@ def register_training(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _train(args: argparse.Namespace) -> int:
     from shelfsight.train.contrastive import TrainConfig, train
 
-    minutes = args.minutes if args.minutes is not None or args.epochs is not None else 4.0
+    for name in ("steps", "minutes", "epochs"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise BadInputError(f"--{name} must be above 0, got {value}")
     config = TrainConfig(
         catalog=args.catalog,
         out=args.out,
         init=args.init,
         preset=args.preset,
-        minutes=minutes,
+        minutes=args.minutes,
         epochs=args.epochs,
+        steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
         hard_negatives=args.hard_negatives,

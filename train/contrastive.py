@@ -17,7 +17,7 @@ text tensors), ``loss``, ``schedule`` (budget and learning rate) and ``precision
 
 Example::
 
-    train(TrainConfig(catalog="data/train/catalog.csv", out="models/demo", minutes=4))
+    train(TrainConfig(catalog="data/train/catalog.csv", out="models/demo", steps=650))
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ class TrainConfig:
     out: str
     init: str | None = None  # fine-tune this CLIP directory; None: a fresh ``preset`` model
     preset: str = "small"
-    minutes: float | None = 4.0
+    minutes: float | None = None  # a wall-clock budget: the model then depends on the machine's load
     epochs: int | None = None
+    steps: int | None = None  # the budget in optimizer steps; wins over minutes and epochs
     batch_size: int = 64
     lr: float = 5e-4
     hard_negatives: bool = False
@@ -188,14 +189,15 @@ def _start_run(config: TrainConfig) -> Run:
     fillers = filler_words(processor.tokenizer.get_vocab(), informative_words(examples))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.05)
     steps_per_epoch = len(batch_starts(len(train_set), config.batch_size))
-    budget = Budget.start(config.minutes, config.epochs, steps_per_epoch)
+    budget = Budget.start(config.minutes, config.epochs, steps_per_epoch, config.steps)
     return Run(config, model, processor, view, bf16, rng, train_set, val_set, fillers, optimizer, budget)
 
 
 def _train_epochs(run: Run, bar: tqdm | None) -> LoopState:
     """Epochs until ``config.epochs`` or the budget runs out; each full epoch ends with a validation."""
     state = LoopState(last_save=run.budget.started)
-    while state.epoch < (run.config.epochs or MAX_EPOCHS) and run.budget.spent(state.step) < 1.0:
+    epochs = run.config.epochs if run.config.epochs and not run.config.steps else MAX_EPOCHS  # steps end a step budget
+    while state.epoch < epochs and run.budget.spent(state.step) < 1.0:
         state, finished = _train_epoch(run, state, bar)
         if finished:
             state = _end_epoch(run, state, bar)
