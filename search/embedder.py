@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 from shelfsight.search.errors import BadInputError, ModelUnavailableError
-from shelfsight.search.settings import DEFAULT_MODEL
+from shelfsight.search.settings import DEFAULT_MODEL, MODELS_ROOT_ENV
+from shelfsight.search.settings import models_root as env_models_root
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -65,6 +66,46 @@ def model_fingerprint(model: str) -> str:
     return f"{path.resolve().name}@{digest.hexdigest()[:12]}"
 
 
+def _looks_local(model: str) -> bool:
+    return Path(model).expanduser().exists() or model.startswith((".", "/", "~"))
+
+
+def resolve_model(model: str, root: Path | None) -> str:
+    """Where ``model`` loads from: a directory as given, else under the models ``root``, else a hub name.
+
+    A directory recorded on another machine (``/home/me/models/demo``) is also looked for as
+    ``root/demo``, so a container that mounts the models root finds what the host ingested with.
+    Raises ModelUnavailableError, naming every path tried, when a local model is in none of them.
+    """
+    given = Path(model).expanduser()
+    if given.is_dir():
+        return str(given)
+    tried = [given]
+    if root is not None:
+        under_root = root / (given.name if given.is_absolute() else given)
+        if under_root.is_dir():
+            return str(under_root)
+        tried.append(under_root)
+    if not _looks_local(model):
+        return model  # a hub name
+    looked = " nor ".join(str(p) for p in tried)
+    where_root = f"{MODELS_ROOT_ENV}={root}" if root is not None else f"{MODELS_ROOT_ENV} is not set"
+    raise ModelUnavailableError(
+        f"model {model!r} not found: neither {looked} is a directory; {where_root}. Put the model "
+        f"directory under the models root (compose mounts MODELS_DIR there), set {MODELS_ROOT_ENV} to "
+        "the folder that holds it, or pass --model DIR."
+    )
+
+
+def _root_hint(model: str, root: Path | None) -> str:
+    """For a bare name that failed on the hub: where a local directory of that name was looked for."""
+    if _looks_local(model):
+        return ""
+    if root is None:
+        return f" (nor is it a local directory: {MODELS_ROOT_ENV}, the folder of model directories, is not set)"
+    return f" (nor is {root / model} a directory)"
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (``HF_ENDPOINT`` if set) accepts a connection within ``timeout`` s."""
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
@@ -92,8 +133,15 @@ def pick_device(device: str | None = None) -> str:
 class Embedder:
     """A CLIP model that embeds images and texts into one space. Loads lazily, thread-safe."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        batch_size: int = 32,
+        models_root: str | os.PathLike[str] | None = None,
+    ):
         self.model_name = str(model)
+        self.models_root = Path(models_root) if models_root is not None else env_models_root()
         self.device = device
         self.batch_size = batch_size
         self._model: SentenceTransformer | None = None
@@ -104,14 +152,25 @@ class Embedder:
     def model_id(self) -> str:
         """What produced the vectors: recorded in the collection and in each content hash."""
         if self._model_id is None:
-            self._model_id = model_fingerprint(self.model_name)
+            self._model_id = model_fingerprint(self.model_path)
         return self._model_id
 
     @property
+    def model_path(self) -> str:
+        """The directory or hub name the model loads from (``resolve_model`` over the models root)."""
+        return resolve_model(self.model_name, self.models_root)
+
+    @property
     def model_source(self) -> str:
-        """Where the model loads from: an absolute directory, or a hub name."""
-        path = Path(self.model_name).expanduser()
-        return str(path.resolve()) if path.is_dir() else self.model_name
+        """What a collection records so the model can be found again: a hub name, a directory
+        relative to the models root when it lies under it, else an absolute directory."""
+        path = Path(self.model_path)
+        if not path.is_dir():
+            return self.model_path
+        path = path.resolve()
+        if self.models_root is not None and path.is_relative_to(self.models_root.resolve()):
+            return path.relative_to(self.models_root.resolve()).as_posix()
+        return str(path)
 
     @property
     def model(self) -> SentenceTransformer:
@@ -121,11 +180,12 @@ class Embedder:
             return self._model
 
     def _load(self) -> SentenceTransformer:
-        path = Path(self.model_name)
-        looks_local = path.exists() or self.model_name.startswith((".", "/", "~"))
+        name = self.model_path
+        path = Path(name)
+        looks_local = _looks_local(name)
         if looks_local and not (path / "config.json").is_file():
             raise ModelUnavailableError(
-                f"model directory {self.model_name!r} has no config.json. "
+                f"model directory {name!r} has no config.json. "
                 "Point --model at a CLIP directory written by `shelfsight model init` or "
                 "`shelfsight train`, or run `shelfsight demo` to build the demo model."
             )
@@ -135,7 +195,7 @@ class Embedder:
         try:
             from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(self.model_name, device=pick_device(self.device), local_files_only=cache_only)
+            model = SentenceTransformer(name, device=pick_device(self.device), local_files_only=cache_only)
         except Exception as exc:  # the hub client raises many kinds; all mean the same to a user
             if looks_local:
                 where = "from its directory"
@@ -144,7 +204,7 @@ class Embedder:
             else:
                 where = "from the Hugging Face hub"
             raise ModelUnavailableError(
-                f"cannot load model {self.model_name!r} {where}: {type(exc).__name__}: "
+                f"cannot load model {name!r} {where}{_root_hint(name, self.models_root)}: {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}. If this machine is offline, pass "
                 "--model DIR with a local CLIP directory (`shelfsight model init` or "
                 "`shelfsight train` make one), or run `shelfsight demo`, which trains and uses "

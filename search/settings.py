@@ -2,13 +2,15 @@
 
 Environment variables carry locations and secrets only: ``QDRANT_URL`` and ``QDRANT_API_KEY``
 (a Qdrant server), ``SHELFSIGHT_DB`` and ``SHELFSIGHT_COLLECTION`` (how ``shelfsight ui`` hands its
-store to the Streamlit process it starts). Flags and arguments win over them.
+store to the Streamlit process it starts), ``SHELFSIGHT_MODELS`` (the folder holding local model
+directories). Flags and arguments win over them.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "clip-ViT-B-32"
@@ -22,6 +24,18 @@ DEFAULT_FUSION = "dbsf"
 
 # Largest query image an upload may carry, in the HTTP API and the storefront alike.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+# The folder holding local model directories (in a container, the mounted models volume). A
+# collection records a model under it by its path relative to the root, so a machine that mounts
+# the root elsewhere still finds the model (search/embedder.py, ``resolve_model``).
+MODELS_ROOT_ENV = "SHELFSIGHT_MODELS"
+
+
+def models_root() -> Path | None:
+    """The models root from ``SHELFSIGHT_MODELS``, or None when it is not set."""
+    value = os.environ.get(MODELS_ROOT_ENV)
+    return Path(value).expanduser() if value else None
+
 
 _ENVIRONMENT = {
     "qdrant_url": "QDRANT_URL",
