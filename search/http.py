@@ -349,7 +349,9 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(settings: Settings, host: str, port: int, options: ServeOptions) -> None:
-    """Check the store (a damaged one fails here in one line), then serve until stopped."""
+    """Open and check the store, then serve until stopped. A store that cannot be used (locked,
+    damaged, missing) is named in one line on stderr and in every answer (503 on ``/health``);
+    the server opens it again on each request until it can."""
     import uvicorn
 
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "shelfsight"):
@@ -360,9 +362,17 @@ def serve(settings: Settings, host: str, port: int, options: ServeOptions) -> No
             "Set SHELFSIGHT_API_KEY (and SHELFSIGHT_ADMIN_KEY for writes), or bind to 127.0.0.1.",
             file=sys.stderr,
         )
-    engine = SearchEngine.open(settings)
+    engine: SearchEngine | None = None
     try:
-        engine.count()  # loads the store now: a locked or damaged one is refused before serving
+        engine = SearchEngine.open(settings)
+        engine.count()  # loads the store now, so its integrity check runs before the first request
+    except ShelfsightError as exc:
+        if engine is not None:
+            engine.close()
+            engine = None
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+    try:
         uvicorn.run(create_app(settings, engine, options), host=host, port=port, log_level="warning")
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()

@@ -19,6 +19,7 @@ import qdrant_edge as qe
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
 from shelfsight.search.store.base import CollectionMeta, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
+from shelfsight.search.store.integrity import check_shard, damaged
 from shelfsight.search.store.validate import check_collection_name
 
 _META_FILE = "collection.json"
@@ -80,6 +81,7 @@ class EdgeStore(QdrantStore):
         self._write_meta(name, meta)
 
     def drop_collection(self, name: str) -> None:
+        self._take_ownership(name)  # never delete a store that another process has open
         shard = self._shards.pop(name, None)
         self._metas.pop(name, None)
         if shard is not None:
@@ -106,7 +108,14 @@ class EdgeStore(QdrantStore):
                 + (f" (it has: {', '.join(known)})" if known else " (it is empty)")
                 + "; run `shelfsight ingest CATALOG --db DIR` first"
             )
-        meta = CollectionMeta.from_dict(json.loads(path.read_text()))
+        try:
+            meta = CollectionMeta.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise damaged(
+                f"collection {name!r} in {self.root}",
+                f"{_META_FILE} does not parse ({type(exc).__name__}: {str(exc)[:120]})",
+                f"restore it from a snapshot, or delete {path.parent} and run `shelfsight ingest CATALOG` again",
+            ) from exc
         self._metas[name] = meta
         return meta
 
@@ -136,9 +145,30 @@ class EdgeStore(QdrantStore):
                     "this one). One process owns an embedded store: reach it through that process's "
                     "HTTP API (`shelfsight serve`), stop it, or use a Qdrant server (QDRANT_URL)."
                 ) from exc
-            raise StoreUnavailableError(f"cannot open collection {name!r} in {self.root}: {exc}") from exc
+            raise damaged(f"collection {name!r} in {self.root}", f"its shard does not load ({exc})") from exc
+        try:
+            check_shard(shard, shard_dir, self.get_meta(name), f"collection {name!r} in {self.root}")
+        except StoreUnavailableError:
+            shard.close()
+            raise
         self._shards[name] = shard
         return shard
+
+    def _take_ownership(self, name: str) -> None:
+        """Hold the shard's lock (or fail as ``_shard`` does when another process holds it); a
+        damaged shard may still be dropped, since rebuilding is its fix."""
+        shard_dir = self._dir(name) / "shard"
+        if name in self._shards or not shard_dir.is_dir():
+            return
+        try:
+            self._shards[name] = qe.EdgeShard.load(str(shard_dir))
+        except Exception as exc:
+            if "WouldBlock" in str(exc):
+                raise StoreUnavailableError(
+                    f"collection {name!r} in {self.root} is open in another process (or already in "
+                    "this one). One process owns an embedded store: stop that process before you "
+                    "rebuild or prune it, or reach it through its HTTP API (`shelfsight serve`)."
+                ) from exc
 
     # -- points --------------------------------------------------------------------------------
     def _write_points(self, name: str, points: list[Any]) -> None:
@@ -177,6 +207,9 @@ class EdgeStore(QdrantStore):
             return None
         # HNSW alone misses matches under selective filters; ACORN keeps recall at a small cost.
         return qe.SearchParams(acorn=qe.AcornSearchParams(enable=True, max_selectivity=_ACORN_MAX_SELECTIVITY))
+
+    def _exact_params(self) -> qe.SearchParams:
+        return qe.SearchParams(exact=True)
 
     def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
         return self._shard(name).query_batch(qe.QueryBatchRequest(requests))
