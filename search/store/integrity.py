@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
-from typing import Any
 
 import qdrant_edge as qe
 from shelfsight.search.errors import StoreUnavailableError
@@ -96,7 +95,7 @@ def _check_vectors(shard: qe.EdgeShard, meta: CollectionMeta, where: str) -> Non
     except Exception as exc:  # the engine raises plain Exception for unreadable files
         raise damaged(where, f"its vectors do not read back ({str(exc)[:160]})") from exc
     for point in points:
-        vectors: dict[str, Any] = point.vector or {}
+        vectors = point.vector if isinstance(point.vector, dict) else {}
         for name, vector in vectors.items():
             if not isinstance(vector, list):
                 continue
