@@ -97,8 +97,9 @@ def _check_vectors(shard: qe.EdgeShard, meta: CollectionMeta, where: str) -> Non
     for point in points:
         vectors = point.vector if isinstance(point.vector, dict) else {}
         for name, vector in vectors.items():
-            if not isinstance(vector, list):
-                continue
-            norm = math.sqrt(sum(x * x for x in vector)) if all(map(math.isfinite, vector)) else math.nan
-            if len(vector) != meta.dimension or not (abs(norm - 1.0) < 1e-3 or norm == 0.0):
+            if not isinstance(vector, list) or (vector and not isinstance(vector[0], float)):
+                continue  # multi-vectors and sparse vectors: not ours
+            values = [float(x) for x in vector if isinstance(x, float)]
+            norm = math.sqrt(sum(x * x for x in values)) if all(math.isfinite(x) for x in values) else math.nan
+            if len(values) != meta.dimension or not (abs(norm - 1.0) < 1e-3 or norm == 0.0):
                 raise damaged(where, f"the {name!r} vector of point {point.id} reads back wrong (norm {norm:.3g})")
