@@ -1,0 +1,119 @@
+"""Process trees for the hardening tests: start a command in its own session, stop all of it.
+
+A test that starts ``shelfsight serve`` or ``ui`` owns everything that process starts (Streamlit,
+model workers); ``stopped_tree`` ends the whole session, pass or fail, and ``rss_bytes`` and
+``tree`` read /proc (Linux) so a test can measure memory or look for leftovers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.e2e.helpers import cli_args, cli_env, free_port, wait_for_http
+
+
+def children_of() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc."""
+    out: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    kids = children_of()
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(kids.get(p, []))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants."""
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def with_marker(marker: str) -> list[int]:
+    """Every live process whose environment holds ``SHELFSIGHT_TEST_MARK=marker``."""
+    needle = f"SHELFSIGHT_TEST_MARK={marker}".encode()
+    found = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in env.read_bytes().split(b"\0") and alive(int(env.parent.name)):
+                found.append(int(env.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def stop_session(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process group ``proc`` leads, then SIGKILL whatever is left of it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+@contextmanager
+def stopped_tree(
+    *args: object, health: str = "/health", env: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``shelfsight ARGS --port P`` in its own session until ``health`` answers; yields (base URL,
+    process). The whole session is stopped on the way out, also when the test fails."""
+    port = free_port()
+    proc = subprocess.Popen(
+        cli_args(*args, "--port", port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(env),
+        start_new_session=True,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}{health}", proc)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        stop_session(proc)
+        if proc.stderr:
+            proc.stderr.close()
