@@ -10,15 +10,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shelfsight.ingest.catalog import Columns, read_catalog
-from shelfsight.ingest.pipeline import IngestOptions, IngestReport, ingest_catalog
 from shelfsight.search.cli_args import EXIT_OK, EXIT_PARTIAL, add_store_args, settings_from_args
-from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.images import ImagePolicy
 from shelfsight.search.settings import DEFAULT_MODEL
-from shelfsight.search.store import open_store
+
+if TYPE_CHECKING:  # pandas and the pipeline load when an ingest runs, not for every command's --help
+    from shelfsight.ingest.pipeline import IngestReport
 
 _SHOWN_ERRORS = 20
 
@@ -57,6 +57,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from shelfsight.ingest.catalog import Columns, read_catalog
+    from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
+    from shelfsight.search.embedder import Embedder
+    from shelfsight.search.store import open_store
+
     if args.batch_size < 1 or args.workers < 1:
         raise BadInputError("--batch-size and --workers must be at least 1")
     if args.fused_weight is not None and not 0.0 <= args.fused_weight <= 1.0:

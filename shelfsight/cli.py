@@ -23,13 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     from shelfsight.evaluation import cli as eval_cli
     from shelfsight.ingest import cli as ingest_cli
     from shelfsight.search import cli as search_cli
+    from shelfsight.search.store import cli as store_cli
     from shelfsight.train import cli as train_cli
     from shelfsight.ui import cli as ui_cli
 
     parser = argparse.ArgumentParser(prog="shelfsight", description="Multimodal product search on Qdrant and CLIP.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data_cli, train_cli, ingest_cli, search_cli, eval_cli, ui_cli):
+    for module in (data_cli, train_cli, ingest_cli, search_cli, store_cli, eval_cli, ui_cli):
         module.register(sub)
     _register_demo(sub)
     return parser
@@ -63,7 +64,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Keep third-party chatter (tokenizer parallelism, progress bars of model loading) quiet.
+    # Keep third-party chatter (tokenizer parallelism, progress bars of model loading) quiet. Set
+    # before any of them is imported: transformers reads HF_HUB_DISABLE_PROGRESS_BARS at import.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -74,12 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("transformers", "sentence_transformers", "huggingface_hub", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
     try:
         return int(args.func(args) or EXIT_OK)
     except (BadInputError, CollectionNotFoundError, IncompatibleCollectionError) as exc:
