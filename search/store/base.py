@@ -160,9 +160,11 @@ class VectorStore(Protocol):
         fusion: tuple[str, Sequence[float]] | None = None,
         limit: int = 10,
         offset: int = 0,
+        exact: bool = False,
     ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
         """Run each nearest list and, when ``fusion`` = (``"rrf"`` | ``"dbsf"``, weights) is
         given, the engine's fusion of them (``limit``/``offset`` apply to it) in one round trip.
+        ``exact`` scans every point instead of asking the index (verification, not serving).
         Returns (one result list per query, fused list or None)."""
         ...
 

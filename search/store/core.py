@@ -93,6 +93,10 @@ class QdrantStore(ABC):
         """Search parameters of the nearest lists under ``filter``; None keeps the engine's defaults."""
         return None
 
+    @abstractmethod
+    def _exact_params(self) -> Any:
+        """Search parameters for an exact (brute-force) search, which no index approximates."""
+
     def _filter(self, conditions: Filter) -> Any:
         """Our conditions in the client's filter type; None when there are none."""
         if not conditions:
@@ -143,14 +147,16 @@ class QdrantStore(ABC):
         fusion: tuple[str, Sequence[float]] | None = None,
         limit: int = 10,
         offset: int = 0,
+        exact: bool = False,
     ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
-        """Each nearest list and, with ``fusion``, the engine's fusion of them, in one batch."""
+        """Each nearest list and, with ``fusion``, the engine's fusion of them, in one batch;
+        ``exact`` scans every point instead of asking an index (for checks, not for serving)."""
         meta = self.get_meta(name)
         for q in lists:
             check_vectors("query", {q.using: q.vector}, meta)
         d = self.dialect
         client_filter = self._filter(filter)
-        params = self._search_params(filter)
+        params = self._exact_params() if exact else self._search_params(filter)
         nearest = [
             d.nearest(np.asarray(q.vector, dtype=np.float32).tolist(), q.using)
             | {"limit": q.limit, "score_threshold": q.score_threshold, "filter": client_filter, "params": params}

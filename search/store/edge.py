@@ -211,6 +211,9 @@ class EdgeStore(QdrantStore):
     def _exact_params(self) -> qe.SearchParams:
         return qe.SearchParams(exact=True)
 
+    def _exact_params(self) -> qe.SearchParams:
+        return qe.SearchParams(exact=True)
+
     def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
         return self._shard(name).query_batch(qe.QueryBatchRequest(requests))
 

@@ -124,6 +124,9 @@ class ServerStore(QdrantStore):
             name, scroll_filter=filter, limit=limit, offset=offset, with_payload=True, with_vectors=with_vectors
         )
 
+    def _exact_params(self) -> qm.SearchParams:
+        return qm.SearchParams(exact=True)
+
     def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
         return [r.points for r in self.client.query_batch_points(name, requests)]
 
