@@ -96,7 +96,7 @@ def test_wheel_installs_with_its_requirements_met_and_not_from_the_checkout(whee
 
 def test_help_names_every_command(wheel_venv, tmp_path):
     out = _run([str(wheel_venv / "bin" / "shelfsight"), "--help"], cwd=tmp_path).stdout
-    for command in ("ingest", "search", "serve", "eval", "train", "ui", "demo"):
+    for command in ("ingest", "search", "serve", "eval", "train", "ui", "demo", "migrate", "snapshot", "restore"):
         assert command in out, f"`shelfsight --help` does not list {command!r}:\n{out}"
 
 
