@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from shelfsight.search.store.edge import EdgeStore
 from shelfsight.search.tagging import tag_collection
 from shelfsight.train.gate import saved_verdict, train_checked
 from shelfsight.train.schedule import RECIPE_STEPS
+from shelfsight.ui.cli import run_child
 
 DEMO_PRODUCTS, DEMO_SEED = 800, 7
 TRAIN_PRODUCTS, TRAIN_SEED = 2400, 1001  # a different seed: the demo catalog is unseen data
@@ -125,4 +125,5 @@ def run_demo(
     if not ui:
         return 0
     print(f"storefront: http://127.0.0.1:{port}/?q=red+bag  (Ctrl+C to stop)")
-    return subprocess.call([sys.executable, "-m", "shelfsight", "ui", "--db", str(db), "--port", str(port)])
+    # The storefront's process tree stops with this one (signals forwarded, killed on the way out).
+    return run_child([sys.executable, "-m", "shelfsight", "ui", "--db", str(db), "--port", str(port)])

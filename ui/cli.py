@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -50,4 +51,41 @@ def run(args: argparse.Namespace) -> int:
         "--global.developmentMode",
         "false",
     ]
-    return subprocess.call(command, env=env)
+    return run_child(command, env)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: signal forwarding below still covers SIGTERM and SIGINT
+
+
+def run_child(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``command`` until it exits; SIGTERM, SIGINT and SIGHUP sent to this process are passed to it,
+    and it is stopped (then killed) whenever this process leaves, so no Streamlit outlives its CLI."""
+    child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in forwarded}
+
+    def forward(sig: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(sig)
+
+    try:
+        for sig in forwarded:
+            signal.signal(sig, forward)
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
