@@ -16,6 +16,8 @@ from shelfsight.search.cli_args import EXIT_OK, EXIT_PARTIAL, add_store_args, se
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.images import ImagePolicy
 from shelfsight.search.settings import DEFAULT_MODEL
+from shelfsight.search.store.base import CollectionOptions, ignored_by_edge
+from shelfsight.search.store.options import add_option_args, options_from_args
 
 if TYPE_CHECKING:  # pandas and the pipeline load when an ingest runs, not for every command's --help
     from shelfsight.ingest.pipeline import IngestReport
@@ -53,6 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    add_option_args(p)
     p.set_defaults(func=run)
 
 
@@ -69,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     columns = Columns(args.id_column, args.title_column, args.description_column, args.image_column)
     catalog = read_catalog(args.catalog, columns)
     settings = settings_from_args(args)
+    options = options_from_args(args)
     store = open_store(settings)
+    _apply_options(store, options, settings.collection, args.reindex)
     try:
         model = settings.model
         if model is None and store.collection_exists(settings.collection) and not args.reindex:
@@ -107,6 +112,25 @@ def run(args: argparse.Namespace) -> int:
             f"({_rate(report)}; {_stages(report)})"
         )
     return EXIT_PARTIAL if report.skipped else EXIT_OK
+
+
+def _apply_options(store: object, options: CollectionOptions, collection: str, reindex: bool) -> None:
+    """Collection options for a collection this ingest creates; says what will not apply."""
+    from shelfsight.search.store.core import QdrantStore
+    from shelfsight.search.store.edge import EdgeStore
+
+    if options == CollectionOptions() or not isinstance(store, QdrantStore):
+        return
+    store.default_options = options
+    if store.collection_exists(collection) and not reindex:
+        print(f"note: {collection!r} exists; collection options apply when it is created (--reindex)", file=sys.stderr)
+    ignored = ignored_by_edge(options) if isinstance(store, EdgeStore) else []
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        print(
+            f"note: the embedded store is one local shard and ignores {flags} (they apply on a Qdrant server)",
+            file=sys.stderr,
+        )
 
 
 def _rate(report: IngestReport) -> str:

@@ -41,6 +41,42 @@ Filter = tuple[Condition, ...]  # all conditions must hold
 
 
 @dataclass(frozen=True)
+class CollectionOptions:
+    """How a collection is laid out, fixed when it is created and recorded in its metadata.
+
+    ``shards``, ``replication_factor`` and ``write_consistency`` matter on a Qdrant cluster only;
+    the embedded store has one local shard and says it ignores them (``ignored_by_edge``).
+    ``on_disk_vectors``/``on_disk_payload`` keep originals on disk (memory-mapped);
+    ``quantization="int8"`` adds scalar int8 copies searched first, then ``rescore`` re-ranks the
+    candidates with the original vectors. None or False leaves the engine's default.
+    """
+
+    shards: int | None = None
+    replication_factor: int | None = None
+    write_consistency: int | None = None
+    on_disk_vectors: bool = False
+    on_disk_payload: bool = False
+    quantization: str | None = None
+    rescore: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CollectionOptions:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+CLUSTER_ONLY_OPTIONS = ("shards", "replication_factor", "write_consistency")
+
+
+def ignored_by_edge(options: CollectionOptions) -> list[str]:
+    """The options set here that the embedded store (one local shard) cannot apply."""
+    return [name for name in CLUSTER_ONLY_OPTIONS if getattr(options, name) is not None]
+
+
+@dataclass(frozen=True)
 class CollectionMeta:
     """What a collection records about itself, so it is never searched in another space.
 
@@ -58,6 +94,7 @@ class CollectionMeta:
     fused_weight: float | None = None
     schema_version: int = SCHEMA_VERSION
     derived: tuple[str, ...] = ()
+    options: CollectionOptions = field(default_factory=CollectionOptions)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +106,7 @@ class CollectionMeta:
             "fused_weight": self.fused_weight,
             "schema_version": self.schema_version,
             "derived": list(self.derived),
+            "options": self.options.to_dict(),
         }
 
     @classmethod
@@ -82,6 +120,7 @@ class CollectionMeta:
             fused_weight=data.get("fused_weight"),
             schema_version=int(data.get("schema_version", 0)),
             derived=tuple(data.get("derived", ())),
+            options=CollectionOptions.from_dict(data.get("options") or {}),
         )
 
 

@@ -21,13 +21,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.fusion import RRF_K
-from shelfsight.search.store.base import CollectionMeta, Filter, Match, NearestQuery, PointRecord, Range, StoredPoint
+from shelfsight.search.store.base import (
+    CollectionMeta,
+    CollectionOptions,
+    Filter,
+    Match,
+    NearestQuery,
+    PointRecord,
+    Range,
+    StoredPoint,
+)
 from shelfsight.search.store.validate import check_vectors
 
 
@@ -70,6 +79,12 @@ class QdrantStore(ABC):
     """Filters, queries, scrolls and upserts built once; subclasses supply the client's calls."""
 
     dialect: ClassVar[Dialect]
+    # Options for collections this store creates when their metadata brings none (set by the CLI).
+    default_options: CollectionOptions = CollectionOptions()
+
+    def with_options(self, meta: CollectionMeta) -> CollectionMeta:
+        """``meta`` with this store's default options when it carries none of its own."""
+        return meta if meta.options != CollectionOptions() else replace(meta, options=self.default_options)
 
     @abstractmethod
     def get_meta(self, name: str) -> CollectionMeta:
@@ -89,8 +104,9 @@ class QdrantStore(ABC):
     ) -> tuple[list[Any], Any]:
         """The records from ``offset`` on, and the next page's offset (None after the last)."""
 
-    def _search_params(self, filter: Filter) -> Any:
-        """Search parameters of the nearest lists under ``filter``; None keeps the engine's defaults."""
+    def _search_params(self, filter: Filter, options: CollectionOptions) -> Any:
+        """Search parameters of the nearest lists under ``filter`` in a collection laid out with
+        ``options``; None keeps the engine's defaults."""
         return None
 
     @abstractmethod
@@ -156,7 +172,7 @@ class QdrantStore(ABC):
             check_vectors("query", {q.using: q.vector}, meta)
         d = self.dialect
         client_filter = self._filter(filter)
-        params = self._exact_params() if exact else self._search_params(filter)
+        params = self._exact_params() if exact else self._search_params(filter, meta.options)
         nearest = [
             d.nearest(np.asarray(q.vector, dtype=np.float32).tolist(), q.using)
             | {"limit": q.limit, "score_threshold": q.score_threshold, "filter": client_filter, "params": params}

@@ -12,14 +12,16 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from shelfsight.search.store.base import CollectionMeta, Filter, StoredPoint
+from shelfsight.search.store.base import CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.integrity import check_shard, damaged
+from shelfsight.search.store.options import check_options, edge_applicable, edge_config
 from shelfsight.search.store.validate import check_collection_name
 
 _META_FILE = "collection.json"
@@ -70,9 +72,11 @@ class EdgeStore(QdrantStore):
         if shard_dir.exists():  # left over from a create that died before writing the metadata
             shutil.rmtree(shard_dir)
         shard_dir.mkdir(parents=True)
-        params = {v: qe.EdgeVectorParams(size=meta.dimension, distance=qe.Distance.Cosine) for v in meta.vectors}
+        # One local shard: the cluster-only options are dropped (the CLI says so), the rest applied.
+        meta = replace(meta, options=edge_applicable(self.with_options(meta).options))
+        check_options(meta.options)
         try:
-            shard = qe.EdgeShard.create(str(shard_dir), qe.EdgeConfig(vectors=params))
+            shard = qe.EdgeShard.create(str(shard_dir), edge_config(meta))
         except Exception as exc:
             raise StoreUnavailableError(f"cannot create collection {name!r} in {self.root}: {exc}") from exc
         self._shards[name] = shard
@@ -121,6 +125,7 @@ class EdgeStore(QdrantStore):
 
     def set_meta(self, name: str, meta: CollectionMeta) -> None:
         old = self.get_meta(name)
+        meta = replace(meta, options=old.options)  # the layout is fixed when the collection is made
         shard = self._shard(name)
         for field, kind in meta.fields.items():
             if old.fields.get(field) != kind:
@@ -202,14 +207,13 @@ class EdgeStore(QdrantStore):
         return self._shard(name).scroll(request)
 
     # -- search --------------------------------------------------------------------------------
-    def _search_params(self, filter: Filter) -> qe.SearchParams | None:
+    def _search_params(self, filter: Filter, options: CollectionOptions) -> qe.SearchParams | None:
+        quantization = qe.QuantizationSearchParams(rescore=options.rescore) if options.quantization else None
         if not filter:
-            return None
+            return qe.SearchParams(quantization=quantization) if quantization else None
         # HNSW alone misses matches under selective filters; ACORN keeps recall at a small cost.
-        return qe.SearchParams(acorn=qe.AcornSearchParams(enable=True, max_selectivity=_ACORN_MAX_SELECTIVITY))
-
-    def _exact_params(self) -> qe.SearchParams:
-        return qe.SearchParams(exact=True)
+        acorn = qe.AcornSearchParams(enable=True, max_selectivity=_ACORN_MAX_SELECTIVITY)
+        return qe.SearchParams(acorn=acorn, quantization=quantization)
 
     def _exact_params(self) -> qe.SearchParams:
         return qe.SearchParams(exact=True)

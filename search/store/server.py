@@ -8,13 +8,15 @@ collection's own ``metadata`` so every client of the server sees the same model 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from shelfsight.search.store.base import CollectionMeta, Filter, StoredPoint
+from shelfsight.search.store.base import CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
+from shelfsight.search.store.options import check_options, server_collection_kwargs
 from shelfsight.search.store.validate import check_collection_name
 
 _INDEX_TYPES = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
@@ -59,8 +61,9 @@ class ServerStore(QdrantStore):
     def create_collection(self, name: str, meta: CollectionMeta) -> None:
         if self.collection_exists(name):
             raise BadInputError(f"collection {name!r} already exists")
-        params = {v: qm.VectorParams(size=meta.dimension, distance=qm.Distance.COSINE) for v in meta.vectors}
-        self.client.create_collection(name, vectors_config=params, metadata={_META_KEY: meta.to_dict()})
+        meta = self.with_options(meta)
+        check_options(meta.options)
+        self.client.create_collection(name, **server_collection_kwargs(meta), metadata={_META_KEY: meta.to_dict()})
         for field, kind in meta.fields.items():
             self.client.create_payload_index(name, field, _INDEX_TYPES[kind])
         self._metas[name] = meta
@@ -86,6 +89,7 @@ class ServerStore(QdrantStore):
 
     def set_meta(self, name: str, meta: CollectionMeta) -> None:
         old = self.get_meta(name)
+        meta = replace(meta, options=old.options)  # the layout is fixed when the collection is made
         for field, kind in meta.fields.items():
             if old.fields.get(field) != kind:
                 self.client.create_payload_index(name, field, _INDEX_TYPES[kind])
@@ -123,6 +127,11 @@ class ServerStore(QdrantStore):
         return self.client.scroll(
             name, scroll_filter=filter, limit=limit, offset=offset, with_payload=True, with_vectors=with_vectors
         )
+
+    def _search_params(self, filter: Filter, options: CollectionOptions) -> qm.SearchParams | None:
+        if not options.quantization:
+            return None
+        return qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=options.rescore))
 
     def _exact_params(self) -> qm.SearchParams:
         return qm.SearchParams(exact=True)

@@ -1,0 +1,136 @@
+"""Collection options for a cluster, one place: from flags and environment, into each backend.
+
+``CollectionOptions`` (in ``base``) is recorded in the collection's metadata. Here it is read
+from ``--shards``/``SHELFSIGHT_SHARDS`` and friends, checked, and spelled in each client's types:
+the server takes all of it; the embedded store takes on-disk storage and quantization, and
+``edge_applicable`` drops the cluster-only options it cannot apply (the CLI says which).
+
+Example::
+
+    options = options_from_args(args)            # flags over SHELFSIGHT_* over the defaults
+    store.default_options = options               # used when the store creates a collection
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from typing import Any
+
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.store.base import CLUSTER_ONLY_OPTIONS, CollectionMeta, CollectionOptions
+
+QUANTIZATIONS = ("int8",)
+# The quantile int8 bounds are taken at: clips the rarest outliers so the other values keep resolution.
+_INT8_QUANTILE = 0.99
+
+_ENVIRONMENT = {
+    "shards": "SHELFSIGHT_SHARDS",
+    "replication_factor": "SHELFSIGHT_REPLICATION_FACTOR",
+    "write_consistency": "SHELFSIGHT_WRITE_CONSISTENCY",
+    "on_disk_vectors": "SHELFSIGHT_ON_DISK_VECTORS",
+    "on_disk_payload": "SHELFSIGHT_ON_DISK_PAYLOAD",
+    "quantization": "SHELFSIGHT_QUANTIZATION",
+    "rescore": "SHELFSIGHT_RESCORE",
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def add_option_args(parser: argparse.ArgumentParser) -> None:
+    """The collection-option flags; each also reads its SHELFSIGHT_* environment variable."""
+    group = parser.add_argument_group("collection options (used when the collection is created)")
+    group.add_argument("--shards", type=int, default=None, help="shard number on a cluster (SHELFSIGHT_SHARDS)")
+    group.add_argument("--replication-factor", type=int, default=None, help="copies of each shard on a cluster")
+    group.add_argument("--write-consistency", type=int, default=None, help="replicas that confirm a write")
+    group.add_argument("--on-disk-vectors", action="store_true", default=None, help="keep original vectors on disk")
+    group.add_argument("--on-disk-payload", action="store_true", default=None, help="keep payloads on disk")
+    group.add_argument("--quantization", choices=QUANTIZATIONS, default=None, help="scalar int8 copies of the vectors")
+    group.add_argument(
+        "--no-rescore", dest="rescore", action="store_false", default=None, help="with quantization: skip rescoring"
+    )
+
+
+def _from_env(field: str, value: str) -> Any:
+    name = _ENVIRONMENT[field]
+    if field in ("on_disk_vectors", "on_disk_payload", "rescore"):
+        if value.strip().lower() not in _TRUE + _FALSE:
+            raise BadInputError(f"{name}={value!r}: use true or false")
+        return value.strip().lower() in _TRUE
+    if field == "quantization":
+        return value.strip().lower() or None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise BadInputError(f"{name}={value!r}: use a whole number") from exc
+
+
+def options_from_args(args: argparse.Namespace) -> CollectionOptions:
+    """Flags over the SHELFSIGHT_* environment over the defaults, checked."""
+    values: dict[str, Any] = {f: _from_env(f, os.environ[n]) for f, n in _ENVIRONMENT.items() if os.environ.get(n)}
+    values.update({f: getattr(args, f) for f in _ENVIRONMENT if getattr(args, f, None) is not None})
+    options = CollectionOptions(**values)
+    check_options(options)
+    return options
+
+
+def check_options(options: CollectionOptions) -> None:
+    for name in CLUSTER_ONLY_OPTIONS:
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise BadInputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if options.quantization not in (None, *QUANTIZATIONS):
+        raise BadInputError(f"quantization {options.quantization!r} is not supported: use {', '.join(QUANTIZATIONS)}")
+
+
+def edge_applicable(options: CollectionOptions) -> CollectionOptions:
+    """The options the embedded store applies: the cluster-only ones dropped."""
+    return replace(options, shards=None, replication_factor=None, write_consistency=None)
+
+
+def edge_config(meta: CollectionMeta) -> Any:
+    """qdrant-edge's shard config for ``meta``: cosine vectors, on-disk storage, int8 quantization."""
+    import qdrant_edge as qe
+
+    o = meta.options
+    quantization = (
+        qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=_INT8_QUANTILE, always_ram=True)
+        if o.quantization == "int8"
+        else None
+    )
+    vectors = {
+        v: qe.EdgeVectorParams(
+            size=meta.dimension,
+            distance=qe.Distance.Cosine,
+            on_disk=o.on_disk_vectors or None,
+            quantization_config=quantization,
+        )
+        for v in meta.vectors
+    }
+    return qe.EdgeConfig(vectors=vectors, on_disk_payload=o.on_disk_payload or None)
+
+
+def server_collection_kwargs(meta: CollectionMeta) -> dict[str, Any]:
+    """qdrant-client's ``create_collection`` keywords for ``meta`` (vectors, layout, quantization)."""
+    from qdrant_client import models as qm
+
+    o = meta.options
+    vectors = {
+        v: qm.VectorParams(size=meta.dimension, distance=qm.Distance.COSINE, on_disk=o.on_disk_vectors or None)
+        for v in meta.vectors
+    }
+    quantization = (
+        qm.ScalarQuantization(
+            scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=_INT8_QUANTILE, always_ram=True)
+        )
+        if o.quantization == "int8"
+        else None
+    )
+    return {
+        "vectors_config": vectors,
+        "shard_number": o.shards,
+        "replication_factor": o.replication_factor,
+        "write_consistency_factor": o.write_consistency,
+        "on_disk_payload": o.on_disk_payload or None,
+        "quantization_config": quantization,
+    }

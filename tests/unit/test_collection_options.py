@@ -1,0 +1,104 @@
+"""Collection options for a cluster: from flags and environment, recorded in the metadata, applied
+by the server backend, and by the embedded store as far as one local shard allows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.store.base import CollectionMeta, CollectionOptions, Match, NearestQuery, PointRecord
+from shelfsight.search.store.edge import EdgeStore
+from shelfsight.search.store.options import add_option_args, options_from_args
+from shelfsight.search.store.server import local_store
+
+CLUSTER = CollectionOptions(
+    shards=3, replication_factor=2, write_consistency=2, on_disk_vectors=True, on_disk_payload=True, quantization="int8"
+)
+META = CollectionMeta(model="m@1", dimension=8, fields={"category": "keyword"})
+
+
+def _parse(*flags: str) -> CollectionOptions:
+    parser = argparse.ArgumentParser()
+    add_option_args(parser)
+    return options_from_args(parser.parse_args(list(flags)))
+
+
+def test_flags_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("SHELFSIGHT_SHARDS", "4")
+    monkeypatch.setenv("SHELFSIGHT_QUANTIZATION", "int8")
+    monkeypatch.setenv("SHELFSIGHT_ON_DISK_VECTORS", "true")
+    assert _parse("--shards", "2") == CollectionOptions(shards=2, quantization="int8", on_disk_vectors=True)
+    assert _parse("--no-rescore").rescore is False
+    assert _parse() == CollectionOptions(shards=4, quantization="int8", on_disk_vectors=True)
+
+
+def test_bad_options_name_the_variable_or_flag(monkeypatch):
+    monkeypatch.setenv("SHELFSIGHT_REPLICATION_FACTOR", "two")
+    with pytest.raises(BadInputError, match="SHELFSIGHT_REPLICATION_FACTOR='two'.*whole number"):
+        _parse()
+    monkeypatch.delenv("SHELFSIGHT_REPLICATION_FACTOR")
+    with pytest.raises(BadInputError, match="--shards must be at least 1"):
+        _parse("--shards", "0")
+    monkeypatch.setenv("SHELFSIGHT_ON_DISK_PAYLOAD", "maybe")
+    with pytest.raises(BadInputError, match="SHELFSIGHT_ON_DISK_PAYLOAD.*true or false"):
+        _parse()
+
+
+def _fill(store) -> None:
+    rng = np.random.default_rng(0)
+    points = []
+    for i in range(40):
+        vectors = {
+            k: (v / np.linalg.norm(v)).astype(np.float32)
+            for k, v in {n: rng.normal(size=8) for n in ("image", "text")}.items()
+        }
+        points.append(PointRecord(f"00000000-0000-0000-0000-{i + 1:012d}", vectors, {"category": "ab"[i % 2]}))
+    store.upsert("c", points)
+    store.optimize("c")
+
+
+@pytest.mark.parametrize("backend", ["edge", "server-local"])
+def test_options_are_recorded_kept_and_searched_with(backend, tmp_path):
+    store = EdgeStore(tmp_path / "db") if backend == "edge" else local_store(str(tmp_path / "local"))
+    try:
+        store.default_options = CLUSTER
+        store.create_collection("c", META)
+        recorded = store.get_meta("c").options
+        if backend == "edge":  # one local shard: the cluster-only options are dropped, the rest kept
+            assert recorded == CollectionOptions(on_disk_vectors=True, on_disk_payload=True, quantization="int8")
+            applied = json.loads((tmp_path / "db" / "c" / "shard" / "edge_config.json").read_text())
+            assert applied["vectors"]["image"]["quantization_config"]["scalar"]["type"] == "int8"
+            assert applied["vectors"]["text"]["on_disk"] is True and applied["on_disk_payload"] is True
+        else:
+            assert recorded == CLUSTER
+        store.set_meta("c", CollectionMeta(model="m@1", dimension=8, fields={"category": "keyword", "x": "float"}))
+        assert store.get_meta("c").options == recorded  # the layout is fixed at creation
+        _fill(store)
+        query = NearestQuery(np.ones(8, dtype=np.float32) / np.sqrt(8), "image", 5)
+        approximate = store.query("c", [query], (Match("category", ("a",)),))[0][0]
+        exact = store.query("c", [query], (Match("category", ("a",)),), exact=True)[0][0]
+        assert [p.id for p in approximate] == [p.id for p in exact]  # rescored with the originals
+    finally:
+        store.close()
+
+
+def test_ingest_records_options_and_says_what_the_embedded_store_ignores(tmp_path, tiny_model_dir, catalog_dir):
+    db = tmp_path / "db"
+    cmd = [sys.executable, "-m", "shelfsight", "ingest", str(catalog_dir / "catalog.csv"), "--db", str(db)]
+    cmd += ["--model", str(tiny_model_dir), "--shards", "2", "--quantization", "int8", "--on-disk-vectors"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "ignores --shards" in proc.stderr
+    stats = subprocess.run(
+        [sys.executable, "-m", "shelfsight", "stats", "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    options = json.loads(stats.stdout)["options"]
+    assert (options["quantization"], options["on_disk_vectors"], options["shards"]) == ("int8", True, None)
