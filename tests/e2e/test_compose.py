@@ -26,7 +26,9 @@ def _compose(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     tool = shutil.which("docker-compose")
     if tool is None:
         pytest.fail("docker-compose is not installed: run `make test` (it installs Debian's docker-compose)")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT", "SHELFSIGHT", "MODELS", "CATALOG"))}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("QDRANT", "SHELFSIGHT", "MODELS", "CATALOG", "STACK"))
+    }
     return subprocess.run(
         [tool, "-f", str(REPO / "docker-compose.yml"), *args],
         cwd=REPO,
@@ -79,6 +81,12 @@ def test_api_key_reaches_the_server_and_every_service():
     assert services["qdrant"]["environment"]["QDRANT__SERVICE__API_KEY"] == "s3cret"
     for name in SHELFSIGHT_SERVICES:
         assert services[name]["environment"]["QDRANT_API_KEY"] == "s3cret", name
+
+
+def test_services_can_point_at_another_qdrant():
+    services = _resolved(env={"STACK_QDRANT_URL": "https://cluster.example:6333"})["services"]
+    for name in SHELFSIGHT_SERVICES:
+        assert services[name]["environment"]["QDRANT_URL"] == "https://cluster.example:6333", name
 
 
 def test_models_and_catalog_folders_come_from_the_environment():
