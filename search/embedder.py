@@ -91,7 +91,7 @@ def resolve_model(model: str, root: Path | None) -> str:
     looked = " nor ".join(str(p) for p in tried)
     where_root = f"{MODELS_ROOT_ENV}={root}" if root is not None else f"{MODELS_ROOT_ENV} is not set"
     raise ModelUnavailableError(
-        f"model {model!r} not found: neither {looked} is a directory; {where_root}. Put the model "
+        f"model {model!r} not found: neither {looked} is a directory with a config.json; {where_root}. Put the model "
         f"directory under the models root (compose mounts MODELS_DIR there), set {MODELS_ROOT_ENV} to "
         "the folder that holds it, or pass --model DIR."
     )
@@ -152,7 +152,13 @@ class Embedder:
     def model_id(self) -> str:
         """What produced the vectors: recorded in the collection and in each content hash."""
         if self._model_id is None:
-            self._model_id = model_fingerprint(self.model_path)
+            try:
+                path = self.model_path
+            except ModelUnavailableError:
+                if self.models_root is not None:
+                    raise  # with a models root, a missing model is named with every path tried
+                path = self.model_name  # without one the name is the id, as before; loading names the paths
+            self._model_id = model_fingerprint(path)
         return self._model_id
 
     @property

@@ -69,8 +69,10 @@ def test_a_missing_model_names_both_paths_and_the_fixes(tmp_path):
 
 def test_a_missing_model_without_a_root_says_the_root_is_unset(monkeypatch):
     monkeypatch.delenv("SHELFSIGHT_MODELS", raising=False)
-    with pytest.raises(ModelUnavailableError, match="SHELFSIGHT_MODELS is not set"):
-        _ = Embedder("./nowhere/tiny").model_id
+    with pytest.raises(
+        ModelUnavailableError, match="nowhere/tiny is a directory with a config.json; SHELFSIGHT_MODELS is not set"
+    ):
+        Embedder("./nowhere/tiny").encode_texts(["red shoe"])
 
 
 def test_model_flag_overrides_the_recorded_source(host_root, tmp_path, catalog_dir, tiny_model_dir):
