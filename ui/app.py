@@ -1,11 +1,15 @@
 """The Shelfsight storefront: a Streamlit page over the Python search API only.
 
 State lives in the URL (``?q=red+bag&fusion=rrf&tw=0.5&category=bag&pmax=40``) so a search can be
-shared and reloaded. Catalog text is shown as plain text, never rendered as HTML or Markdown.
+shared and reloaded. Catalog text and URL parameters are shown as plain text, never rendered as
+HTML or Markdown: ``st.text`` for anything that holds them (an error box carries a fixed title, its
+detail follows as ``st.text``: Streamlit's Markdown turns a bare URL into a link even when escaped),
+and ``plain()`` escapes every Markdown character where a label must be Markdown.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,23 @@ def load_engine(db: str | None, collection: str) -> SearchEngine:
     engine = SearchEngine.open(Settings.from_env(db=db, collection=collection))
     engine.count()  # opens the store now, so a locked or missing store is reported here
     return engine
+
+
+# Every ASCII punctuation character Streamlit's Markdown may act on (CommonMark escapes any of them;
+# ":" starts emoji and colour directives, "$" LaTeX).
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'/])")
+
+
+def plain(text: object) -> str:
+    """``text`` escaped so Streamlit's Markdown shows it exactly as typed."""
+    return _MARKDOWN.sub(r"\\\1", str(text)).replace("\n", "  \n")
+
+
+def _problem(kind: str, title: str, detail: object) -> None:
+    """A fixed ``title`` in an error or warning box, then ``detail`` (which may hold user or catalog
+    text) as plain text."""
+    getattr(st, kind)(title)
+    st.text(str(detail))
 
 
 def _param(name: str, default: str = "") -> str:
@@ -100,7 +121,9 @@ def main() -> None:
     started = time.perf_counter()
     try:
         if similar_id:
-            st.caption(f"More like {engine.get(similar_id).title}")
+            title = engine.get(similar_id).title
+            st.caption("More like this product:")  # fixed text; the catalog's title follows as plain text
+            st.text(title)
             hits = engine.similar(similar_id, filters=filters, limit=PAGE * page)
         else:
             request = SearchRequest(
@@ -108,7 +131,7 @@ def main() -> None:
             )
             hits = engine.run(q.strip() or None, image_bytes, request)
     except ShelfsightError as exc:
-        st.error(str(exc))
+        _problem("error", "This search could not run:", exc)
         return
     _show_results(engine, hits, (time.perf_counter() - started) * 1000, similar_id, page)
 
@@ -118,7 +141,7 @@ def _engine_or_stop() -> SearchEngine:
     try:
         return load_engine(settings.db, settings.collection)
     except ShelfsightError as exc:
-        st.error(f"The shop is not ready: {exc}")
+        _problem("error", "The shop is not ready:", exc)
         st.stop()  # ends this script run
 
 
@@ -162,7 +185,7 @@ def _sidebar_filters(engine: SearchEngine, q: str) -> tuple[dict[str, list[str]]
         options += [p for p in picked if p not in options]
         n = dict((str(v), c) for v, c in pairs)
         chosen[field] = st.sidebar.multiselect(
-            field.capitalize(),
+            plain(field.capitalize()),
             options,
             default=picked,
             format_func=lambda v, n=n: f"{v} ({n.get(v, 0)})",
@@ -190,7 +213,7 @@ def _query_image(engine: SearchEngine, upload: Any) -> bytes | None:
         path = engine.get(image_id).image
         return Path(path).read_bytes() if path and Path(path).is_file() else None
     except (ShelfsightError, OSError) as exc:
-        st.warning(f"Cannot use that product's image: {exc}")
+        _problem("warning", "Cannot use that product's image:", exc)
         return None
 
 

@@ -242,8 +242,7 @@ def test_url_credentials_never_reach_clients_or_logs(tmp_path):
 def test_binding_beyond_loopback_without_a_key_warns(own_db, tmp_path):
     import subprocess
 
-    from tests.e2e.helpers import cli_args, cli_env
-    from tests.e2e.proctree import stop_session
+    from tests.e2e.proctree import cli_args, cli_env, stop_session
 
     proc = subprocess.Popen(
         cli_args("serve", "--db", tmp_path / "missing", "--host", "0.0.0.0", "--port", "0"),

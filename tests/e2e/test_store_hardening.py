@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.helpers import run_cli
-from tests.e2e.proctree import stopped_tree
+from tests.e2e.proctree import run_cli, stopped_tree
 
 
 def _copy(built_db: Path, tmp_path: Path) -> Path:
