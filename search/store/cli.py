@@ -17,7 +17,8 @@ from pathlib import Path
 
 from shelfsight.search.cli_args import EXIT_OK, add_store_args, settings_from_args
 from shelfsight.search.settings import DEFAULT_COLLECTION, Settings
-from shelfsight.search.store.transfer import DEFAULT_SAMPLE, MigrateRequest, migrate, open_location
+from shelfsight.search.store.base import CollectionMeta, ignored_by_edge
+from shelfsight.search.store.transfer import DEFAULT_SAMPLE, MigrateRequest, is_server, migrate, open_location
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,6 +55,7 @@ def _migrate(args: argparse.Namespace) -> int:
         target = open_location(args.target, api_key)
         try:
             report = migrate(source, target, request, on_batch=_progress)
+            _note_ignored(source.get_meta(request.collection), args.target)
         finally:
             target.close()
     finally:
@@ -67,6 +69,14 @@ def _migrate(args: argparse.Namespace) -> int:
             f"{report.verified_queries} top-10 queries identical, {report.seconds:.1f}s"
         )
     return EXIT_OK
+
+
+def _note_ignored(meta: CollectionMeta, target: str) -> None:
+    """An embedded target drops a server collection's cluster-only options; say which."""
+    ignored = [] if is_server(target) else ignored_by_edge(meta.options)
+    if ignored:
+        names = ", ".join(name.replace("_", " ") for name in ignored)
+        print(f"note: the embedded store is one local shard; the source's {names} do not apply", file=sys.stderr)
 
 
 def _progress(done: int, copied: int) -> None:
