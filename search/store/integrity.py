@@ -32,7 +32,10 @@ _INSERTS = {1: 8, 2: 16}  # tag -> where the offset starts after the tag byte
 # Points whose vectors are read back at startup: enough to meet a damaged region of a vector file
 # (ids come back in id order, so the sample is spread over the file), cheap at 100k points.
 VECTOR_SAMPLE = 512
-FIX = "restore the store from a snapshot or rebuild it: `shelfsight ingest CATALOG --db DIR --reindex`"
+FIX = (
+    "restore a snapshot (`shelfsight restore FILE --db DIR --force`) or rebuild it: "
+    "`shelfsight ingest CATALOG --db DIR --reindex`"
+)
 
 
 def damaged(where: str, what: str, fix: str = FIX) -> StoreUnavailableError:
