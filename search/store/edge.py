@@ -20,7 +20,7 @@ import qdrant_edge as qe
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
 from shelfsight.search.store.base import CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
-from shelfsight.search.store.integrity import check_shard, damaged
+from shelfsight.search.store.integrity import check_files, check_shard, damaged
 from shelfsight.search.store.options import check_options, edge_applicable, edge_config
 from shelfsight.search.store.validate import check_collection_name
 
@@ -141,6 +141,7 @@ class EdgeStore(QdrantStore):
         # An optimize() killed mid-way leaves segment builders behind; they are never reused.
         for stale in shard_dir.glob("temp_segments/segment_builder_*"):
             shutil.rmtree(stale, ignore_errors=True)
+        check_files(shard_dir, f"collection {name!r} in {self.root}")
         try:
             shard = qe.EdgeShard.load(str(shard_dir))
         except Exception as exc:

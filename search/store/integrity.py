@@ -8,6 +8,9 @@ vector file passes ``count`` and fails every search. So after loading a shard th
    against ``vectors/status.dat``), and has no half-written entry at its end;
 2. a sample of stored vectors reads back, finite, of the collection's dimension, of unit length.
 
+Before loading, ``check_files`` refuses a shard whose segments folder is gone (the engine would
+start an empty one).
+
 Each problem becomes one ``StoreUnavailableError`` line naming the damage and the fix.
 
 Example::
@@ -40,6 +43,13 @@ FIX = (
 
 def damaged(where: str, what: str, fix: str = FIX) -> StoreUnavailableError:
     return StoreUnavailableError(f"{where} is damaged: {what}; {fix}")
+
+
+def check_files(shard_dir: Path, where: str) -> None:
+    """Before loading: a shard whose segments are gone would load as an empty collection."""
+    segments = shard_dir / "segments"
+    if shard_dir.is_dir() and not (segments.is_dir() and any(segments.iterdir())):
+        raise damaged(where, f"its segments are gone ({segments} is missing or empty)")
 
 
 def check_shard(shard: qe.EdgeShard, shard_dir: Path, meta: CollectionMeta, where: str) -> None:

@@ -79,6 +79,10 @@ def _scribble_over_vectors(db: Path) -> None:
         fh.write(b"\x7f" * 8192)
 
 
+def _remove_the_segments(db: Path) -> None:
+    shutil.rmtree(db / "products" / "shard" / "segments")
+
+
 DAMAGE: list[tuple[Callable[[Path], None], str]] = [
     (_truncate_metadata, "collection.json does not parse"),
     (_metadata_of_another_shape, "collection.json does not parse"),
@@ -86,6 +90,7 @@ DAMAGE: list[tuple[Callable[[Path], None], str]] = [
     (_id_tracker_cut_at_an_entry, "id tracker"),
     (_truncate_vectors, "vectors do not read back"),
     (_scribble_over_vectors, "reads back wrong"),
+    (_remove_the_segments, "segments are gone"),
 ]
 
 
