@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import sys
 
 from shelfsight.search.cli_args import EXIT_OK, add_store_args, settings_from_args
+from shelfsight.search.discovery import ServerRecord, find_server, remove_record, write_record
 from shelfsight.search.engine import FUSION_METHODS, SearchEngine, SearchRequest
-from shelfsight.search.settings import DEFAULT_FUSION
+from shelfsight.search.errors import StoreUnavailableError
+from shelfsight.search.records import Hit
+from shelfsight.search.settings import DEFAULT_FUSION, Settings
 from shelfsight.search.store import open_store
 
 
@@ -28,18 +34,38 @@ def _register_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _stats(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    store = open_store(settings)
-    try:
-        meta = store.get_meta(settings.collection)
-        info = {"collection": settings.collection, "count": store.count(settings.collection), **meta.to_dict()}
-    finally:
-        store.close()
+    record = _owner(settings)
+    if record is not None:
+        from shelfsight.search.remote import remote_health
+
+        info = {k: v for k, v in remote_health(record).items() if k != "status"}
+    else:
+        store = open_store(settings)
+        try:
+            meta = store.get_meta(settings.collection)
+            info = {"collection": settings.collection, "count": store.count(settings.collection), **meta.to_dict()}
+        finally:
+            store.close()
     if args.json:
         print(json.dumps(info))
     else:
         for key, value in info.items():
             print(f"{key:>15}: {', '.join(value) if isinstance(value, list) else value}")
     return EXIT_OK
+
+
+def _owner(settings: Settings) -> ServerRecord | None:
+    """The running ``serve`` that owns the embedded store, when there is one (then say so, once)."""
+    record = None if settings.qdrant_url else find_server(settings.db)
+    if record is None:
+        return None
+    if record.collection != settings.collection:
+        raise StoreUnavailableError(
+            f"{settings.db} is open in `shelfsight serve` (pid {record.pid}, {record.url}) for collection "
+            f"{record.collection!r}, not {settings.collection!r}; stop it, or search {record.collection!r}"
+        )
+    print(f"answered by the server that owns {settings.db}: pid {record.pid} at {record.url}", file=sys.stderr)
+    return record
 
 
 def _register_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,32 +116,50 @@ def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _search(args: argparse.Namespace) -> int:
-    with SearchEngine.open(settings_from_args(args)) as engine:
-        vectors = [v.strip() for v in args.vectors.split(",") if v.strip()]
-        if args.similar:
-            hits = engine.similar(
-                args.similar,
-                filters=args.filter,
-                fusion_method=args.fusion,
-                vectors=vectors,
-                limit=args.limit,
-                offset=args.offset,
-            )
-        else:
-            request = SearchRequest(
-                filters=args.filter,
-                fusion=args.fusion,
-                vectors=tuple(vectors) or None,
-                text_weight=args.text_weight,
-                image_weight=args.image_weight,
-                min_score=args.min_score,
-                limit=args.limit,
-                offset=args.offset,
-            )
-            hits = engine.run(args.query, args.image, request)
+    settings = settings_from_args(args)
+    vectors = tuple(v.strip() for v in args.vectors.split(",") if v.strip())
+    request = SearchRequest(
+        filters=args.filter,
+        fusion=args.fusion,
+        vectors=vectors or None,
+        text_weight=args.text_weight,
+        image_weight=args.image_weight,
+        min_score=args.min_score,
+        limit=args.limit,
+        offset=args.offset,
+    )
+    record = _owner(settings)
+    if record is not None:
+        hits = _remote_hits(record, args, request)
+    else:
+        with SearchEngine.open(settings) as engine:
+            if args.similar:
+                hits = engine.similar(
+                    args.similar,
+                    filters=args.filter,
+                    fusion_method=args.fusion,
+                    vectors=vectors,
+                    limit=args.limit,
+                    offset=args.offset,
+                )
+            else:
+                hits = engine.run(args.query, args.image, request)
+    _print_hits(hits, args)
+    return EXIT_OK
+
+
+def _remote_hits(record: ServerRecord, args: argparse.Namespace, request: SearchRequest) -> list[Hit]:
+    from shelfsight.search.remote import remote_search, remote_similar
+
+    if args.similar:
+        return remote_similar(record, args.similar, request)
+    return remote_search(record, args.query, args.image, request)
+
+
+def _print_hits(hits: list[Hit], args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps([h.to_dict() for h in hits]))
-        return EXIT_OK
+        return
     if not hits:
         print("no results")
     for rank, h in enumerate(hits, start=args.offset + 1):
@@ -125,7 +169,6 @@ def _search(args: argparse.Namespace) -> int:
             f"{k} {v.score:.3f}" + (f" #{v.rank}" if v.rank else "") for k, v in h.vector_scores.items()
         )
         print(f"{rank:>3}. {h.score:.4f}  {h.id}  {h.title}{extra}   [{explain}]")
-    return EXIT_OK
 
 
 def _tag(args: argparse.Namespace) -> int:
@@ -147,5 +190,22 @@ def _serve(args: argparse.Namespace) -> int:
     from shelfsight.search.http import serve
     from shelfsight.search.http_guard import ServeOptions
 
-    serve(settings_from_args(args), args.host, args.port, ServeOptions.from_env(args.allow_local_paths))
+    settings = settings_from_args(args)
+    # While it serves an embedded store, other commands find it there and ask it (discovery.py).
+    db = None if settings.qdrant_url else settings.db
+    if db:
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        write_record(db, ServerRecord(os.getpid(), f"http://{host}:{args.port}", settings.collection))
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again for the previous handler: this
+    # one turns it into an exit that runs the clean-up below (the default would end the process).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        serve(settings, args.host, args.port, ServeOptions.from_env(args.allow_local_paths))
+    finally:
+        if db:
+            remove_record(db, os.getpid())
     return EXIT_OK
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -64,6 +64,17 @@ class Hit:
     def title(self) -> str:
         return str(self.payload.get("title", ""))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hit:
+        """The inverse of ``to_dict`` (hits read back from the HTTP API)."""
+        return cls(
+            id=str(data["id"]),
+            score=float(data["score"]),
+            payload=dict(data.get("payload") or {}),
+            vector_scores={k: VectorScore(float(v["score"]), v.get("rank")) for k, v in data["vector_scores"].items()},
+            contributions={k: float(v) for k, v in data.get("contributions", {}).items()},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
