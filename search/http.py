@@ -42,7 +42,15 @@ from shelfsight.search.errors import (
     ShelfsightError,
     StoreUnavailableError,
 )
-from shelfsight.search.http_guard import ApiKeyGuard, BodyLimit, ErrorBody, RedactingFilter, ServeOptions, redact
+from shelfsight.search.http_guard import (
+    ApiKeyGuard,
+    BodyLimit,
+    ErrorBody,
+    RedactingFilter,
+    ServeOptions,
+    json_h11_protocol,
+    redact,
+)
 from shelfsight.search.images import ALLOWED_FORMATS, QUERY_POLICY, is_url
 from shelfsight.search.query import MAX_QUERY_CHARS
 from shelfsight.search.records import Hit
@@ -372,7 +380,8 @@ def serve(settings: Settings, host: str, port: int, options: ServeOptions) -> No
             engine = None
         print(f"error: {redact(str(exc))}", file=sys.stderr)
     try:
-        uvicorn.run(create_app(settings, engine, options), host=host, port=port, log_level="warning")
+        app = create_app(settings, engine, options)
+        uvicorn.run(app, host=host, port=port, log_level="warning", http=json_h11_protocol())
     finally:
         if engine is not None:
             engine.close()

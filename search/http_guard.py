@@ -175,3 +175,25 @@ class ApiKeyGuard:
             f"this server needs {what}; send it in the X-API-Key header",
             {"www-authenticate": "ApiKey"},
         )
+
+
+def json_h11_protocol() -> type:
+    """uvicorn's h11 protocol, except that a request it cannot even parse (a malformed request line
+    or headers, answered before the app sees it) gets the API's JSON error body, not plain text."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": "BadRequest", "detail": f"{msg} (not a valid HTTP/1.1 request)"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            headers.append((b"content-length", str(len(body)).encode()))
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return JsonErrorH11Protocol

@@ -257,3 +257,18 @@ def test_binding_beyond_loopback_without_a_key_warns(own_db, tmp_path):
     finally:
         stop_session(proc)
     assert "without an API key" in line and "SHELFSIGHT_API_KEY" in line, line
+
+
+@pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n", b"GET /search?q=x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n"])
+def test_a_request_uvicorn_cannot_parse_still_gets_the_error_body(api, raw):
+    import json
+
+    host, port = str(api.base_url).rstrip("/").removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), head
+    assert set(json.loads(body)) == {"error", "detail"}
