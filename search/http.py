@@ -49,11 +49,11 @@ from shelfsight.search.http_guard import (
     RedactingFilter,
     ServeOptions,
     json_h11_protocol,
-    redact,
 )
 from shelfsight.search.images import ALLOWED_FORMATS, QUERY_POLICY, is_url
 from shelfsight.search.query import MAX_QUERY_CHARS
 from shelfsight.search.records import Hit
+from shelfsight.search.redaction import redact
 from shelfsight.search.settings import DEFAULT_FUSION, MAX_UPLOAD_BYTES, Settings
 from starlette.exceptions import HTTPException
 

@@ -17,12 +17,12 @@ import hmac
 import json
 import logging
 import os
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+from shelfsight.search.redaction import redact
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
 from starlette.exceptions import HTTPException
 
@@ -39,8 +39,6 @@ MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
 OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
 # POST routes that only read; any other POST, PUT, PATCH or DELETE is a write and needs the admin key.
 READ_POSTS = ("/search", "/search/upload")
-_SECRET_ENVIRONMENT = ("QDRANT_API_KEY", "SHELFSIGHT_API_KEY", "SHELFSIGHT_ADMIN_KEY")
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 class ErrorBody(BaseModel):
@@ -75,16 +73,6 @@ class ServeOptions:
             cors_origins=origins,
             allow_local_paths=allow_local_paths,
         )
-
-
-def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
-    """``text`` without URL credentials (``https://user:pass@host`` -> ``https://***@host``) and
-    without the values of the secret environment variables or ``secrets``."""
-    out = _URL_CREDENTIALS.sub("***@", text)
-    for secret in (*secrets, *(os.environ.get(name) for name in _SECRET_ENVIRONMENT)):
-        if secret and len(secret) >= 4:
-            out = out.replace(secret, "***")
-    return out
 
 
 class RedactingFilter(logging.Filter):

@@ -82,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ShelfsightError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from shelfsight.search.redaction import redact  # URL credentials and keys never reach a log
+
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
