@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,14 +48,26 @@ def make_store(backend: str, tmp: Path):
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
     s = make_store(request.param, tmp_path)
-    yield s
-    s.close()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def drop_if_present(store, name: str) -> None:
+    if store.collection_exists(name):
+        store.drop_collection(name)
 
 
 @pytest.fixture
-def collection_name() -> str:
+def collection_name(store) -> Iterator[str]:
+    """A collection name of the test's own; whatever the test left under it is dropped, pass or fail."""
     # Unique per test so a shared server never sees two tests in one collection.
-    return f"t{uuid.uuid4().hex[:12]}"
+    name = f"t{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        drop_if_present(store, name)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -63,10 +76,13 @@ def engine(request, tmp_path_factory, embedder, catalog_dir):
     tmp = tmp_path_factory.mktemp(f"engine-{request.param}")
     s = make_store(request.param, tmp)
     name = f"e{uuid.uuid4().hex[:12]}"
-    report = ingest_catalog(catalog_dir / "catalog.csv", s, embedder, IngestOptions(collection=name, fused_weight=0.5))
-    assert report.skipped == 0
-    eng = SearchEngine(s, embedder, name)
-    yield eng
-    if request.param == "server":
-        s.drop_collection(name)
-    s.close()
+    try:
+        options = IngestOptions(collection=name, fused_weight=0.5)
+        report = ingest_catalog(catalog_dir / "catalog.csv", s, embedder, options)
+        assert report.skipped == 0
+        yield SearchEngine(s, embedder, name)
+    finally:
+        try:
+            drop_if_present(s, name)
+        finally:
+            s.close()

@@ -8,13 +8,16 @@ import csv
 import httpx
 import pytest
 
-from tests.e2e.conftest import serving
+from tests.e2e.helpers import serving
 
 
 @pytest.fixture(scope="module")
-def api(built_db, server_env):
-    with serving("serve", "--db", built_db, health="/health", env=server_env) as base:
-        yield httpx.Client(base_url=base, timeout=60)
+def api(built_db):
+    with (
+        serving("serve", "--db", built_db, health="/health") as base,
+        httpx.Client(base_url=base, timeout=60) as client,
+    ):
+        yield client
 
 
 def test_health_search_and_products(api, catalog_dir):
@@ -36,7 +39,7 @@ def test_health_search_and_products(api, catalog_dir):
     filtered = api.get("/search", params=[("q", "bag"), ("filter", "category=bag"), ("filter", "price<=80")]).json()[
         "hits"
     ]
-    assert all(h["payload"]["category"] == "bag" and h["payload"]["price"] <= 80 for h in filtered)
+    assert filtered and all(h["payload"]["category"] == "bag" and h["payload"]["price"] <= 80 for h in filtered)
     product = api.get(f"/products/{first['id']}").json()
     assert product["title"] == first["title"] and product["category"] == first["category"]
     similar = api.get(f"/products/{first['id']}/similar", params={"limit": 4}).json()["hits"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import run_cli
+from tests.e2e.helpers import run_cli
 
 
 def test_train_fine_tunes_and_the_result_ingests(tmp_path, tiny_model_dir, catalog_dir):

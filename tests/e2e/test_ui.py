@@ -4,23 +4,47 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
+import streamlit as st
+from shelfsight.search.engine import SearchEngine
 from streamlit.testing.v1 import AppTest
 
-from tests.e2e.conftest import serving
+from tests.e2e.helpers import LOCATION_VARIABLES, run_cli, serving
 
 APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
-@pytest.fixture
-def app(built_db, monkeypatch):
-    monkeypatch.setenv("SHELFSIGHT_DB", str(built_db))
-    monkeypatch.delenv("QDRANT_URL", raising=False)
+# A product whose catalog text is full of markup; the storefront must show it as typed.
+MARKUP_TITLE = "<b>bold</b> **tote** bag"
+MARKUP_DESCRIPTION = "<i>hand</i> made, see [offer](http://shop.test) `now` <script>alert(1)</script>"
+
+
+@contextmanager
+def storefront(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
+    """Run the app in this process over ``db``; yields ``make(**url_params) -> AppTest`` after one run.
+
+    The app keeps its engine in a ``st.cache_resource`` (so the store stays open and locked); on the
+    way out, pass or fail, the cache is cleared and every engine the app opened is closed.
+    """
+    opened: list[SearchEngine] = []
+    real_open = SearchEngine.open.__func__
+
+    def recording_open(cls, *args, **kwargs):
+        engine = real_open(cls, *args, **kwargs)
+        opened.append(engine)
+        return engine
+
+    for name in LOCATION_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SHELFSIGHT_DB", str(db))
+    monkeypatch.setattr(SearchEngine, "open", classmethod(recording_open))
 
     def make(**params) -> AppTest:
         at = AppTest.from_file(APP, default_timeout=120)
@@ -28,7 +52,34 @@ def app(built_db, monkeypatch):
             at.query_params[key] = value
         return at.run()
 
-    return make
+    try:
+        yield make
+    finally:
+        st.cache_resource.clear()
+        for engine in opened:
+            engine.close()
+
+
+@pytest.fixture
+def app(built_db, monkeypatch):
+    with storefront(built_db, monkeypatch) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def markup_db(tmp_path_factory, tiny_model_dir, catalog_dir) -> Path:
+    """A small store holding five generated products and one whose title and description are markup."""
+    tmp = tmp_path_factory.mktemp("markup")
+    rows = list(csv.DictReader((catalog_dir / "catalog.csv").open()))[:5]
+    for r in rows:
+        r["image"] = str(catalog_dir / r["image"])
+    rows.append(dict(rows[0], id="M-markup", title=MARKUP_TITLE, description=MARKUP_DESCRIPTION))
+    with (tmp / "catalog.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run_cli("ingest", tmp / "catalog.csv", "--db", tmp / "db", "--model", tiny_model_dir, check=True)
+    return tmp / "db"
 
 
 def _texts(at: AppTest) -> list[str]:
@@ -48,12 +99,32 @@ def test_text_query_from_url_shows_cards(app, catalog_dir):
     assert any("results in" in c.value for c in at.caption)
 
 
+def _cards(at: AppTest) -> list[str]:
+    return [t for t in _texts(at) if "score" in t]
+
+
 def test_filter_narrows_results_and_lands_in_url(app):
     at = app(q="bag", category="hat")
     assert not at.exception
-    cards = [t for t in _texts(at) if "score" in t]
+    cards = _cards(at)
     assert cards and all(t.startswith("hat") for t in cards)
     assert at.query_params["category"] == ["hat"] or at.query_params["category"] == "hat"
+
+
+def test_filter_chosen_in_the_sidebar_is_written_to_the_url(app):
+    at = app(q="bag")
+    assert not at.exception and "category" not in at.query_params
+    assert {t.split(" ")[0] for t in _cards(at)} - {"hat"}  # unfiltered, other categories show
+
+    at.multiselect(key="f-category").select("hat").run()
+    assert not at.exception
+    assert at.query_params.get("category") in ("hat", ["hat"])  # the app wrote the choice into the URL
+    assert at.query_params.get("q") in ("bag", ["bag"])
+    cards = _cards(at)
+    assert cards and all(t.startswith("hat") for t in cards)
+
+    at.multiselect(key="f-category").unselect("hat").run()
+    assert not at.exception and "category" not in at.query_params  # and takes it out again
 
 
 def test_more_like_this(app):
@@ -71,27 +142,36 @@ def test_errors_are_messages(app, monkeypatch, tmp_path):
     assert at.error and "not ready" in at.error[0].value
 
 
-def test_description_never_rendered_as_html(app, built_db, catalog_dir):
-    hits_html = "<b>bold</b>"
-    at = app(q=f"{hits_html}")
+def test_description_never_rendered_as_html(markup_db, monkeypatch):
+    with storefront(markup_db, monkeypatch) as make:
+        at = make(q="<b>bold</b>")
     assert not at.exception
     assert all("<b>" not in m.value for m in at.markdown)
+    # The catalog's markup comes back as the literal text it is, never as HTML or Markdown.
+    texts = _texts(at)
+    assert MARKUP_TITLE in texts and MARKUP_DESCRIPTION in texts
+    rendered = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    for piece in ("<b>", "**tote**", "<i>", "[offer]", "<script>"):
+        assert not any(piece in r for r in rendered), piece
+
+
+def test_storefront_lets_go_of_its_store(built_db, monkeypatch):
+    with storefront(built_db, monkeypatch) as make:
+        assert not make(q="bag").exception
+    # One process owns an embedded store: this open is refused while the app still holds it.
+    with SearchEngine.open(built_db) as engine:
+        assert engine.count() == 48
 
 
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (make browser)")
-def test_storefront_in_headless_chromium(tmp_path, tiny_model_dir, catalog_dir, server_env):
+def test_storefront_in_headless_chromium(built_db, catalog_dir):
     from playwright.sync_api import sync_playwright
 
-    from tests.e2e.conftest import run_cli
-
-    # Its own store: the AppTest runs above keep theirs open in this process, and one process owns a store.
-    built_db = tmp_path / "db"
-    run_cli("ingest", catalog_dir / "catalog.csv", "--db", built_db, "--model", tiny_model_dir, check=True)
-
+    # The in-process runs above closed their engines, so the server process can open the shared store.
     first = next(csv.DictReader((catalog_dir / "catalog.csv").open()))
     ARTIFACTS.mkdir(exist_ok=True)
-    with serving("ui", "--db", built_db, health="/_stcore/health", env=server_env) as base:
+    with serving("ui", "--db", built_db, health="/_stcore/health") as base:
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM,

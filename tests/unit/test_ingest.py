@@ -73,7 +73,6 @@ def test_broken_inputs_skipped_good_rows_in(store, collection_name, embedder, ca
 
     again = ingest_catalog(path, store, embedder, options)
     assert again.ingested == 0 and again.unchanged == len(good)
-    store.drop_collection(collection_name)
 
 
 def test_changed_rows_only(store, collection_name, embedder, catalog_dir, tmp_path):
@@ -94,7 +93,6 @@ def test_changed_rows_only(store, collection_name, embedder, catalog_dir, tmp_pa
     assert second.unchanged == first.ingested - 3
     assert store.count(collection_name) == first.ingested - 1
     assert store.retrieve(collection_name, [point_id(rows[0]["id"])])[0].payload["price"] == 1.0
-    store.drop_collection(collection_name)
 
 
 def test_other_model_refused_then_reindexed(store, collection_name, embedder, catalog_dir, tmp_path):
@@ -106,7 +104,6 @@ def test_other_model_refused_then_reindexed(store, collection_name, embedder, ca
     report = ingest_catalog(path, store, other, IngestOptions(collection=collection_name, reindex=True))
     assert report.ingested == len(read_catalog(path).rows)
     assert store.get_meta(collection_name).model == other.model_id
-    store.drop_collection(collection_name)
 
 
 def test_long_text_truncated_and_counted(store, collection_name, embedder, tmp_path):
@@ -114,7 +111,6 @@ def test_long_text_truncated_and_counted(store, collection_name, embedder, tmp_p
     path.write_text('id,title,description\n1,Long,"' + "word " * 200 + '"\n2,Short,ok\n')
     report = ingest_catalog(path, store, embedder, IngestOptions(collection=collection_name))
     assert (report.ingested, report.truncated, report.text_only) == (2, 1, 2)
-    store.drop_collection(collection_name)
 
 
 def test_reingest_keeps_zero_shot_tags_and_replaces_catalog_fields(
@@ -139,4 +135,5 @@ def test_reingest_keeps_zero_shot_tags_and_replaces_catalog_fields(
     assert (report.ingested, report.updated, report.unchanged) == (0, 1, 47)
     points = {p.payload["product_id"]: p.payload for p in store.scroll(collection_name)}
     assert points[rows[0]["id"]]["brand"] == "Renamed"
+    assert len(points) == 48
     assert all(p["tag"] in ("shoe", "bag", "hat") and "tag_score" in p for p in points.values())

@@ -28,8 +28,7 @@ def filled(store, collection_name):
     store.create_collection(collection_name, META)
     points = _points()
     store.upsert(collection_name, points)
-    yield store, collection_name, points
-    store.drop_collection(collection_name)
+    return store, collection_name, points  # the collection_name fixture drops it
 
 
 def test_meta_round_trip_and_missing(store, collection_name):
@@ -87,7 +86,7 @@ def test_nearest_with_filter_and_threshold(filled):
     )
     assert lists[0] and all(p.payload["category"] == "hat" for p in lists[0])
     lists, _ = store.query(name, [NearestQuery(points[4].vectors["image"], "image", 30, score_threshold=0.5)])
-    assert all(p.score >= 0.5 for p in lists[0])
+    assert lists[0] and all(p.score >= 0.5 for p in lists[0])
 
 
 @pytest.mark.parametrize("method, weights", [("rrf", [1.0, 1.0]), ("rrf", [3.0, 1.0]), ("dbsf", [1.0, 1.0])])
