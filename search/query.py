@@ -14,7 +14,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from shelfsight.search.errors import BadInputError
@@ -23,6 +22,7 @@ from shelfsight.search.store.base import CollectionMeta, Condition, Filter, Matc
 
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$")
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
+_PATH_STARTS = ("./", "../", "/", "~/")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 # How hard "-word" pushes away, relative to the positive text. Measured on the demo catalog (24
 # queries like "yellow umbrella -striped"): at 1.0 only 39% of the top 10 kept the asked kind and
@@ -49,8 +49,12 @@ class ParsedQuery:
 
 
 def _names_image(part: str) -> bool:
-    """Whether a part is written like an image reference: a URL, or one word with an image suffix."""
-    return is_url(part) or (part.lower().endswith(_IMAGE_SUFFIXES) and " " not in part.strip())
+    """Whether a part is written like an image reference: a URL, or one word that has an image
+    suffix or starts like a path (``./``, ``../``, ``/``, ``~/``). "black/white" stays text."""
+    word = part.strip()
+    if is_url(word):
+        return True
+    return " " not in word and (word.lower().endswith(_IMAGE_SUFFIXES) or word.startswith(_PATH_STARTS))
 
 
 def _looks_like_image(part: str, allow_paths: bool) -> bool:
@@ -64,7 +68,7 @@ def _looks_like_image(part: str, allow_paths: bool) -> bool:
             f"query part {part!r} names a local file, and this server does not read its own files; "
             "upload the image (POST /search/upload or image_base64) or give a public http(s) URL"
         )
-    return Path(part).expanduser().exists()
+    return True  # a path that does not exist is the engine's clear error, never silently text
 
 
 def parse_query(text: str, *, allow_paths: bool = True) -> ParsedQuery:

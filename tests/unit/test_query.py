@@ -37,7 +37,8 @@ def photo(tmp_path):
         ("a-line dress", [("a-line dress", 1.0)], []),  # a hyphen inside a word is not a negative
         ("red - blue", [("red - blue", 1.0)], []),  # nor is a lone "-"
         ("red:bag", [("red:bag", 1.0)], []),  # a weight is a number
-        ("missing.jpg", [("missing.jpg", 1.0)], []),  # an image name that is no file stays text
+        ("black/white mug", [("black/white mug", 1.0)], []),  # a slash inside words is no path
+        ("black/white", [("black/white", 1.0)], []),
     ],
 )
 def test_text_parts_weights_and_negatives(text, texts, negatives):
@@ -66,7 +67,18 @@ def test_existing_image_file_is_an_image_part(photo, tmp_path):
     )
     notes = tmp_path / "notes.txt"
     notes.write_text("not a picture")
-    assert parse_query(str(notes)) == ParsedQuery(((str(notes), 1.0),))  # an existing file, but no image name
+    assert parse_query("notes.txt") == ParsedQuery((("notes.txt", 1.0),))  # no image name, no path: text
+
+
+@pytest.mark.parametrize("part", ["missing.jpg", "./photos/missing.png", "~/nope/red-bag", "/srv/shop/p1.webp"])
+def test_a_mistyped_image_path_is_an_image_part_not_silently_text(part):
+    # Written like a path or an image file: the engine then names it when it does not exist.
+    assert parse_query(f"red + {part}") == ParsedQuery((("red", 1.0),), ((part, 1.0),))
+
+
+def test_the_engine_names_a_missing_query_image(engine):
+    with pytest.raises(BadInputError, match="query image not found: ./nope.jpg"):
+        engine.search("red + ./nope.jpg")
 
 
 @pytest.mark.parametrize(
