@@ -280,7 +280,7 @@ def _add_search_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
             raise BadInputError(f"image is over the {MAX_UPLOAD_BYTES}-byte upload cap")
         body = SearchBody(q=q, fusion=fusion, vectors=_vector_names(vectors), limit=limit)
         # Decoding and embedding block: run them off the event loop like the other routes.
-        return await run_in_threadpool(_run_search, get_engine(), body, data)
+        return await run_in_threadpool(lambda: _run_search(get_engine(), body, data))
 
 
 _IMAGE_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif"}
