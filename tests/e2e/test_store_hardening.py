@@ -132,5 +132,6 @@ def test_a_damaged_store_is_rebuilt_by_reindex(built_db, tmp_path, catalog_dir, 
         "--reindex",
     )
     assert rebuilt.returncode == 0, rebuilt.stderr
-    stats = run_cli("stats", "--db", db, "--json", check=True)
+    stats = run_cli("stats", "--db", db, "--json")
+    assert stats.returncode == 0, stats.stderr
     assert f'"count": {len(list(csv.DictReader((catalog_dir / "catalog.csv").open())))}' in stats.stdout
