@@ -69,7 +69,10 @@ def test_edge_to_server_and_back_keeps_every_top10(source_db, tmp_path, embedder
         one = next(iter(source.scroll("products", with_vectors=True)))
         copy = back.retrieve("products", [one.id], with_vectors=True)[0]
         assert copy.payload == one.payload and set(copy.vectors) == set(one.vectors)
-        assert all(np.array_equal(copy.vectors[k], one.vectors[k]) for k in one.vectors)
+        # Copied, never re-embedded; each store renormalizes cosine vectors in float32, which may
+        # move the last bit (seen in about a third of the vectors with some tiny models).
+        for k in one.vectors:
+            np.testing.assert_allclose(copy.vectors[k], one.vectors[k], rtol=0, atol=1e-6)
     finally:
         for s in (source, server, back):
             s.close()
