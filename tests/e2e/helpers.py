@@ -79,7 +79,7 @@ def serving(*args: object, health: str, env: Mapping[str, str] | None = None) ->
             proc.stderr.close()
 
 
-def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout

@@ -9,54 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-# Where a process looks for a store or a model when its arguments name none: dropped from every
-# child's environment, so a test writes only where its own arguments point.
-LOCATION_VARIABLES = ("QDRANT_URL", "QDRANT_API_KEY", "SHELFSIGHT_DB", "SHELFSIGHT_COLLECTION", "SHELFSIGHT_MODELS")
-
-
-def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k not in LOCATION_VARIABLES}
-    out.update(env or {})
-    return out
-
-
-def cli_args(*args: object) -> list[str]:
-    return [sys.executable, "-m", "shelfsight", *map(str, args)]
-
-
-def run_cli(*args: object, env: Mapping[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_args(*args), capture_output=True, text=True, timeout=timeout, env=cli_env(env))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    """Until ``url`` answers below 500; fails at once if ``proc`` exits first."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url, timeout=5).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not come up in {timeout}s")
+from tests.e2e.helpers import cli_args, cli_env, free_port, run_cli, wait_for_http  # noqa: F401 (run_cli: re-exported)
 
 
 def children_of() -> dict[int, list[int]]:
