@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
-import streamlit as st
 from shelfsight.search.engine import SearchEngine
 from streamlit.testing.v1 import AppTest
 
-from tests.e2e.helpers import LOCATION_VARIABLES, run_cli, serving
+from tests.e2e.helpers import run_cli, serving
+from tests.e2e.storefront import APP, storefront
 
-APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
@@ -24,40 +21,6 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 # A product whose catalog text is full of markup; the storefront must show it as typed.
 MARKUP_TITLE = "<b>bold</b> **tote** bag"
 MARKUP_DESCRIPTION = "<i>hand</i> made, see [offer](http://shop.test) `now` <script>alert(1)</script>"
-
-
-@contextmanager
-def storefront(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
-    """Run the app in this process over ``db``; yields ``make(**url_params) -> AppTest`` after one run.
-
-    The app keeps its engine in a ``st.cache_resource`` (so the store stays open and locked); on the
-    way out, pass or fail, the cache is cleared and every engine the app opened is closed.
-    """
-    opened: list[SearchEngine] = []
-    real_open = SearchEngine.open.__func__
-
-    def recording_open(cls, *args, **kwargs):
-        engine = real_open(cls, *args, **kwargs)
-        opened.append(engine)
-        return engine
-
-    for name in LOCATION_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SHELFSIGHT_DB", str(db))
-    monkeypatch.setattr(SearchEngine, "open", classmethod(recording_open))
-
-    def make(**params) -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=120)
-        for key, value in params.items():
-            at.query_params[key] = value
-        return at.run()
-
-    try:
-        yield make
-    finally:
-        st.cache_resource.clear()
-        for engine in opened:
-            engine.close()
 
 
 @pytest.fixture

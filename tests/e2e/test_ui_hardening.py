@@ -14,12 +14,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import streamlit as st
-from shelfsight.search.engine import SearchEngine
-from streamlit.testing.v1 import AppTest
 
 from tests.e2e.proctree import (
-    LOCATION_VARIABLES,
     alive,
     cli_args,
     cli_env,
@@ -29,8 +25,8 @@ from tests.e2e.proctree import (
     wait_for_http,
     with_marker,
 )
+from tests.e2e.storefront import storefront
 
-APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 PHISH = "**[claim your prize](http://evil.example/win)**"
@@ -39,31 +35,8 @@ PHISH = "**[claim your prize](http://evil.example/win)**"
 @pytest.fixture
 def storefront_app(built_db, monkeypatch):
     """The app in this process (Streamlit's AppTest); every engine it opened is closed afterwards."""
-    opened: list[SearchEngine] = []
-    real_open = SearchEngine.open.__func__
-
-    def recording_open(cls, *args, **kwargs):
-        engine = real_open(cls, *args, **kwargs)
-        opened.append(engine)
-        return engine
-
-    for name in LOCATION_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SHELFSIGHT_DB", str(built_db))
-    monkeypatch.setattr(SearchEngine, "open", classmethod(recording_open))
-
-    def make(**params) -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=120)
-        for key, value in params.items():
-            at.query_params[key] = value
-        return at.run()
-
-    try:
+    with storefront(built_db, monkeypatch) as make:
         yield make
-    finally:
-        st.cache_resource.clear()
-        for engine in opened:
-            engine.close()
 
 
 @pytest.mark.parametrize("param", ["similar", "img"])
