@@ -263,27 +263,101 @@ def _pinned_connect(
     raise last or OSError(f"no address for {host}")
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._create_connection = _pinned_connect  # http.client's connect hook
+class _FetchClock:
+    """One fetch's overall deadline. Every socket read waits at most the per-read timeout or the
+    time left, whichever is less, and a watchdog shuts the connection when the time is up, so a
+    host that drips bytes (in the headers, a chunk line or the body) cannot hold a fetch longer."""
+
+    def __init__(self, policy: ImagePolicy):
+        self.policy = policy
+        self.ends = time.monotonic() + policy.deadline
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._watchdog = threading.Timer(policy.deadline, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    @property
+    def passed(self) -> bool:
+        """Whether the deadline has passed (a read that timed out at it may beat the watchdog)."""
+        return self.expired or time.monotonic() >= self.ends
+
+    def read_timeout(self) -> float:
+        """The socket timeout for the next read; raises once the deadline has passed."""
+        left = self.ends - time.monotonic()
+        if left <= 0:
+            self.expired = True
+            raise TimeoutError("deadline")
+        return min(self.policy.timeout, left)
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                self._shutdown()
+
+    def before_read(self) -> None:
+        timeout = self.read_timeout()
+        with self._lock:
+            if self._sock is not None:
+                self._sock.settimeout(timeout)
+
+    def stop(self) -> None:
+        self._watchdog.cancel()
+        with self._lock:
+            self._sock = None
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # a blocked read returns at once
+            except OSError:
+                pass  # already closed
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._create_connection = _pinned_connect  # TLS still verifies the URL's host name
+def _connection(
+    base: type[http.client.HTTPConnection], clock: _FetchClock, pinned: bool
+) -> type[http.client.HTTPConnection]:
+    """``base`` that connects within the fetch's deadline, hands its socket to ``clock`` and, when
+    ``pinned``, connects only to addresses checked at that moment."""
+
+    class Connection(base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            if pinned:
+                self._create_connection = _pinned_connect  # http.client's connect hook
+
+        def connect(self) -> None:
+            self.timeout = clock.read_timeout()
+            super().connect()  # TLS still verifies the URL's host name
+            clock.watch(self.sock)
+
+    return Connection
 
 
-class _PinnedHTTPHandler(urllib.request.HTTPHandler):
+class _ClockedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, clock: _FetchClock, pinned: bool):
+        super().__init__()
+        self.connection = _connection(http.client.HTTPConnection, clock, pinned)
+
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_PinnedHTTPConnection, req)
+        return self.do_open(self.connection, req)
 
 
-class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
+class _ClockedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, clock: _FetchClock, pinned: bool):
+        super().__init__()
+        self.connection = _connection(http.client.HTTPSConnection, clock, pinned)
+
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         context = getattr(self, "_context", None)  # the handler's TLS context (urllib keeps it private)
-        return self.do_open(_PinnedHTTPSConnection, req, context=context)
+        return self.do_open(self.connection, req, context=context)
 
 
 class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
@@ -307,27 +381,22 @@ def _through_proxy(url: str) -> bool:
 
 def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
     check_url(url, policy)
-    handlers: list[urllib.request.BaseHandler] = [_GuardedRedirects(policy)]
-    if not policy.allow_private and not _through_proxy(url):
-        handlers += [_PinnedHTTPHandler(), _PinnedHTTPSHandler()]
-    opener = urllib.request.build_opener(*handlers)
-    request = urllib.request.Request(url, headers={"User-Agent": "shelfsight-ingest"})
+    clock = _FetchClock(policy)
     try:
-        with opener.open(request, timeout=policy.timeout) as response:
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > policy.max_bytes:
-                raise ImageError(
-                    f"image at {url} is {declared} bytes, over the {policy.max_bytes}-byte cap",
-                    "shrink it or raise --max-image-bytes",
-                )
-            data = _read_until_deadline(response, url, policy)
+        data = _fetch_within(url, policy, clock)
     except ImageError:
         raise
-    except urllib.error.HTTPError as exc:
-        raise ImageError(f"HTTP {exc.code} fetching {url}", "check that the URL serves the image") from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        if clock.passed:
+            raise _past_deadline(url, policy) from exc
+        if isinstance(exc, urllib.error.HTTPError):
+            raise ImageError(f"HTTP {exc.code} fetching {url}", "check that the URL serves the image") from exc
         reason = getattr(exc, "reason", exc)
         raise ImageError(f"cannot fetch {url}: {reason}", "check the URL and the network; slow hosts time out") from exc
+    finally:
+        clock.stop()
+    if clock.expired:  # the watchdog shut the connection: what arrived is cut short
+        raise _past_deadline(url, policy)
     if len(data) > policy.max_bytes:
         raise ImageError(
             f"image at {url} is over the {policy.max_bytes}-byte cap", "shrink it or raise --max-image-bytes"
@@ -337,24 +406,39 @@ def _fetch_url(url: str, policy: ImagePolicy) -> bytes:
     return data
 
 
-def _read_until_deadline(response: Any, url: str, policy: ImagePolicy) -> bytes:
-    """The body, at most ``max_bytes + 1`` of it, read in pieces; a host that drips bytes is cut
-    off at ``policy.deadline`` seconds (each read also has the per-read ``timeout``)."""
-    deadline = time.monotonic() + policy.deadline
+def _fetch_within(url: str, policy: ImagePolicy, clock: _FetchClock) -> bytes:
+    pinned = not policy.allow_private and not _through_proxy(url)
+    handlers = [_GuardedRedirects(policy), _ClockedHTTPHandler(clock, pinned), _ClockedHTTPSHandler(clock, pinned)]
+    opener = urllib.request.build_opener(*handlers)
+    request = urllib.request.Request(url, headers={"User-Agent": "shelfsight-ingest"})
+    with opener.open(request, timeout=clock.read_timeout()) as response:
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+            raise ImageError(
+                f"image at {url} is {declared} bytes, over the {policy.max_bytes}-byte cap",
+                "shrink it or raise --max-image-bytes",
+            )
+        return _read_body(response, policy, clock)
+
+
+def _read_body(response: Any, policy: ImagePolicy, clock: _FetchClock) -> bytes:
+    """The body, at most ``max_bytes + 1`` of it, read in pieces, each within the time left."""
     chunks: list[bytes] = []
     size = 0
     while size <= policy.max_bytes:
-        if time.monotonic() > deadline:
-            raise ImageError(
-                f"fetching {url} took over the {policy.deadline:g}-second deadline",
-                "serve the image from a faster host",
-            )
+        clock.before_read()
         chunk: bytes = response.read1(min(65536, policy.max_bytes + 1 - size))
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def _past_deadline(url: str, policy: ImagePolicy) -> ImageError:
+    return ImageError(
+        f"fetching {url} took over the {policy.deadline:g}-second deadline", "serve the image from a faster host"
+    )
 
 
 def load_image(ref: str, base_dir: Path = Path("."), policy: ImagePolicy = ImagePolicy()) -> Image.Image:
