@@ -10,6 +10,7 @@ only where its own arguments point. A test that wants a server passes it explici
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,10 +52,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(*args: object, health: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
-    """Run ``shelfsight ARGS --port P`` on a free loopback port until ``health`` answers; yield its base URL.
-
-    The process is stopped on the way out, also when the test fails or the server never comes up.
+def server_process(
+    *args: object, health: str, env: Mapping[str, str] | None = None, new_session: bool = False
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``shelfsight ARGS --port P`` on a free loopback port until ``health`` answers; yield its
+    base URL and the process. With ``new_session`` it runs in its own session and everything in
+    that session is stopped (``stop_session``), else the process alone (``stop_process``). Stopped
+    on the way out, also when the test fails or the server never comes up.
     """
     port = free_port()
     proc = subprocess.Popen(
@@ -63,20 +67,56 @@ def serving(*args: object, health: str, env: Mapping[str, str] | None = None) ->
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(env),
+        start_new_session=new_session,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(base + health, proc)
-        yield base
+        yield base, proc
     finally:
+        if new_session:
+            stop_session(proc)
+        stop_process(proc)
+
+
+@contextmanager
+def serving(*args: object, health: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """``server_process`` for a test that needs only the base URL."""
+    with server_process(*args, health=health, env=env) as (base, _):
+        yield base
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM ``proc``, SIGKILL it if it has not exited after ``timeout`` s; close its stderr pipe."""
+    if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def stop_session(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process group ``proc`` leads, then SIGKILL whatever is left of it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:

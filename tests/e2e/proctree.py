@@ -7,15 +7,20 @@ model workers); ``stopped_tree`` ends the whole session, pass or fail, and ``rss
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.e2e.helpers import cli_args, cli_env, free_port, run_cli, wait_for_http  # noqa: F401 (run_cli: re-exported)
+from tests.e2e.helpers import (  # noqa: F401 (re-exported for the hardening tests)
+    cli_args,
+    cli_env,
+    free_port,
+    run_cli,
+    server_process,
+    stop_session,
+    wait_for_http,
+)
 
 
 def children_of() -> dict[int, list[int]]:
@@ -75,45 +80,11 @@ def with_marker(marker: str) -> list[int]:
     return found
 
 
-def stop_session(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM the process group ``proc`` leads, then SIGKILL whatever is left of it."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-
-
 @contextmanager
 def stopped_tree(
     *args: object, health: str = "/health", env: Mapping[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """``shelfsight ARGS --port P`` in its own session until ``health`` answers; yields (base URL,
     process). The whole session is stopped on the way out, also when the test fails."""
-    port = free_port()
-    proc = subprocess.Popen(
-        cli_args(*args, "--port", port),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(env),
-        start_new_session=True,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}{health}", proc)
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        stop_session(proc)
-        if proc.stderr:
-            proc.stderr.close()
+    with server_process(*args, health=health, env=env, new_session=True) as started:
+        yield started

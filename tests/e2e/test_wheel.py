@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -33,12 +32,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.helpers import LOCATION_VARIABLES, free_port, stop_process
+
 REPO = Path(__file__).resolve().parents[2]
-STORE_VARIABLES = ("QDRANT_URL", "QDRANT_API_KEY", "SHELFSIGHT_DB", "SHELFSIGHT_COLLECTION", "SHELFSIGHT_MODELS")
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES and k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k not in LOCATION_VARIABLES and k != "PYTHONPATH"}
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"{' '.join(cmd)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -100,12 +100,6 @@ def test_help_names_every_command(wheel_venv, tmp_path):
         assert command in out, f"`shelfsight --help` does not list {command!r}:\n{out}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _serving(cmd: list[str], cwd: Path, health_url: str) -> Iterator[None]:
     """Run ``cmd`` until ``health_url`` answers 200; stop it on the way out, pass or fail."""
@@ -125,14 +119,7 @@ def _serving(cmd: list[str], cwd: Path, health_url: str) -> Iterator[None]:
                     pass
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        stop_process(proc)
 
 
 def test_ingest_search_serve_round_trip_from_outside_the_checkout(wheel_venv, tmp_path, tiny_model_dir, catalog_dir):
@@ -145,7 +132,7 @@ def test_ingest_search_serve_round_trip_from_outside_the_checkout(wheel_venv, tm
         _run([shelfsight, "search", "red bag", "--db", str(db), "--json", "--limit", "3"], cwd=tmp_path).stdout
     )
     assert len(hits) == 3
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with _serving([shelfsight, "serve", "--db", str(db), "--port", str(port)], tmp_path, base + "/health"):
         with urllib.request.urlopen(base + "/search?q=red+bag&limit=3", timeout=60) as response:
