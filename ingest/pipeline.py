@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,16 +29,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 from shelfsight.ingest.catalog import Catalog, CatalogRow, Columns, RowError, read_catalog
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import IncompatibleCollectionError
-from shelfsight.search.fusion import early_fuse
-from shelfsight.search.images import ImageError, ImagePolicy, decode_image, is_url, read_image_bytes
+from shelfsight.search.images import ImageError, ImagePolicy, decode_image, read_image_bytes
+from shelfsight.search.indexing import EmbeddedBatch, content_hash, embed_points, keep_derived, product_payload
 from shelfsight.search.records import point_id
 from shelfsight.search.settings import DEFAULT_COLLECTION
-from shelfsight.search.store.base import CollectionMeta, PointRecord, VectorStore
+from shelfsight.search.store.base import CollectionMeta, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -115,26 +113,10 @@ class SortedBatch:
 
 
 @dataclass(frozen=True)
-class EmbeddedBatch:
-    points: list[PointRecord]
-    truncated: int  # texts longer than the text tower reads
-    text_only: int  # products without an image vector
-
-
-@dataclass(frozen=True)
 class _ReadContext:
     base_dir: Path
     policy: ImagePolicy
     meta: CollectionMeta
-
-
-def content_hash(model_id: str, text: str, image_bytes: bytes | None, fused_weight: float | None) -> str:
-    digest = hashlib.sha256()
-    for part in (model_id, f"fused={fused_weight}", text):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    digest.update(image_bytes or b"")
-    return digest.hexdigest()
 
 
 def ensure_collection(
@@ -173,23 +155,6 @@ def ensure_collection(
     return meta
 
 
-def _payload(row: CatalogRow, digest: str, base_dir: Path) -> dict[str, Any]:
-    p = row.product
-    image = p.image
-    if image and not is_url(image):
-        # Stored absolute so the API and the storefront can show it from any working directory.
-        image = str((base_dir / Path(image).expanduser()).resolve())
-    return {
-        **p.fields,
-        "product_id": p.id,
-        "title": p.title,
-        "description": p.description,
-        "image": image,
-        "has_image": "true" if p.image else "false",
-        "content_hash": digest,
-    }
-
-
 def read_item(row: CatalogRow, stored: dict[str, Any] | None, ctx: _ReadContext) -> ReadItem:
     """Read stage: image bytes, content hash, payload; decode only when the hash changed."""
     started = time.perf_counter()
@@ -204,7 +169,7 @@ def read_item(row: CatalogRow, stored: dict[str, Any] | None, ctx: _ReadContext)
     except ImageError as exc:
         error = RowError(row.row, row.product.id, exc.reason, exc.hint)
         return ReadItem(row, stored, error=error, seconds=time.perf_counter() - started)
-    payload = _payload(row, digest, ctx.base_dir)
+    payload = product_payload(row.product, digest, ctx.base_dir)
     return ReadItem(row, stored, digest, payload, image, seconds=time.perf_counter() - started)
 
 
@@ -218,9 +183,7 @@ def sort_batch(items: Sequence[ReadItem], meta: CollectionMeta) -> SortedBatch:
         if item.error:
             errors.append(item.error)
         elif item.stored and item.stored.get("content_hash") == item.content_hash:
-            # Same vectors: fields computed from them (tags) stay; the catalog's own fields are replaced.
-            kept = {k: item.stored[k] for k in meta.derived if k in item.stored and k not in item.payload}
-            item = replace(item, payload={**item.payload, **kept})
+            item = replace(item, payload=keep_derived(item.stored, item.payload, meta))
             if item.stored == item.payload:
                 unchanged += 1
             else:
@@ -232,25 +195,8 @@ def sort_batch(items: Sequence[ReadItem], meta: CollectionMeta) -> SortedBatch:
 
 def embed_batch(items: Sequence[ReadItem], embedder: Embedder, meta: CollectionMeta) -> EmbeddedBatch:
     """Embed stage: both towers over the batch, the early-fused vector when the collection has one."""
-    texts = [item.row.product.text for item in items]
-    with_text = [i for i, t in enumerate(texts) if t]
-    with_image = [i for i, item in enumerate(items) if item.image is not None]
-    vectors: list[dict[str, np.ndarray]] = [{} for _ in items]
-    truncated = 0
-    if with_text:
-        batch = [texts[i] for i in with_text]
-        for i, vector in zip(with_text, embedder.encode_texts(batch)):
-            vectors[i]["text"] = vector
-        truncated = sum(n > embedder.max_tokens for n in embedder.count_tokens(batch))
-    if with_image:
-        pictures = [items[i].image for i in with_image]
-        for i, vector in zip(with_image, embedder.encode_images(pictures)):  # type: ignore[arg-type]
-            vectors[i]["image"] = vector
-    if meta.fused_weight is not None:
-        for vec in vectors:
-            vec["fused"] = early_fuse(vec.get("image"), vec.get("text"), meta.fused_weight)
-    points = [PointRecord(point_id(item.row.product.id), vec, item.payload) for item, vec in zip(items, vectors)]
-    return EmbeddedBatch(points, truncated, sum("image" not in vec for vec in vectors))
+    products = [item.row.product for item in items]
+    return embed_points(products, [item.image for item in items], [item.payload for item in items], embedder, meta)
 
 
 def ingest_catalog(

@@ -103,14 +103,20 @@ def _register_tag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    s = sub.add_parser("serve", help="HTTP API over the search engine (FastAPI, OpenAPI at /docs)")
+    s = sub.add_parser(
+        "serve",
+        help="HTTP API over the search engine (FastAPI, OpenAPI at /docs)",
+        description="HTTP API over the search engine (FastAPI, OpenAPI at /docs). PUT and DELETE "
+        "/products/{id} change products while serving; they need SHELFSIGHT_ADMIN_KEY set here and sent "
+        "as X-API-Key (without it the server takes no writes). SHELFSIGHT_API_KEY guards reads.",
+    )
     add_store_args(s, model_help="default: the model that built the collection")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
         "--allow-local-paths",
         action="store_true",
-        help="let query parts name image files on this machine (off: clients send uploads or public URLs)",
+        help="let query parts and product images name files on this machine (off: clients send uploads or public URLs)",
     )
     s.set_defaults(func=_serve)
 

@@ -20,7 +20,6 @@ import logging
 import sys
 import threading
 import time
-import urllib.parse
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from shelfsight.search.http_guard import (
     ServeOptions,
     json_h11_protocol,
 )
+from shelfsight.search.http_writes import add_write_routes, image_url
 from shelfsight.search.images import ALLOWED_FORMATS, QUERY_POLICY, is_url
 from shelfsight.search.query import MAX_QUERY_CHARS
 from shelfsight.search.records import Hit
@@ -153,6 +153,7 @@ def create_app(
 
     _add_search_routes(app, get_engine)
     _add_product_routes(app, get_engine)
+    add_write_routes(app, get_engine)  # PUT and DELETE /products/{id}, admin key only (http_writes.py)
     if options.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
@@ -190,11 +191,6 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s: %s", request.method, request.url.path, redact(repr(exc)))
     return _error(500, "InternalError", "the server failed on this request; its log has the details")
-
-
-def image_url(product_id: str) -> str:
-    """Where the API serves a product's image (never the server's own path)."""
-    return f"/products/{urllib.parse.quote(product_id, safe='')}/image"
 
 
 def _public_hit(hit: Hit) -> dict[str, Any]:

@@ -134,7 +134,8 @@ class BodyLimit:
 
 
 class ApiKeyGuard:
-    """Reads need the read or admin key, writes the admin key, when those keys are set."""
+    """Reads need the read or admin key when either is set. Writes always need the admin key: a
+    server without one takes no writes (403), so they are never open."""
 
     def __init__(self, app: ASGIApp, options: ServeOptions):
         self.app = app
@@ -147,8 +148,12 @@ class ApiKeyGuard:
         write = scope["method"] not in ("GET", "HEAD") and not (
             scope["method"] == "POST" and scope["path"] in READ_POSTS
         )
+        if write and not self.options.admin_key:
+            detail = "this server takes no writes; start it with SHELFSIGHT_ADMIN_KEY set and send that key"
+            await send_error(send, 403, "Forbidden", detail)
+            return
         accepted = [self.options.admin_key] if write else [self.options.read_key, self.options.admin_key]
-        if not any(accepted) and not (write and self.options.read_key):
+        if not any(accepted):
             await self.app(scope, receive, send)
             return
         given = _header(scope, b"x-api-key") or (_header(scope, b"authorization") or "").removeprefix("Bearer ")

@@ -92,7 +92,9 @@ BAD_INPUTS = [
         400,
     ),
     ("unknown route", "get", "/nowhere", {}, 404),
-    ("wrong method", "delete", "/search", {}, 405),
+    ("wrong method", "get", "/search/upload", {}, 405),
+    ("a write on a server without an admin key", "put", "/products/x", {"json": {"title": "x"}}, 403),
+    ("a delete on a server without an admin key", "delete", "/products/x", {}, 403),
     ("missing product image", "get", "/products/nope/image", {}, 404),
 ]
 
