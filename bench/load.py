@@ -1,12 +1,18 @@
-"""Load test: N clients against a real ``shelfsight serve`` on loopback for T seconds, twice.
+"""Load test: N clients against a real ``shelfsight serve`` on loopback for T seconds, in rounds.
 
 Each client sends one request after another: text searches over a vocabulary of colours and
 kinds (some with a filter or a negative term), a product page, and now and then an image upload.
 Every answer other than a 200 counts as an error. For each run it prints requests/s, p50 and p99
-latency, errors, and the server's RSS (its whole process tree) before and after; a second run shows
-whether memory grows. The server runs in its own session and is stopped with all its children.
+latency, errors, and the server's RSS (its whole process tree) before and after, split into
+anonymous memory (heap) and file-backed pages (libraries and the store's memory-mapped files).
 
-Run: python bench/load.py [--clients 32] [--seconds 60] [--runs 2] [--db DIR]
+Before the first run a warm-up sends every text of the vocabulary once from N clients and then
+runs the mix for ``--warmup`` seconds, so the engine's query-vector cache, the server's worker
+threads and the allocator's pools are filled before RSS is first read; what grows after that, run
+over run, is what steady load costs. The last line gives the growth from the end of run 1 to the
+end of the last run.
+
+Run: python bench/load.py [--clients 32] [--seconds 60] [--runs 3] [--warmup 15] [--db DIR]
 Without --db it builds a 400-product store with a tiny random-weight CLIP model first.
 """
 
@@ -43,27 +49,34 @@ class RunResult:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and every process below it, from /proc."""
+def _tree(pid: int) -> list[int]:
     kids: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             kids.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue
-    total, todo = 0, [pid]
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
+        found.append(p)
         todo.extend(kids.get(p, []))
+    return found
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of ``pid`` and every process below it, from /proc: total, anonymous, file-backed."""
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file"}
+    total = dict.fromkeys(keys.values(), 0.0)
+    for p in _tree(pid):
         try:
-            total += next(
-                int(line.split()[1])
-                for line in Path(f"/proc/{p}/status").read_text().splitlines()
-                if line.startswith("VmRSS:")
-            )
-        except (OSError, StopIteration):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                name = line.split(":", 1)[0] + ":"
+                if name in keys:
+                    total[keys[name]] += int(line.split()[1]) / 1024
+        except OSError:
             continue
-    return total / 1024
+    return total
 
 
 def build_store(workdir: Path) -> tuple[Path, Path]:
@@ -117,6 +130,11 @@ def stop_server(proc: subprocess.Popen) -> None:
             continue
 
 
+def vocabulary() -> list[str]:
+    """Every query text the clients send."""
+    return [" ".join(w for w in (c, k, e) if w) for c in COLOURS for k in KINDS for e in dict.fromkeys(EXTRAS)]
+
+
 def one_request(client: httpx.Client, rng: random.Random, ids: list[str], image: bytes | None) -> httpx.Response:
     roll = rng.random()
     text = " ".join(w for w in (rng.choice(COLOURS), rng.choice(KINDS), rng.choice(EXTRAS)) if w)
@@ -163,11 +181,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=15, help="seconds of load before the first run")
     parser.add_argument("--db", type=Path, help="a built store (default: build a 400-product one)")
     args = parser.parse_args()
     if not (1 <= args.clients <= MAX_CLIENTS and 0 < args.seconds <= MAX_SECONDS and 1 <= args.runs <= 5):
         raise SystemExit(f"--clients 1..{MAX_CLIENTS}, --seconds up to {MAX_SECONDS}, --runs 1..5")
+    if not 0 <= args.warmup <= MAX_SECONDS:
+        raise SystemExit(f"--warmup 0..{MAX_SECONDS}")
     with tempfile.TemporaryDirectory() as tmp:
         catalog = None
         db = args.db
@@ -186,28 +207,71 @@ def main() -> None:
             stop_server(proc)
 
 
+def warm_up(base: str, clients: int, seconds: float, ids: list[str], image: bytes | None) -> RunResult:
+    """Every vocabulary text once (N clients at a time), an upload, then ``seconds`` of the mix."""
+    texts = vocabulary()
+    errors: list[int] = []  # one count per client thread
+
+    def send(share: list[str]) -> None:
+        failed = 0
+        with httpx.Client(base_url=base, timeout=300) as client:
+            for text in [*share, None]:
+                try:
+                    if text is not None:
+                        answer = client.get("/search", params={"q": text})
+                    elif image is not None:
+                        answer = client.post("/search/upload", files={"image": ("q.jpg", image)})
+                    else:
+                        continue
+                    failed += answer.status_code != 200
+                except httpx.HTTPError:
+                    failed += 1
+        errors.append(failed)
+
+    threads = [threading.Thread(target=send, args=(texts[i::clients],)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = run_load(base, clients, seconds, ids, image, seed=0) if seconds else RunResult()
+    result.errors += sum(errors)
+    return result
+
+
 def report(base: str, pid: int, args: argparse.Namespace, ids: list[str], image: bytes | None) -> None:
     print(f"{args.clients} clients, {args.seconds:g} s a run, {os.cpu_count()} CPUs, server pid {pid}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    started = rss_mb(pid)
+    warm = warm_up(base, args.clients, args.warmup, ids, image)
     print(
-        f"{'run':>3} {'requests':>9} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'RSS before':>11} {'RSS after':>10}"
+        f"warm-up: {len(vocabulary())} texts once, then {len(warm.latencies)} requests in {args.warmup:g} s, "
+        f"{warm.errors} errors; RSS {started['rss']:.0f} -> {rss_mb(pid)['rss']:.0f} MB"
     )
-    # Warm up: the server loads each model tower on its first use; that is not steady-state load.
-    run_load(base, 1, 0.01, ids, image, seed=0)
-    with httpx.Client(base_url=base, timeout=300) as client:
-        client.get("/search", params={"q": "red bag"})
-        if image is not None:
-            client.post("/search/upload", files={"image": ("q.jpg", image)})
+    print(
+        f"{'run':>3} {'requests':>9} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} {'errors':>6} "
+        f"{'RSS before':>11} {'RSS after':>10} {'anon after':>11} {'file after':>11}"
+    )
+    ends = []
     for run in range(1, args.runs + 1):
         before = rss_mb(pid)
         result = run_load(base, args.clients, args.seconds, ids, image, seed=run)
         after = rss_mb(pid)
+        ends.append(after)
         lat = sorted(result.latencies)
         p50 = statistics.median(lat) if lat else float("nan")
         p99 = lat[max(0, int(len(lat) * 0.99) - 1)] if lat else float("nan")
         print(
-            f"{run:>3} {len(lat):>9} {len(lat) / args.seconds:>7.1f} {p50:>8.1f} {p99:>8.1f} {result.errors:>6} "
-            f"{before:>8.0f} MB {after:>7.0f} MB"
+            f"{run:>3} {len(lat):>9} {len(lat) / args.seconds:>7.1f} {p50:>8.1f} {p99:>8.1f} {p99 / p50:>7.1f} "
+            f"{result.errors:>6} {before['rss']:>8.0f} MB {after['rss']:>7.0f} MB {after['anon']:>8.0f} MB "
+            f"{after['file']:>8.0f} MB"
         )
+    if len(ends) > 1:
+        grew = {k: ends[-1][k] - ends[0][k] for k in ends[0]}
+        print(
+            f"growth from the end of run 1 to the end of run {len(ends)}: {grew['rss']:+.1f} MB "
+            f"(anonymous {grew['anon']:+.1f} MB, file-backed {grew['file']:+.1f} MB)"
+        )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
