@@ -46,6 +46,7 @@ from shelfsight.search.images import QUERY_POLICY, ImagePolicy, decode_image, is
 from shelfsight.search.indexing import check_fields, content_hash, embed_points, keep_derived, product_payload
 from shelfsight.search.records import Product, point_id
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
+from shelfsight.search.store.base import PointRecord
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -191,7 +192,7 @@ class ProductWriter:
         meta, name, pid = engine.meta, engine.collection, point_id(product_id)
         fields = check_fields(dict(body.model_extra or {}), meta)
         with self.lock:
-            found = engine.store.retrieve(name, [pid])
+            found = engine.store.retrieve(name, [pid], with_vectors=True)
             stored = found[0].payload if found else None
             image = _image(engine, product_id, body, upload, stored)
             product = Product(product_id, body.title.strip(), body.description.strip(), image.ref, fields)
@@ -205,8 +206,8 @@ class ProductWriter:
                 _keep(image.upload, image.data)
             if stored is not None and same:
                 payload = keep_derived(stored, payload, meta)
-                if payload != stored:
-                    engine.store.set_payload(name, {pid: payload}, overwrite=True)
+                if payload != stored:  # whole, with its vectors: what the store derives from the payload follows
+                    engine.store.upsert(name, [PointRecord(pid, found[0].vectors, payload)])
             else:
                 engine.store.upsert(name, embed_points([product], [picture], [payload], engine.embedder, meta).points)
             _drop_uploads(engine, product_id, keep=image.upload)
