@@ -281,6 +281,71 @@ def queries_for(specs: list[Spec], seed: int) -> list[dict]:
     return out
 
 
+_WORD_SUITE_SIZE = 30  # queries drawn for each of the word suites below
+
+
+def word_queries(specs: list[Spec], seed: int) -> list[dict]:
+    """Suites for what a CLIP text tower is weak at: brand + kind, material + kind, an exact
+    product id, a misspelled kind + colour, and made-up words that should find nothing."""
+    rng = random.Random(seed + 2)
+    out: list[dict] = []
+    for suite, key in (("brand+kind", "brand"), ("material+kind", "material")):
+        groups: dict[tuple[str, str], list[Spec]] = {}
+        for s in specs:
+            groups.setdefault((getattr(s, key), s.kind), []).append(s)
+        for (value, kind), members in rng.sample(sorted(groups.items()), min(_WORD_SUITE_SIZE, len(groups))):
+            text = f"{value} {rng.choice(KINDS[kind][0])}"
+            out.append({"query": text, "relevant": sorted(m.id for m in members), "suite": suite, "kind": kind})
+    for spec in rng.sample(specs, min(_WORD_SUITE_SIZE, len(specs))):
+        out.append({"query": spec.id, "relevant": [spec.id], "suite": "exact id"})
+    out += _misspelled_queries(specs, rng)
+    out += [{"query": _made_up(rng), "relevant": [], "suite": "nonsense"} for _ in range(_WORD_SUITE_SIZE)]
+    return out
+
+
+def _misspelled_queries(specs: list[Spec], rng: random.Random) -> list[dict]:
+    groups: dict[tuple[str, str], list[Spec]] = {}
+    for s in specs:
+        groups.setdefault((s.kind, s.color), []).append(s)
+    known = _catalog_words()
+    out = []
+    for (kind, color), members in rng.sample(sorted(groups.items()), min(_WORD_SUITE_SIZE, len(groups))):
+        noun = rng.choice([n for n in KINDS[kind][0] if " " not in n and "-" not in n])
+        typo = _misspell(noun, rng, known)
+        out.append(
+            {"query": f"{color} {typo}", "relevant": sorted(m.id for m in members), "suite": "misspelled", "kind": kind}
+        )
+    return out
+
+
+def _catalog_words() -> set[str]:
+    words = {w for nouns, _, materials in KINDS.values() for w in (*nouns, *materials)}
+    return words | set(COLORS) | {b.lower() for b in BRANDS}
+
+
+def _misspell(word: str, rng: random.Random, known: set[str]) -> str:
+    """One slip of the fingers: two neighbouring letters swapped, one dropped, or one doubled."""
+    while True:
+        i = rng.randrange(len(word) - 1)
+        slip = rng.choice(("swap", "drop", "double") if len(word) > 3 else ("swap", "double"))
+        if slip == "swap":
+            typo = word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+        elif slip == "drop":
+            typo = word[:i] + word[i + 1 :]
+        else:
+            typo = word[: i + 1] + word[i] + word[i + 1 :]
+        if typo != word and typo not in known:
+            return typo
+
+
+def _made_up(rng: random.Random) -> str:
+    consonants = "bcdfghjklmnpqrstvwxz"
+    return " ".join(
+        "".join(rng.choice(consonants if j % 2 == 0 else "aeiouy" + consonants) for j in range(rng.randint(4, 7)))
+        for _ in range(2)
+    )
+
+
 def write_catalog(out: str | Path, n: int = 400, seed: int = 0) -> Path:
     """Write ``catalog.csv``, ``images/`` and ``queries.jsonl`` under ``out``; returns the CSV path."""
     out = Path(out)
@@ -311,7 +376,7 @@ def write_catalog(out: str | Path, n: int = 400, seed: int = 0) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     with (out / "queries.jsonl").open("w") as fh:
-        for q in queries_for(specs, seed):
+        for q in queries_for(specs, seed) + word_queries(specs, seed):
             fh.write(json.dumps(q) + "\n")
     return csv_path
 

@@ -1,8 +1,10 @@
 """Run a query set through the search engine in every retrieval mode and score the rankings.
 
-Modes: ``text-vector`` and ``image-vector`` search one product vector; ``rrf``, ``dbsf`` and
-``weighted`` fuse both late; ``early`` searches the early-fused vector (when the collection has
-one). A query with text and an image is also run as its text part alone and its image part alone,
+Modes: ``text-vector``, ``image-vector`` and ``bm25`` (the product's words) search one product
+vector; ``rrf``, ``dbsf`` and ``weighted`` fuse the two CLIP vectors late, and their ``+bm25``
+forms fuse the words too (the engine's default); ``early`` searches the early-fused vector (when
+the collection has one). Every mode searches as a shopper does: typos corrected, an exact product
+id first, "no close matches" under the collection's relevance floor. A query with text and an image is also run as its text part alone and its image part alone,
 so a table shows whether combining them helps.
 
 Example::
@@ -20,16 +22,20 @@ from dataclasses import asdict, dataclass, field
 
 from shelfsight.evaluation.metrics import METRIC_NAMES, mean_metrics, query_metrics
 from shelfsight.evaluation.queries import EvalQuery
-from shelfsight.search.engine import SearchEngine
+from shelfsight.search.engine import SearchEngine, SearchRequest
 from shelfsight.search.errors import BadInputError
 
 # mode -> (fusion method, product vectors searched)
 MODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "text-vector": ("rrf", ("text",)),
     "image-vector": ("rrf", ("image",)),
+    "bm25": ("rrf", ("bm25",)),
     "rrf": ("rrf", ("image", "text")),
     "dbsf": ("dbsf", ("image", "text")),
     "weighted": ("weighted", ("image", "text")),
+    "rrf+bm25": ("rrf", ("image", "text", "bm25")),
+    "dbsf+bm25": ("dbsf", ("image", "text", "bm25")),
+    "weighted+bm25": ("weighted", ("image", "text", "bm25")),
     "early": ("early", ("fused",)),
 }
 DEPTH = 100  # results read per query: recall and nDCG look at the top 10, MRR at all of them
@@ -76,6 +82,10 @@ def available_modes(engine: SearchEngine, modes: Sequence[str] | None = None) ->
             if explicit:
                 raise BadInputError("mode 'early' needs a collection ingested with --fused-weight A")
             continue
+        if "bm25" in MODES[m][1] and "bm25" not in engine.meta.sparse_vectors:
+            if explicit:
+                raise BadInputError(f"mode {m!r} needs a collection with product words; re-ingest with --reindex")
+            continue
         out.append(m)
     return out
 
@@ -89,14 +99,10 @@ def evaluate(engine: SearchEngine, queries: Sequence[EvalQuery], modes: Sequence
         method, vectors = MODES[mode]
         for q in queries:
             for parts, text, image in _variants(q):
-                hits = engine.search(
-                    text,
-                    image,
-                    fusion_method=method,
-                    vectors=None if method == "early" else vectors,
-                    limit=DEPTH,
-                    parse=False,
-                )
+                if vectors == ("bm25",) and not text:
+                    continue  # words only: nothing to search for an image
+                request = SearchRequest(fusion=method, vectors=None if method == "early" else vectors, limit=DEPTH)
+                hits = engine.run(text, image, request, parse=False)
                 ranked = [h.id for h in hits]
                 scores.setdefault((q.suite, parts, mode), []).append(query_metrics(ranked, q.relevant))
     for (suite, parts, mode), per_query in scores.items():

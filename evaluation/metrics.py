@@ -5,6 +5,8 @@ Recall@k is capped by k: the share of the top k slots that a perfect ranking wou
 relevant products and this one did (a query with 30 relevant products scores 1.0 at k=10 when all
 ten results are relevant; with 2 relevant products, when both are in the top 10). Recall@1 is
 therefore "is the first result right". Hit@10 is looser: is any relevant product in the top 10.
+Empty is the share of queries answered with "no close matches": wanted for made-up words, a
+miss for everything else.
 
 Example::
 
@@ -41,11 +43,15 @@ def ndcg_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float
     return dcg / ideal
 
 
-METRIC_NAMES = ("recall@1", "recall@5", "recall@10", "hit@10", "mrr", "ndcg@10")
+METRIC_NAMES = ("recall@1", "recall@5", "recall@10", "hit@10", "mrr", "ndcg@10", "empty")
 
 
 def query_metrics(ranked: Sequence[str], relevant: Collection[str]) -> dict[str, float]:
+    """Every metric for one query. A query with no relevant product (made-up words) is scored
+    only by ``empty``: whether the search said "no close matches"; its other metrics are NaN."""
     relevant = set(relevant)
+    if not relevant:
+        return {**dict.fromkeys(METRIC_NAMES, math.nan), "empty": float(not ranked)}
     return {
         "recall@1": recall_at_k(ranked, relevant, 1),
         "recall@5": recall_at_k(ranked, relevant, 5),
@@ -53,6 +59,7 @@ def query_metrics(ranked: Sequence[str], relevant: Collection[str]) -> dict[str,
         "hit@10": float(bool(set(ranked[:10]) & relevant)),
         "mrr": reciprocal_rank(ranked, relevant),
         "ndcg@10": ndcg_at_k(ranked, relevant, 10),
+        "empty": float(not ranked),
     }
 
 
@@ -60,4 +67,8 @@ def mean_metrics(per_query: Iterable[dict[str, float]]) -> dict[str, float]:
     rows = list(per_query)
     if not rows:
         return {name: float("nan") for name in METRIC_NAMES}
-    return {name: sum(r[name] for r in rows) / len(rows) for name in METRIC_NAMES}
+    means = {}
+    for name in METRIC_NAMES:
+        values = [r[name] for r in rows if not math.isnan(r[name])]
+        means[name] = sum(values) / len(values) if values else math.nan
+    return means

@@ -2,7 +2,9 @@
 
 Each line is ``{"query": "red bag", "image": "optional/path.jpg", "relevant": ["P1", "P7"]}`` with
 at least one of ``query``/``image``; an optional ``suite`` names the group the query is reported
-in (default: what the query holds, ``text``, ``image`` or ``text+image``). Image paths are
+in (default: what the query holds, ``text``, ``image`` or ``text+image``). An empty ``relevant``
+list says nothing should match (made-up words): such a query is scored by whether it got "no close
+matches". Image paths are
 relative to the file's folder unless absolute or URLs. Other keys are kept as notes.
 """
 
@@ -60,8 +62,8 @@ def _parse_line(raw: str, number: int, path: Path) -> EvalQuery:
         raise BadInputError(f"{where}: 'image' must be a path or URL")
     if not text and not image:
         raise BadInputError(f"{where}: give 'query', 'image' or both")
-    if not isinstance(relevant, list) or not relevant or not all(isinstance(r, (str, int)) for r in relevant):
-        raise BadInputError(f"{where}: 'relevant' must be a non-empty list of product ids")
+    if not isinstance(relevant, list) or not all(isinstance(r, (str, int)) for r in relevant):
+        raise BadInputError(f"{where}: 'relevant' must be a list of product ids ([] when nothing should match)")
     if image and not image.lower().startswith(("http://", "https://")) and not Path(image).is_absolute():
         image = str((path.parent / image).resolve())
     query = EvalQuery(line=number, text=text, image=image, relevant=tuple(str(r) for r in relevant), suite="")

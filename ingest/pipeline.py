@@ -35,9 +35,11 @@ from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import IncompatibleCollectionError
 from shelfsight.search.images import ImageError, ImagePolicy, decode_image, read_image_bytes
 from shelfsight.search.indexing import EmbeddedBatch, content_hash, embed_points, keep_derived, product_payload
+from shelfsight.search.lexical import BM25, product_words
 from shelfsight.search.records import point_id
+from shelfsight.search.relevance import calibrate
 from shelfsight.search.settings import DEFAULT_COLLECTION
-from shelfsight.search.store.base import CollectionMeta, VectorStore
+from shelfsight.search.store.base import CollectionMeta, PointRecord, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ class IngestReport:
     seconds: float = 0.0
     errors: list[RowError] = field(default_factory=list)
     # Seconds per stage: "read" (image reading, hashing and decoding, summed over worker threads,
-    # which overlap embedding), "embed", "write" (upserts and payload updates), "finish" (prune, index).
+    # which overlap embedding), "embed", "write" (upserts and payload updates), "finish" (prune, index),
+    # "calibrate" (the vocabulary and relevance floor, search/relevance.py).
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -221,6 +224,9 @@ def ingest_catalog(
                 on_progress(len(items))
     with _timed(report, "finish"):
         _finish(store, options, catalog, report)
+    if report.ingested or report.updated or report.pruned or not meta.vocabulary:
+        with _timed(report, "calibrate"):
+            calibrate(store, embedder, options.collection)
     report.skipped = len(report.errors)
     report.errors.sort(key=lambda e: e.row)
     report.seconds = time.perf_counter() - started
@@ -263,7 +269,7 @@ def _embed_and_write(
     report.unchanged += batch.unchanged
     if batch.payload_only:
         with _timed(report, "write"):
-            store.set_payload(name, {point_id(i.row.product.id): i.payload for i in batch.payload_only}, overwrite=True)
+            _write_payloads(store, name, meta, batch.payload_only)
         report.updated += len(batch.payload_only)
     if not batch.to_embed:
         return
@@ -275,6 +281,24 @@ def _embed_and_write(
     report.truncated += embedded.truncated
     report.text_only += embedded.text_only
     log.debug("upserted %d products (%d so far)", len(embedded.points), report.ingested)
+
+
+def _write_payloads(store: VectorStore, name: str, meta: CollectionMeta, items: Sequence[ReadItem]) -> None:
+    """New catalog fields for products whose vectors stay. When a product's words changed (a new
+    brand name), its point is written again with its stored vectors, so the store recomputes its
+    BM25 words; otherwise only the payload is replaced."""
+    rewords = [i for i in items if BM25 in meta.sparse_vectors and _words_changed(i, meta)]
+    if len(rewords) < len(items):
+        kept = [i for i in items if i not in rewords]
+        store.set_payload(name, {point_id(i.row.product.id): i.payload for i in kept}, overwrite=True)
+    if rewords:
+        payloads = {point_id(i.row.product.id): i.payload for i in rewords}
+        stored = store.retrieve(name, list(payloads), with_vectors=True)
+        store.upsert(name, [PointRecord(p.id, p.vectors, payloads[p.id]) for p in stored])
+
+
+def _words_changed(item: ReadItem, meta: CollectionMeta) -> bool:
+    return product_words(item.payload, meta) != product_words(item.stored or {}, meta)
 
 
 def _finish(store: VectorStore, options: IngestOptions, catalog: Catalog, report: IngestReport) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,23 @@ from PIL import Image
 from shelfsight.search import fusion
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import BadInputError, IncompatibleCollectionError, ProductNotFoundError
+from shelfsight.search.exact import exact_product, satisfies
 from shelfsight.search.images import ImagePolicy, decode_image, is_url, load_image, to_rgb
+from shelfsight.search.lexical import BM25, bm25_query, correct_words, named_values
 from shelfsight.search.query import Filters, ParsedQuery, parse_filters, parse_query
-from shelfsight.search.records import Hit, Product, VectorScore, point_id
+from shelfsight.search.records import Answer, Hit, Product, VectorScore, point_id
 from shelfsight.search.settings import Settings
 from shelfsight.search.store import open_store
-from shelfsight.search.store.base import CollectionMeta, Filter, NearestQuery, StoredPoint, VectorStore
+from shelfsight.search.store.base import (
+    CollectionMeta,
+    Filter,
+    Match,
+    NearestQuery,
+    Phrase,
+    Sparse,
+    StoredPoint,
+    VectorStore,
+)
 from shelfsight.search.vector_cache import VectorCache, image_key
 
 FUSION_METHODS = ("rrf", "dbsf", "weighted", "early")
@@ -43,6 +54,8 @@ QUERY_CACHE_SIZE = 512
 # limit) candidates with their vectors, so these bound one query's store work and memory.
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000
+# Field values a query may name that get a ranked list each ("Kestrel red mug": brand, colour).
+MAX_NAMED_VALUES = 4
 
 
 @dataclass(frozen=True)
@@ -66,14 +79,39 @@ class SearchRequest:
     min_score: float | None = None
     limit: int | None = None
     offset: int = 0
+    correct: bool = True
 
 
 @dataclass(frozen=True)
 class _List:
-    label: str  # "<query part>-><product vector>", e.g. "text->image"
-    vector: np.ndarray
+    label: str  # "<query part>-><product vector>", e.g. "text->image", "text->bm25"
+    vector: np.ndarray | Sparse
     using: str
     weight: float
+    filter: Filter = ()  # a list of the products with a field value the query names
+
+    @property
+    def dense(self) -> bool:
+        return not isinstance(self.vector, Sparse)
+
+
+@dataclass(frozen=True)
+class _Words:
+    """The query's words: its positive text, and that text as a BM25 query."""
+
+    text: str
+    vector: Sparse
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """How well the best candidates matched, for the relevance floor: the best cosine of a text
+    part against a product vector, whether the query's words were searched (unfiltered), and
+    whether any product shares a word with the query."""
+
+    best_text_cosine: float | None
+    words_searched: bool
+    words_matched: bool
 
 
 @dataclass(frozen=True)
@@ -87,6 +125,14 @@ class _Plan:
     depth: int  # candidates per ranked list
     limit: int
     offset: int
+
+    def evidence(self, results: list[list[StoredPoint]]) -> _Evidence:
+        text_lists = [r for lst, r in zip(self.lists, results) if lst.dense and lst.label.startswith("text->")]
+        best = max((r[0].score for r in text_lists if r), default=None)
+        word_lists = [r for lst, r in zip(self.lists, results) if not lst.dense]
+        # Under filters a shopper chose, an empty words list says more about the filters than the
+        # query, so the floor judges unfiltered searches only.
+        return _Evidence(best, bool(word_lists) and not self.condition, any(word_lists))
 
     @property
     def engine_fusion(self) -> tuple[str, list[float]] | None:
@@ -182,6 +228,16 @@ class SearchEngine:
         self, text: str | None, image: ImageInput | None, request: SearchRequest, *, parse: bool = True
     ) -> list[Hit]:
         """``search`` with its options in one ``SearchRequest`` (what the CLI and HTTP API build)."""
+        return self.answer(text, image, request, parse=parse).hits
+
+    def answer(
+        self, text: str | None, image: ImageInput | None, request: SearchRequest, *, parse: bool = True
+    ) -> Answer:
+        """``run``, with what a shop shows beside the hits: the corrected query, "no close matches",
+        whether the query named a product exactly. Words outside the catalog's vocabulary are
+        corrected unless ``request.correct`` is False."""
+        corrected = correct_words(text, self.meta.vocabulary) if text and request.correct else None
+        text = corrected or text
         parsed = (
             parse_query(text, allow_paths=self.allow_local_paths)
             if parse and text
@@ -196,7 +252,16 @@ class SearchEngine:
             "text": self._default(request.text_weight, "text_weight"),
             "image": self._default(request.image_weight, "image_weight"),
         }
-        return self._execute(self._part_vectors(parsed, images), weights, request)
+        words = self._words(parsed)
+        phrases = self._phrases(parsed)
+        hits, evidence = self._execute(self._part_vectors(parsed, images), weights, request, words, phrases)
+        exact = self._exact_match(text, request) if text and not images and request.offset == 0 else None
+        if exact is not None:
+            limit = self.settings.limit if request.limit is None else int(request.limit)
+            hits = [exact, *(h for h in hits if h.id != exact.id)][:limit]
+        elif not images and self._below_floor(evidence, request):
+            return Answer([], corrected, no_close_matches=True)
+        return Answer(hits, corrected, exact_match=exact is not None)
 
     def similar(
         self,
@@ -214,7 +279,7 @@ class SearchEngine:
         request = SearchRequest(
             filters=filters, fusion=fusion_method, vectors=_names(vectors), limit=limit, offset=offset
         )
-        return self._execute(parts, {"text": 1.0, "image": 1.0}, request, exclude=stored.id)
+        return self._execute(parts, {"text": 1.0, "image": 1.0}, request, exclude=stored.id)[0]
 
     def facets(
         self,
@@ -292,6 +357,47 @@ class SearchEngine:
             parts["image"] = fusion.combine(image_vecs + neg, [w for _, w in images] + neg_w)
         return parts
 
+    def _words(self, parsed: ParsedQuery) -> _Words | None:
+        """The BM25 query of the positive text parts, when the collection keeps product words."""
+        if BM25 not in self.meta.sparse_vectors or not parsed.texts:
+            return None
+        text = " ".join(t for t, _ in parsed.texts)
+        query = bm25_query(text, self.meta.bm25)
+        return _Words(text, query) if query.indices else None
+
+    def _phrases(self, parsed: ParsedQuery) -> Filter:
+        if parsed.phrases and not self.meta.text_fields:
+            raise BadInputError(
+                f"collection {self.collection!r} was built before quoted phrases were indexed; rebuild it "
+                "with `shelfsight ingest CATALOG --reindex`, or search without the quotes"
+            )
+        return tuple(Phrase(p, self.meta.text_fields) for p in parsed.phrases)
+
+    def _exact_match(self, text: str, request: SearchRequest) -> Hit | None:
+        """The product whose id (or SKU-like field) is the whole query, if it passes the filters."""
+        found = exact_product(self.store, self.collection, self.meta, text)
+        if found is None or not satisfies(found[0].payload, parse_filters(request.filters, self.meta)):
+            return None
+        point, field = found
+        label = f"exact:{field}"
+        return Hit(
+            id=str(point.payload.get("product_id", point.id)),
+            score=1.0,
+            payload=_public_payload(point.payload),
+            vector_scores={label: VectorScore(1.0, 1)},
+            contributions={label: 1.0},
+        )
+
+    def _below_floor(self, evidence: _Evidence, request: SearchRequest) -> bool:
+        """No close match: the query's words were searched and no product shares one, and the best
+        text cosine is under the collection's floor (``min_score`` replaces the floor when given)."""
+        floor = request.min_score if request.min_score is not None else self.meta.relevance_floor
+        if floor is None or not evidence.words_searched or evidence.words_matched:
+            return False
+        if evidence.best_text_cosine is None:
+            return True
+        return evidence.best_text_cosine < floor
+
     def _stored(self, product_id: str, with_vectors: bool) -> StoredPoint:
         found = self.store.retrieve(self.collection, [point_id(product_id)], with_vectors=with_vectors)
         if not found:
@@ -303,19 +409,30 @@ class SearchEngine:
         parts: dict[str, np.ndarray],
         part_weights: dict[str, float],
         request: SearchRequest,
+        words: _Words | None = None,
+        phrases: Filter = (),
         exclude: str | None = None,
-    ) -> list[Hit]:
+    ) -> tuple[list[Hit], _Evidence]:
         """Plan the ranked lists, run them in one store round trip, fuse, explain one page."""
-        plan = self._plan(parts, part_weights, request, exclude)
-        queries = [NearestQuery(lst.vector, lst.using, plan.depth, request.min_score) for lst in plan.lists]
+        plan = self._plan(parts, part_weights, request, words, phrases, exclude)
+        queries = [
+            NearestQuery(lst.vector, lst.using, plan.depth, request.min_score if lst.dense else None, lst.filter)
+            for lst in plan.lists
+        ]
         results, fused = self.store.query(
             self.collection, queries, plan.condition, with_vectors=True, fusion=plan.engine_fusion, limit=plan.want
         )
         hits = _explained_hits(plan, results, fused, exclude)
-        return hits[plan.offset : plan.offset + plan.limit]
+        return hits[plan.offset : plan.offset + plan.limit], plan.evidence(results)
 
     def _plan(
-        self, parts: dict[str, np.ndarray], part_weights: dict[str, float], request: SearchRequest, exclude: str | None
+        self,
+        parts: dict[str, np.ndarray],
+        part_weights: dict[str, float],
+        request: SearchRequest,
+        words: _Words | None,
+        phrases: Filter,
+        exclude: str | None,
     ) -> _Plan:
         method = (request.fusion or self.settings.fusion).lower()
         if method not in FUSION_METHODS:
@@ -328,11 +445,13 @@ class SearchEngine:
             )
         if request.min_score is not None and not -1.0 <= request.min_score <= 1.0:
             raise BadInputError(f"min_score is a cosine similarity in [-1, 1], got {request.min_score}")
-        condition = parse_filters(request.filters, self.meta)
+        condition = parse_filters(request.filters, self.meta) + phrases
         if method == "early":
             lists = [self._early_list(parts, part_weights)]
         else:
-            lists = self._lists(parts, part_weights, request.vectors, request.vector_weights)
+            lists = self._lists(parts, part_weights, words, request.vectors, request.vector_weights)
+        if not lists:
+            raise BadInputError("nothing to search: bm25 matches words, and this query has none; add text")
         lists = [lst for lst in lists if lst.weight > 0]
         if not lists:
             raise BadInputError("every ranked list has weight 0; raise a weight above 0")
@@ -353,17 +472,42 @@ class SearchEngine:
         self,
         parts: dict[str, np.ndarray],
         part_weights: dict[str, float],
+        words: _Words | None,
         vectors: Sequence[str] | None,
         vector_weights: Mapping[str, float] | None,
     ) -> list[_List]:
-        vectors = list(vectors) if vectors else ["image", "text"]
+        """One ranked list per (query part, product vector); BM25 words come from the text parts."""
+        vectors = list(vectors) if vectors else ["image", "text", *self.meta.sparse_vectors]
         for v in vectors:
-            if v not in self.meta.vectors or v == "fused":
-                raise BadInputError(f"unknown product vector {v!r}; choose from image, text (or fusion 'early')")
-        vw = {"image": 1.0, "text": 1.0, **(vector_weights or {})}
-        return [
-            _List(f"{part}->{v}", vec, v, part_weights[part] * vw[v]) for part, vec in parts.items() for v in vectors
+            self._check_vector_name(v)
+        vw = {**dict.fromkeys(vectors, 1.0), **(vector_weights or {})}
+        lists = [
+            _List(f"{part}->{v}", vec, v, part_weights[part] * vw[v])
+            for part, vec in parts.items()
+            for v in vectors
+            if v in self.meta.vectors
         ]
+        if words is not None and BM25 in vectors:
+            weight = part_weights["text"] * vw[BM25]
+            lists.append(_List(f"text->{BM25}", words.vector, BM25, weight))
+            lists += [replace(lst, weight=weight) for lst in self._named_lists(parts, words)]
+        return lists
+
+    def _named_lists(self, parts: dict[str, np.ndarray], words: _Words) -> list[_List]:
+        """For each field value the query names ("Kestrel mug" names brand Kestrel), the products
+        that have it, ranked by the text part: a brand or colour is then honoured as such,
+        while the CLIP lists keep their say over the kind."""
+        named = named_values(words.text, self.meta.field_values)[:MAX_NAMED_VALUES]
+        return [_List(f"text->text[{f}={v}]", parts["text"], "text", 1.0, (Match(f, (v,)),)) for f, v in named]
+
+    def _check_vector_name(self, name: str) -> None:
+        if name == BM25 and BM25 not in self.meta.sparse_vectors:
+            raise BadInputError(
+                f"collection {self.collection!r} was built before keyword search (bm25) existed; rebuild it "
+                "with `shelfsight ingest CATALOG --reindex` to search product words"
+            )
+        if name not in (*self.meta.vectors, *self.meta.sparse_vectors) or name == "fused":
+            raise BadInputError(f"unknown product vector {name!r}; choose from image, text, bm25 (or fusion 'early')")
 
 
 def _names(vectors: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -383,8 +527,15 @@ def _fused_order(
         contributions = fusion.fuse_dbsf(ranked, weights)
         order = [(p.id, p.score) for p in fused] if fused is not None else fusion.rank_fused(contributions)
         return order, contributions
-    # weighted: exact cosines for every candidate in every list
-    exact = {pid: [_cosine(p.vectors.get(lst.using), lst.vector) for lst in plan.lists] for pid, p in by_id.items()}
+    # weighted: exact cosines for every candidate in every dense list; BM25 scores over the list's best
+    top = [max((score for _, score in r), default=0.0) or 1.0 for r in ranked]
+    found = [dict(r) for r in ranked]
+    exact = {
+        pid: [
+            _exact_score(lst, p) if lst.dense else found[i].get(pid, 0.0) / top[i] for i, lst in enumerate(plan.lists)
+        ]
+        for pid, p in by_id.items()
+    }
     contributions = fusion.fuse_weighted(exact, weights)
     return fusion.rank_fused(contributions), contributions
 
@@ -406,9 +557,7 @@ def _explained_hits(
             continue
         point = by_id[pid]
         explanation = {
-            lst.label: VectorScore(
-                float(scores[i].get(pid, _cosine(point.vectors.get(lst.using), lst.vector))), ranks[i].get(pid)
-            )
+            lst.label: VectorScore(float(scores[i].get(pid, _exact_score(lst, point))), ranks[i].get(pid))
             for i, lst in enumerate(plan.lists)
         }
         shares = contributions.get(pid, [0.0] * len(plan.lists))
@@ -424,9 +573,18 @@ def _explained_hits(
     return hits
 
 
-def _cosine(stored: np.ndarray | None, query: np.ndarray) -> float:
-    """Cosine of unit vectors; a product without that vector (text-only) scores 0."""
-    if stored is None or len(stored) == 0:
+def _exact_score(lst: _List, point: StoredPoint) -> float:
+    """A candidate's cosine in a list it may not have reached; 0 in a list of products with a
+    field value it lacks."""
+    if lst.filter and not satisfies(point.payload, lst.filter):
+        return 0.0
+    return _cosine(point.vectors.get(lst.using), lst.vector)
+
+
+def _cosine(stored: np.ndarray | None, query: np.ndarray | Sparse) -> float:
+    """Cosine of unit vectors; a product without that vector (text-only) scores 0, and so does
+    one that shares no word with the query (a BM25 list it is not in)."""
+    if stored is None or len(stored) == 0 or isinstance(query, Sparse):
         return 0.0
     return float(np.dot(stored, query))
 

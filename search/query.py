@@ -1,10 +1,12 @@
 """Query text syntax and payload filters, parsed into typed parts.
 
 Query syntax (after rclip): parts joined by ``+``; a part that names an image file or URL is an
-image; ``N:part`` weights a part; ``-word`` pushes results away from a word. Examples::
+image; ``N:part`` weights a part; ``-word`` pushes results away from a word; a ``"quoted
+phrase"`` must appear, word for word, in the product's title or description. Examples::
 
     parse_query("red dress + ./photo.jpg")    # a text part and an image part
     parse_query("2:leather bag -striped")     # weighted text, negative term
+    parse_query('"red leather" bag')          # only products whose text says "red leather"
 Filters: ``category=shoe``, ``category=shoe,bag``, ``color!=red``, ``price<=40``, ``price>10``.
 """
 
@@ -18,10 +20,11 @@ from typing import Any
 
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.images import is_url
-from shelfsight.search.store.base import CollectionMeta, Condition, Filter, Match, Range
+from shelfsight.search.store.base import CollectionMeta, Condition, Filter, Match, Phrase, Range
 
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$")
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
+_PHRASE = re.compile(r'"([^"]+)"')
 _PATH_STARTS = ("./", "../", "/", "~/")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 # How hard "-word" pushes away, relative to the positive text. Measured on the demo catalog (24
@@ -42,6 +45,7 @@ class ParsedQuery:
     texts: tuple[tuple[str, float], ...] = ()
     images: tuple[tuple[str, float], ...] = ()
     negatives: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    phrases: tuple[str, ...] = ()  # "quoted phrases" that must appear in the product's text
 
     @property
     def empty(self) -> bool:
@@ -82,6 +86,7 @@ def parse_query(text: str, *, allow_paths: bool = True) -> ParsedQuery:
     texts: list[tuple[str, float]] = []
     images: list[tuple[str, float]] = []
     negatives: list[tuple[str, float]] = []
+    phrases: list[str] = []
     for raw in re.split(r"\s\+\s|^\+\s|\s\+$", text or ""):
         part = raw.strip()
         if not part:
@@ -93,8 +98,9 @@ def parse_query(text: str, *, allow_paths: bool = True) -> ParsedQuery:
         if _looks_like_image(part, allow_paths):
             images.append((part, weight))
             continue
+        phrases.extend(p.strip() for p in _PHRASE.findall(part) if p.strip())
         words = []
-        for token in part.split():
+        for token in part.replace('"', " ").split():
             if token.startswith("-") and len(token) > 1:
                 negatives.append((token[1:], NEGATIVE_WEIGHT))
             else:
@@ -106,7 +112,7 @@ def parse_query(text: str, *, allow_paths: bool = True) -> ParsedQuery:
             f"query has {len(texts) + len(images) + len(negatives)} parts and negative terms, over the "
             f"cap of {MAX_QUERY_PARTS}; join words into fewer ' + ' parts"
         )
-    return ParsedQuery(tuple(texts), tuple(images), tuple(negatives))
+    return ParsedQuery(tuple(texts), tuple(images), tuple(negatives), tuple(phrases))
 
 
 def _finite_weight(value: str, part: str) -> float:
@@ -185,6 +191,12 @@ def _number(key: str, value: Any) -> float:
 
 
 def _check(c: Condition, meta: CollectionMeta) -> Condition:
+    if isinstance(c, Phrase):
+        unknown = [f for f in c.fields if f not in meta.text_fields]
+        if unknown or not c.fields:
+            indexed = ", ".join(meta.text_fields) or "none (rebuild with `shelfsight ingest CATALOG --reindex`)"
+            raise BadInputError(f"phrase search needs full-text fields; this collection has: {indexed}")
+        return c
     kind = meta.fields.get(c.field)
     if kind is None:
         known = ", ".join(sorted(meta.fields)) or "none"

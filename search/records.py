@@ -84,3 +84,27 @@ class Hit:
             "vector_scores": {name: {"score": vs.score, "rank": vs.rank} for name, vs in self.vector_scores.items()},
             "contributions": self.contributions,
         }
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A search's hits and what a shop tells the shopper about them.
+
+    ``showing_results_for`` is the query as searched when words in it were corrected ("showing
+    results for red mug"); ``no_close_matches`` is True when nothing passed the collection's
+    relevance floor, and then ``hits`` is empty; ``exact_match`` is True when the query named a
+    product (its id or SKU) and that product leads the hits.
+    """
+
+    hits: list[Hit]
+    showing_results_for: str | None = None
+    no_close_matches: bool = False
+    exact_match: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hits": [h.to_dict() for h in self.hits],
+            "showing_results_for": self.showing_results_for,
+            "no_close_matches": self.no_close_matches,
+            "exact_match": self.exact_match,
+        }

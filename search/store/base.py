@@ -14,6 +14,17 @@ from typing import Any, Protocol
 import numpy as np
 
 SCHEMA_VERSION = 1
+# Qdrant's BM25 as every collection made here uses it, for documents and queries alike. Product
+# texts are short (a title, a sentence or two, a few fields): about 30 words, not BM25's 256.
+BM25_SETTINGS: dict[str, Any] = {"language": "english", "avg_len": 32.0}
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """A sparse vector: term ids and their weights (BM25 words)."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,15 @@ class Range:
     lte: float | None = None
 
 
-Condition = Match | Range
+@dataclass(frozen=True)
+class Phrase:
+    """The words of ``phrase``, in order, in at least one of ``fields`` (full-text indexed)."""
+
+    phrase: str
+    fields: tuple[str, ...]
+
+
+Condition = Match | Range | Phrase
 Filter = tuple[Condition, ...]  # all conditions must hold
 
 
@@ -84,6 +103,13 @@ class CollectionMeta:
     ``fused_weight`` is the image share A of the early-fused vector, None when absent.
     ``derived`` names payload fields computed from the vectors (zero-shot tags): a re-ingest of an
     unchanged product keeps them, where it replaces the fields the catalog owns.
+    ``sparse_vectors`` names the sparse vectors (``bm25``, the product's words, made with
+    ``bm25``'s settings); ``text_fields`` have full-text indexes for quoted phrases;
+    ``vocabulary`` counts the products holding each word (typo correction); ``field_values`` lists
+    the values of keyword fields with few of them (brands, colours), which a query can name;
+    ``relevance_floor`` is
+    the best-hit cosine below which a text query has no close match. Collections made before
+    these existed read as empty values here, and searches that need them say to ``--reindex``.
     """
 
     model: str
@@ -95,6 +121,12 @@ class CollectionMeta:
     schema_version: int = SCHEMA_VERSION
     derived: tuple[str, ...] = ()
     options: CollectionOptions = field(default_factory=CollectionOptions)
+    sparse_vectors: tuple[str, ...] = ("bm25",)
+    bm25: dict[str, Any] = field(default_factory=lambda: dict(BM25_SETTINGS))
+    text_fields: tuple[str, ...] = ("title", "description")
+    vocabulary: dict[str, int] = field(default_factory=dict)
+    field_values: dict[str, list[str]] = field(default_factory=dict)
+    relevance_floor: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +139,12 @@ class CollectionMeta:
             "schema_version": self.schema_version,
             "derived": list(self.derived),
             "options": self.options.to_dict(),
+            "sparse_vectors": list(self.sparse_vectors),
+            "bm25": dict(self.bm25),
+            "text_fields": list(self.text_fields),
+            "vocabulary": dict(self.vocabulary),
+            "field_values": {k: list(v) for k, v in self.field_values.items()},
+            "relevance_floor": self.relevance_floor,
         }
 
     @classmethod
@@ -121,6 +159,12 @@ class CollectionMeta:
             schema_version=int(data.get("schema_version", 0)),
             derived=tuple(data.get("derived", ())),
             options=CollectionOptions.from_dict(data.get("options") or {}),
+            sparse_vectors=tuple(data.get("sparse_vectors", ())),
+            bm25=dict(data.get("bm25") or BM25_SETTINGS),
+            text_fields=tuple(data.get("text_fields", ())),
+            vocabulary=dict(data.get("vocabulary") or {}),
+            field_values={k: list(v) for k, v in (data.get("field_values") or {}).items()},
+            relevance_floor=data.get("relevance_floor"),
         )
 
 
@@ -145,12 +189,14 @@ class StoredPoint:
 
 @dataclass(frozen=True)
 class NearestQuery:
-    """One ranked list: the points nearest to ``vector`` in the named vector ``using``."""
+    """One ranked list: the points nearest to ``vector`` in the named vector ``using`` (a dense
+    vector, or a ``Sparse`` one for a sparse vector such as ``bm25``)."""
 
-    vector: np.ndarray
+    vector: np.ndarray | Sparse
     using: str
     limit: int
     score_threshold: float | None = None
+    filter: Filter = ()  # this list's own conditions, on top of the request's
 
 
 class VectorStore(Protocol):

@@ -27,14 +27,17 @@ from typing import Any, ClassVar
 import numpy as np
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.fusion import RRF_K
+from shelfsight.search.lexical import BM25, bm25_document, product_words
 from shelfsight.search.store.base import (
     CollectionMeta,
     CollectionOptions,
     Filter,
     Match,
     NearestQuery,
+    Phrase,
     PointRecord,
     Range,
+    Sparse,
     StoredPoint,
 )
 from shelfsight.search.store.validate import check_vectors
@@ -56,13 +59,15 @@ class Dialect:
     prefetches: str  # the request keyword that takes the prefetches
     rrf: Callable[[int, list[float]], Any]  # (k, weights)
     dbsf: Callable[[], Any]
+    sparse: Callable[[list[int], list[float]], Any]  # (indices, values)
+    match_phrase: Callable[[str], Any]
 
 
 def to_stored(point: Any, with_vectors: bool) -> StoredPoint:
     """A client's record or scored point as ours; ids become strings (qdrant-edge returns UUIDs)."""
     vectors = {}
-    if with_vectors and isinstance(point.vector, dict):
-        vectors = {k: np.asarray(v, dtype=np.float32) for k, v in point.vector.items()}
+    if with_vectors and isinstance(point.vector, dict):  # dense vectors only: sparse ones are words
+        vectors = {k: np.asarray(v, dtype=np.float32) for k, v in point.vector.items() if isinstance(v, list)}
     return StoredPoint(
         id=str(point.id),
         payload=dict(point.payload or {}),
@@ -71,7 +76,7 @@ def to_stored(point: Any, with_vectors: bool) -> StoredPoint:
     )
 
 
-def _as_lists(vectors: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
+def _as_lists(vectors: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {k: np.asarray(v, dtype=np.float32).tolist() for k, v in vectors.items()}
 
 
@@ -128,6 +133,9 @@ class QdrantStore(ABC):
             elif isinstance(c, Range):
                 rng = d.range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte)
                 must.append(d.field_condition(key=c.field, range=rng))
+            elif isinstance(c, Phrase):  # in any of the fields: a nested filter of alternatives
+                either = [d.field_condition(key=f, match=d.match_phrase(c.phrase)) for f in c.fields]
+                must.append(d.filter(should=either))
             else:
                 raise BadInputError(f"unsupported filter condition {c!r}")
         return d.filter(must=must or None, must_not=must_not or None)
@@ -138,8 +146,24 @@ class QdrantStore(ABC):
         meta = self.get_meta(name)
         for p in points:  # all checked before any is written: the engine would write up to a bad one
             check_vectors(p.id, p.vectors, meta)
-        made = [self.dialect.point(id=p.id, vector=_as_lists(p.vectors), payload=p.payload) for p in points]
+        made = [self.dialect.point(id=p.id, vector=self._vectors(p, meta), payload=p.payload) for p in points]
         self._write_points(name, made)
+
+    def _vectors(self, point: PointRecord, meta: CollectionMeta) -> dict[str, Any]:
+        """The point's dense vectors, and its BM25 words when the collection has them."""
+        vectors = _as_lists(point.vectors)
+        if BM25 in meta.sparse_vectors:
+            words = bm25_document(product_words(point.payload, meta), meta.bm25)
+            vectors[BM25] = self.dialect.sparse(list(words.indices), list(words.values))
+        return vectors
+
+    def _query_vector(self, query: NearestQuery, meta: CollectionMeta) -> Any:
+        if isinstance(query.vector, Sparse):
+            if query.using not in meta.sparse_vectors:
+                raise BadInputError(f"the collection has no sparse vector {query.using!r}")
+            return self.dialect.sparse(list(query.vector.indices), list(query.vector.values))
+        check_vectors("query", {query.using: query.vector}, meta)
+        return np.asarray(query.vector, dtype=np.float32).tolist()
 
     def scroll(
         self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
@@ -168,17 +192,20 @@ class QdrantStore(ABC):
         """Each nearest list and, with ``fusion``, the engine's fusion of them, in one batch;
         ``exact`` scans every point instead of asking an index (for checks, not for serving)."""
         meta = self.get_meta(name)
-        for q in lists:
-            check_vectors("query", {q.using: q.vector}, meta)
+        vectors = [self._query_vector(q, meta) for q in lists]
         d = self.dialect
         client_filter = self._filter(filter)
-        params = self._exact_params() if exact else self._search_params(filter, meta.options)
         nearest = [
-            d.nearest(np.asarray(q.vector, dtype=np.float32).tolist(), q.using)
-            | {"limit": q.limit, "score_threshold": q.score_threshold, "filter": client_filter, "params": params}
-            for q in lists
+            d.nearest(vector, q.using)
+            | {
+                "limit": q.limit,
+                "score_threshold": q.score_threshold,
+                "filter": self._filter(filter + q.filter) if q.filter else client_filter,
+                "params": self._exact_params() if exact else self._search_params(filter + q.filter, meta.options),
+            }
+            for q, vector in zip(lists, vectors)
         ]
-        shown = {"with_payload": True, "with_vector": with_vectors}
+        shown = {"with_payload": True, "with_vector": list(meta.vectors) if with_vectors else False}
         requests = [d.request(**n, **shown) for n in nearest]
         if fusion is not None:
             method, weights = fusion

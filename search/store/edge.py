@@ -26,6 +26,8 @@ from shelfsight.search.store.validate import check_collection_name
 
 _META_FILE = "collection.json"
 _INDEX_TYPES = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float}
+# Full-text indexes for quoted phrases: words in order, case-insensitive.
+_TEXT_INDEX = qe.TextIndexParams(tokenizer=qe.TokenizerType.Word, lowercase=True, phrase_matching=True)
 # Above this share of points passing a filter, HNSW alone keeps recall; below it, use ACORN.
 _ACORN_MAX_SELECTIVITY = 0.4
 
@@ -46,6 +48,8 @@ class EdgeStore(QdrantStore):
         prefetches="prefetches",
         rrf=lambda k, weights: qe.Fusion.Rrf(k=k, weights=weights),
         dbsf=qe.Fusion.Dbsf,
+        sparse=qe.SparseVector,
+        match_phrase=qe.MatchPhrase,
     )
 
     def __init__(self, db: str | os.PathLike[str]):
@@ -82,6 +86,8 @@ class EdgeStore(QdrantStore):
         self._shards[name] = shard
         for field, kind in meta.fields.items():
             shard.update(qe.UpdateOperation.create_field_index(field, _INDEX_TYPES[kind]))
+        for field in meta.text_fields:
+            shard.update(qe.UpdateOperation.create_field_index(field, _TEXT_INDEX))
         self._write_meta(name, meta)
 
     def drop_collection(self, name: str) -> None:

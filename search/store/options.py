@@ -89,7 +89,8 @@ def edge_applicable(options: CollectionOptions) -> CollectionOptions:
 
 
 def edge_config(meta: CollectionMeta) -> Any:
-    """qdrant-edge's shard config for ``meta``: cosine vectors, on-disk storage, int8 quantization."""
+    """qdrant-edge's shard config for ``meta``: cosine vectors, BM25 words weighted by IDF, on-disk
+    storage, int8 quantization."""
     import qdrant_edge as qe
 
     o = meta.options
@@ -107,7 +108,8 @@ def edge_config(meta: CollectionMeta) -> Any:
         )
         for v in meta.vectors
     }
-    return qe.EdgeConfig(vectors=vectors, on_disk_payload=o.on_disk_payload or None)
+    sparse = {v: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf) for v in meta.sparse_vectors}
+    return qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse or None, on_disk_payload=o.on_disk_payload or None)
 
 
 def server_collection_kwargs(meta: CollectionMeta) -> dict[str, Any]:
@@ -126,8 +128,10 @@ def server_collection_kwargs(meta: CollectionMeta) -> dict[str, Any]:
         if o.quantization == "int8"
         else None
     )
+    sparse = {v: qm.SparseVectorParams(modifier=qm.Modifier.IDF) for v in meta.sparse_vectors}
     return {
         "vectors_config": vectors,
+        "sparse_vectors_config": sparse or None,
         "shard_number": o.shards,
         "replication_factor": o.replication_factor,
         "write_consistency_factor": o.write_consistency,

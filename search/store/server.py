@@ -21,6 +21,10 @@ from shelfsight.search.store.validate import check_collection_name
 
 _INDEX_TYPES = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
 _META_KEY = "shelfsight"
+# Full-text indexes for quoted phrases: words in order, case-insensitive.
+_TEXT_INDEX = qm.TextIndexParams(
+    type=qm.TextIndexType.TEXT, tokenizer=qm.TokenizerType.WORD, lowercase=True, phrase_matching=True
+)
 
 
 class ServerStore(QdrantStore):
@@ -39,6 +43,8 @@ class ServerStore(QdrantStore):
         prefetches="prefetch",
         rrf=lambda k, weights: qm.RrfQuery(rrf=qm.Rrf(k=k, weights=weights)),
         dbsf=lambda: qm.FusionQuery(fusion=qm.Fusion.DBSF),
+        sparse=lambda indices, values: qm.SparseVector(indices=indices, values=values),
+        match_phrase=lambda phrase: qm.MatchPhrase(phrase=phrase),
     )
 
     def __init__(self, client: QdrantClient):
@@ -66,6 +72,8 @@ class ServerStore(QdrantStore):
         self.client.create_collection(name, **server_collection_kwargs(meta), metadata={_META_KEY: meta.to_dict()})
         for field, kind in meta.fields.items():
             self.client.create_payload_index(name, field, _INDEX_TYPES[kind])
+        for field in meta.text_fields:
+            self.client.create_payload_index(name, field, _TEXT_INDEX)
         self._metas[name] = meta
 
     def drop_collection(self, name: str) -> None:

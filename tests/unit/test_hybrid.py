@@ -1,0 +1,119 @@
+"""Words beside CLIP, on every backend: BM25 lists, exact ids, quoted phrases, typo correction, the
+relevance floor, and collections made before any of these existed.
+
+The tiny model is random, so these tests lean on what the words decide, not on CLIP's ranking.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+
+import pytest
+from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
+from shelfsight.search.engine import SearchEngine, SearchRequest
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.lexical import correct_words, named_values, vocabulary
+
+
+def _rows(catalog_dir) -> list[dict]:
+    return list(csv.DictReader((catalog_dir / "catalog.csv").open()))
+
+
+def test_bm25_alone_finds_the_products_with_the_word(engine, catalog_dir):
+    brand = _rows(catalog_dir)[0]["brand"]
+    holders = {r["id"] for r in _rows(catalog_dir) if brand.lower() in (r["title"] + r["description"]).lower()}
+    hits = engine.search(brand, vectors=["bm25"], limit=100)
+    assert {h.id for h in hits} == holders
+    assert all(h.vector_scores["text->bm25"].rank for h in hits)
+
+
+def test_default_search_fuses_the_words_list_and_explains_it(engine, catalog_dir):
+    row = _rows(catalog_dir)[3]
+    hit = engine.search(f"{row['brand']} {row['type']}", limit=5)[0]
+    assert "text->bm25" in hit.vector_scores and "text->bm25" in hit.contributions
+    assert sum(hit.contributions.values()) == pytest.approx(hit.score, rel=1e-3)
+
+
+def test_a_product_id_finds_that_product_first(engine, catalog_dir):
+    row = _rows(catalog_dir)[7]
+    answer = engine.answer(row["id"], None, SearchRequest(limit=5))
+    assert answer.exact_match and answer.hits[0].id == row["id"]
+    assert answer.hits[0].vector_scores["exact:product_id"].rank == 1
+    assert len(answer.hits) == 5 and len({h.id for h in answer.hits}) == 5
+    # an exact match still obeys the filters
+    other = next(r["category"] for r in _rows(catalog_dir) if r["category"] != row["category"])
+    filtered = engine.answer(row["id"], None, SearchRequest(filters=(f"category={other}",), limit=5))
+    assert not filtered.exact_match and row["id"] not in {h.id for h in filtered.hits}
+
+
+def test_quoted_phrase_must_appear_word_for_word(engine, catalog_dir):
+    row = _rows(catalog_dir)[2]
+    words = row["title"].split()
+    phrase = " ".join(words[-2:]).lower()
+    hits = engine.search(f'"{phrase}"', limit=100)
+    assert hits and all(phrase in (h.payload["title"] + " " + h.payload["description"]).lower() for h in hits)
+    reversed_phrase = " ".join(reversed(words[-2:])).lower()
+    assert all(
+        reversed_phrase not in (h.payload["title"] + " " + h.payload["description"]).lower()
+        for h in engine.search(f'"{reversed_phrase}"', limit=100)
+    )
+
+
+def test_a_misspelled_word_is_corrected_and_said(engine, catalog_dir):
+    noun = next(r["type"] for r in _rows(catalog_dir) if len(r["type"]) >= 5 and r["type"].isalpha())
+    typo = noun[0] + noun[2] + noun[1] + noun[3:]  # two neighbours swapped
+    answer = engine.answer(f"{typo}", None, SearchRequest(limit=10))
+    assert answer.showing_results_for == noun
+    assert engine.answer(typo, None, SearchRequest(limit=10, correct=False)).showing_results_for is None
+
+
+def test_made_up_words_find_nothing_unless_min_score_says_otherwise(engine):
+    assert engine.meta.relevance_floor is not None
+    answer = engine.answer("qwxzv jjkrt", None, SearchRequest(limit=10))
+    assert answer.no_close_matches and answer.hits == []
+    forced = engine.answer("qwxzv jjkrt", None, SearchRequest(limit=10, min_score=-1.0))
+    assert not forced.no_close_matches and len(forced.hits) == 10
+
+
+def test_a_collection_from_before_words_says_to_reindex(engine):
+    old = SearchEngine(engine.store, engine.embedder, engine.collection)
+    old.meta = replace(old.meta, sparse_vectors=(), text_fields=(), vocabulary={}, relevance_floor=None)
+    with pytest.raises(BadInputError, match="--reindex"):
+        old.search("bag", vectors=["bm25"])
+    with pytest.raises(BadInputError, match="--reindex"):
+        old.search('"red bag"')
+    assert old.search("bag", limit=3)  # plain searches keep working, on the CLIP lists
+
+
+def test_a_renamed_brand_is_searchable_without_embedding_again(store, collection_name, embedder, catalog_dir, tmp_path):
+    options = IngestOptions(collection=collection_name)
+    ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
+    rows = _rows(catalog_dir)
+    rows[0]["brand"] = "Zephyrine"
+    for r in rows:
+        r["image"] = str(catalog_dir / r["image"])
+    changed = tmp_path / "changed.csv"
+    with changed.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    report = ingest_catalog(changed, store, embedder, options)
+    assert (report.ingested, report.updated) == (0, 1)
+    engine = SearchEngine(store, embedder, collection_name)
+    assert [h.id for h in engine.search("zephyrine", vectors=["bm25"])] == [rows[0]["id"]]
+
+
+def test_typo_correction_rules():
+    vocab = vocabulary(["Kestrel red leather mug", "blue canvas sneaker", "cap cup"])
+    assert correct_words("Kestrl mgu", vocab) == "kestrel mug"  # one edit each; a swap counts as one
+    assert correct_words("cpa", vocab) == "cap"
+    assert correct_words("blue sneakr + ./photo.jpg", vocab) == "blue sneaker + ./photo.jpg"
+    assert correct_words('"kestrl" P000-12', vocab) is None  # quoted and id-like words stay
+    assert correct_words("zzzz qqq", vocab) is None  # nothing close enough
+
+
+def test_named_values_match_whole_words_in_order():
+    values = {"brand": ["Fable & Co", "Atlas"], "color": ["red"]}
+    assert named_values("fable & co red mug", values) == [("brand", "Fable & Co"), ("color", "red")]
+    assert named_values("atlases", values) == []
