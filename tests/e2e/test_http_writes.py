@@ -14,6 +14,7 @@ import io
 import json
 import random
 import shutil
+import threading
 
 import httpx
 import pytest
@@ -136,6 +137,41 @@ def test_a_put_of_a_catalog_row_as_ingested_keeps_its_vectors(api, catalog_row, 
     stored = api.get(f"/products/{product_id}").json()
     assert {k: stored[k] for k in row} == row
     assert api.get(f"/products/{product_id}/image").content == image
+
+
+def test_queries_never_fail_while_products_change(api):
+    """Eight clients search while products are created, updated and deleted through the API."""
+    stop = threading.Event()
+    failures: list[str] = []
+    answered: list[int] = []
+
+    def query(seed: int) -> None:
+        rng, done = random.Random(seed), 0
+        with httpx.Client(base_url=api.base_url, headers=READ, timeout=120) as client:
+            while True:  # at least one query each, then until the writes are over
+                params = {"q": rng.choice(["red bag", "blue mug", "noise print", "green shoe -striped"])}
+                answer = client.get("/search", params=params)
+                failures.extend([answer.text] if answer.status_code != 200 else [])
+                done += 1
+                if stop.is_set():
+                    break
+        answered.append(done)
+
+    clients = [threading.Thread(target=query, args=(seed,)) for seed in range(8)]
+    for client in clients:
+        client.start()
+    try:
+        for i in range(6):
+            image = base64.b64encode(picture(100 + i)).decode()
+            put(api, f"W-load-{i}", json={"title": f"noise print {i}", "image_base64": image})
+            put(api, f"W-load-{i}", json={"title": f"noise print {i}", "price": 5.0 + i})
+            assert api.delete(f"/products/W-load-{i}", headers=ADMIN).status_code == 200
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    assert not failures, failures[:3]
+    assert len(answered) == 8 and min(answered) >= 1
 
 
 def test_writes_need_the_admin_key(api):
