@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from shelfsight.search import fusion
+from shelfsight.search.boosts import label, parse_boosts, signal
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import BadInputError, IncompatibleCollectionError, ProductNotFoundError
 from shelfsight.search.exact import exact_product, satisfies
@@ -33,7 +34,9 @@ from shelfsight.search.records import Answer, Hit, Product, VectorScore, point_i
 from shelfsight.search.settings import Settings
 from shelfsight.search.store import open_store
 from shelfsight.search.store.base import (
+    Boost,
     CollectionMeta,
+    Diversity,
     Filter,
     Match,
     NearestQuery,
@@ -62,8 +65,11 @@ MAX_NAMED_VALUES = 4
 class SearchRequest:
     """A search's options beyond the query itself; ``None`` means the engine's settings decide.
 
-    ``vectors`` picks the product vectors searched (default ``image`` and ``text``);
-    ``min_score`` is a cosine floor on each ranked list.
+    ``vectors`` picks the product vectors searched (default ``image``, ``text`` and ``bm25``);
+    ``min_score`` is a cosine floor on each ranked list and replaces the collection's relevance
+    floor; ``correct=False`` searches misspelled words as typed; ``diversity`` (0-1) spreads a
+    page over unlike products (maximal marginal relevance); ``boosts`` are shop signals such as
+    ``"stock=in:0.5"`` (``shelfsight.search.boosts``).
 
     Example::
 
@@ -80,6 +86,8 @@ class SearchRequest:
     limit: int | None = None
     offset: int = 0
     correct: bool = True
+    diversity: float | None = None
+    boosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,13 @@ class _Plan:
     depth: int  # candidates per ranked list
     limit: int
     offset: int
+    boosts: tuple[Boost, ...] = ()
+    diversity: Diversity | None = None
+
+    @property
+    def reranked(self) -> bool:
+        """Whether the store's last stage (boosts or diversity) orders the page."""
+        return bool(self.boosts) or self.diversity is not None
 
     def evidence(self, results: list[list[StoredPoint]]) -> _Evidence:
         text_lists = [r for lst, r in zip(self.lists, results) if lst.dense and lst.label.startswith("text->")]
@@ -420,7 +435,14 @@ class SearchEngine:
             for lst in plan.lists
         ]
         results, fused = self.store.query(
-            self.collection, queries, plan.condition, with_vectors=True, fusion=plan.engine_fusion, limit=plan.want
+            self.collection,
+            queries,
+            plan.condition,
+            with_vectors=True,
+            fusion=plan.engine_fusion,
+            limit=plan.want,
+            boosts=plan.boosts,
+            diversity=plan.diversity,
         )
         hits = _explained_hits(plan, results, fused, exclude)
         return hits[plan.offset : plan.offset + plan.limit], plan.evidence(results)
@@ -457,7 +479,24 @@ class SearchEngine:
             raise BadInputError("every ranked list has weight 0; raise a weight above 0")
         # Ask for one more when a product must be left out of its own "similar" list.
         want = limit + request.offset + (1 if exclude else 0)
-        return _Plan(method, tuple(lists), condition, want, max(MIN_CANDIDATES, 2 * want), limit, request.offset)
+        plan = _Plan(method, tuple(lists), condition, want, max(MIN_CANDIDATES, 2 * want), limit, request.offset)
+        return self._last_stage(plan, parts, request)
+
+    def _last_stage(self, plan: _Plan, parts: dict[str, np.ndarray], request: SearchRequest) -> _Plan:
+        """The plan with its boosts or diversity, which the store applies after fusing."""
+        boosts = parse_boosts(request.boosts, self.meta)
+        if not boosts and request.diversity is None:
+            return plan
+        if len(plan.lists) > 1 and plan.engine_fusion is None:
+            raise BadInputError("boosts and diversity work with rrf, dbsf (equal weights) or early fusion")
+        diversity = None
+        if request.diversity is not None:
+            if not 0.0 <= request.diversity <= 1.0:
+                raise BadInputError(f"diversity is from 0 (relevance only) to 1, got {request.diversity}")
+            using = "image" if "image" in self.meta.vectors else "text"
+            vector = parts["text"] if "text" in parts else parts["image"]
+            diversity = Diversity(vector, using, request.diversity, plan.depth)
+        return replace(plan, boosts=boosts, diversity=diversity)
 
     def _early_list(self, parts: dict[str, np.ndarray], part_weights: dict[str, float]) -> _List:
         if "fused" not in self.meta.vectors:
@@ -519,6 +558,9 @@ def _fused_order(
 ) -> tuple[list[tuple[str, float]], dict[str, list[float]]]:
     """The fused ranking and each id's per-list contributions, for the plan's fusion method."""
     weights = [lst.weight for lst in plan.lists]
+    if plan.reranked:  # the store's last stage ordered the page; the lists explain each hit
+        contributions = _list_contributions(plan, ranked)
+        return [(p.id, sum(contributions.get(p.id, [0.0]))) for p in fused or []], contributions
     if len(plan.lists) == 1:
         return list(ranked[0]), {pid: [score] for pid, score in ranked[0]}
     if plan.method == "rrf":
@@ -538,6 +580,28 @@ def _fused_order(
     }
     contributions = fusion.fuse_weighted(exact, weights)
     return fusion.rank_fused(contributions), contributions
+
+
+def _list_contributions(plan: _Plan, ranked: list[list[tuple[str, float]]]) -> dict[str, list[float]]:
+    weights = [lst.weight for lst in plan.lists]
+    if len(plan.lists) == 1:
+        return {pid: [score] for pid, score in ranked[0]}
+    if plan.method == "rrf":
+        return fusion.fuse_rrf(ranked, weights)
+    return fusion.fuse_dbsf(ranked, weights)
+
+
+def _boosted(hit: Hit, plan: _Plan) -> Hit:
+    """The hit with each boost's signal and share: relevance * weight * signal, so the shares sum
+    to the store's formula score."""
+    base = sum(hit.contributions.values())
+    signals = {label(b): signal(b, hit.payload) for b in plan.boosts}
+    shares = {label(b): base * b.weight * signals[label(b)] for b in plan.boosts}
+    scores = {name: VectorScore(value, None) for name, value in signals.items()}
+    total = base + sum(shares.values())
+    return replace(
+        hit, score=total, vector_scores={**hit.vector_scores, **scores}, contributions={**hit.contributions, **shares}
+    )
 
 
 def _explained_hits(
@@ -561,15 +625,14 @@ def _explained_hits(
             for i, lst in enumerate(plan.lists)
         }
         shares = contributions.get(pid, [0.0] * len(plan.lists))
-        hits.append(
-            Hit(
-                id=str(point.payload.get("product_id", pid)),
-                score=float(score),
-                payload=_public_payload(point.payload),
-                vector_scores=explanation,
-                contributions={lst.label: float(s) for lst, s in zip(plan.lists, shares)},
-            )
+        hit = Hit(
+            id=str(point.payload.get("product_id", pid)),
+            score=float(score),
+            payload=_public_payload(point.payload),
+            vector_scores=explanation,
+            contributions={lst.label: float(s) for lst, s in zip(plan.lists, shares)},
         )
+        hits.append(_boosted(hit, plan) if plan.boosts else hit)
     return hits
 
 

@@ -59,6 +59,37 @@ Condition = Match | Range | Phrase
 Filter = tuple[Condition, ...]  # all conditions must hold
 
 
+BOOST_KINDS = ("match", "near", "more", "recent")
+
+
+@dataclass(frozen=True)
+class Boost:
+    """A business signal added to relevance in the store's own formula: a boosted search scores
+    ``score * (1 + sum(weight * signal))`` with each signal in [0, 1]. ``match``: 1 when ``field``
+    equals ``value`` (in stock). ``near``: 1 when the number in ``field`` equals ``value``, 0.5 at
+    ``scale`` from it (a price preference). ``more``: ``x / (x + scale)`` of the number in
+    ``field`` (popularity). ``recent``: 1 for the date in ``field`` at ``value`` (ISO, now), 0.5
+    ``scale`` seconds before it (recency decay)."""
+
+    kind: str
+    field: str
+    weight: float
+    value: Any = None
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Diversity:
+    """Maximal marginal relevance over the candidates: each next result is the one most relevant
+    to ``vector`` (in the product vector ``using``) and least like those already picked;
+    ``diversity`` 0 keeps relevance order, 1 spreads results as far as they go."""
+
+    vector: np.ndarray
+    using: str
+    diversity: float
+    candidates: int
+
+
 @dataclass(frozen=True)
 class CollectionOptions:
     """How a collection is laid out, fixed when it is created and recorded in its metadata.
@@ -246,11 +277,15 @@ class VectorStore(Protocol):
         limit: int = 10,
         offset: int = 0,
         exact: bool = False,
+        boosts: Sequence[Boost] = (),
+        diversity: Diversity | None = None,
     ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
         """Run each nearest list and, when ``fusion`` = (``"rrf"`` | ``"dbsf"``, weights) is
         given, the engine's fusion of them (``limit``/``offset`` apply to it) in one round trip.
+        ``boosts`` rescore the fused list (or the one list) with the store's formula; ``diversity``
+        reorders it by maximal marginal relevance (one or the other).
         ``exact`` scans every point instead of asking the index (verification, not serving).
-        Returns (one result list per query, fused list or None)."""
+        Returns (one result list per query, final list or None)."""
         ...
 
     def facet(self, name: str, field: str, filter: Filter = (), limit: int = 50) -> list[tuple[Any, int]]:

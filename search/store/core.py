@@ -29,8 +29,10 @@ from shelfsight.search.errors import BadInputError
 from shelfsight.search.fusion import RRF_K
 from shelfsight.search.lexical import BM25, bm25_document, product_words
 from shelfsight.search.store.base import (
+    Boost,
     CollectionMeta,
     CollectionOptions,
+    Diversity,
     Filter,
     Match,
     NearestQuery,
@@ -61,6 +63,8 @@ class Dialect:
     dbsf: Callable[[], Any]
     sparse: Callable[[list[int], list[float]], Any]  # (indices, values)
     match_phrase: Callable[[str], Any]
+    formula: Callable[[list[Boost]], Any]  # score * (1 + sum of weighted signals)
+    mmr: Callable[[list[float], str, float, int], dict[str, Any]]  # (vector, using, diversity, candidates)
 
 
 def to_stored(point: Any, with_vectors: bool) -> StoredPoint:
@@ -188,15 +192,42 @@ class QdrantStore(ABC):
         limit: int = 10,
         offset: int = 0,
         exact: bool = False,
+        boosts: Sequence[Boost] = (),
+        diversity: Diversity | None = None,
     ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
         """Each nearest list and, with ``fusion``, the engine's fusion of them, in one batch;
-        ``exact`` scans every point instead of asking an index (for checks, not for serving)."""
+        ``boosts`` or ``diversity`` rescore that (or the one list) as a last stage; ``exact`` scans
+        every point instead of asking an index (for checks, not for serving)."""
         meta = self.get_meta(name)
-        vectors = [self._query_vector(q, meta) for q in lists]
+        nearest = self._nearest(lists, filter, meta, exact)
+        shown = {"with_payload": True, "with_vector": list(meta.vectors) if with_vectors else False}
         d = self.dialect
+        requests = [d.request(**n, **shown) for n in nearest]
+        page = {"limit": limit, "offset": offset or None, "filter": self._filter(filter)}
+        final = None
+        if fusion is not None:
+            method, weights = fusion
+            final = {d.prefetches: [d.prefetch(**n) for n in nearest]}
+            final["query"] = d.rrf(RRF_K, list(weights)) if method == "rrf" else d.dbsf()
+        if boosts or diversity is not None:
+            depth = max(q.limit for q in lists)
+            inner = d.prefetch(**final, limit=depth) if final else d.prefetch(**nearest[0])
+            final = {d.prefetches: [inner], **self._last_stage(boosts, diversity)}
+        if final is not None:
+            requests.append(d.request(**final, **page, **shown))
+        results = [[to_stored(p, with_vectors) for p in r] for r in self._query_batch(name, requests)]
+        if final is not None:
+            return results[:-1], results[-1]
+        return results, None
+
+    def _nearest(
+        self, lists: Sequence[NearestQuery], filter: Filter, meta: CollectionMeta, exact: bool
+    ) -> list[dict[str, Any]]:
+        """Each list's request keywords: its vector, depth, floor, filter and search parameters."""
+        vectors = [self._query_vector(q, meta) for q in lists]
         client_filter = self._filter(filter)
-        nearest = [
-            d.nearest(vector, q.using)
+        return [
+            self.dialect.nearest(vector, q.using)
             | {
                 "limit": q.limit,
                 "score_threshold": q.score_threshold,
@@ -205,15 +236,11 @@ class QdrantStore(ABC):
             }
             for q, vector in zip(lists, vectors)
         ]
-        shown = {"with_payload": True, "with_vector": list(meta.vectors) if with_vectors else False}
-        requests = [d.request(**n, **shown) for n in nearest]
-        if fusion is not None:
-            method, weights = fusion
-            fuse = d.rrf(RRF_K, list(weights)) if method == "rrf" else d.dbsf()
-            prefetches = {d.prefetches: [d.prefetch(**n) for n in nearest]}
-            page = {"limit": limit, "offset": offset or None, "filter": client_filter}
-            requests.append(d.request(**prefetches, query=fuse, **page, **shown))
-        results = [[to_stored(p, with_vectors) for p in r] for r in self._query_batch(name, requests)]
-        if fusion is not None:
-            return results[:-1], results[-1]
-        return results, None
+
+    def _last_stage(self, boosts: Sequence[Boost], diversity: Diversity | None) -> dict[str, Any]:
+        if boosts and diversity is not None:
+            raise BadInputError("boost and diversity together are not supported; choose one")
+        if diversity is not None:
+            vector = np.asarray(diversity.vector, dtype=np.float32).tolist()
+            return self.dialect.mmr(vector, diversity.using, diversity.diversity, diversity.candidates)
+        return {"query": self.dialect.formula(list(boosts))}

@@ -18,7 +18,7 @@ from typing import Any
 
 import qdrant_edge as qe
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from shelfsight.search.store.base import CollectionMeta, CollectionOptions, Filter, StoredPoint
+from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.integrity import check_files, check_shard, damaged
 from shelfsight.search.store.options import check_options, edge_applicable, edge_config
@@ -30,6 +30,29 @@ _INDEX_TYPES = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSche
 _TEXT_INDEX = qe.TextIndexParams(tokenizer=qe.TokenizerType.Word, lowercase=True, phrase_matching=True)
 # Above this share of points passing a filter, HNSW alone keeps recall; below it, use ACORN.
 _ACORN_MAX_SELECTIVITY = 0.4
+
+
+def _signal(b: Boost) -> qe.Expression:
+    """One boost's signal in [0, 1] as qdrant-edge's expression."""
+    E = qe.Expression
+    if b.kind == "match":
+        return E.Condition(qe.FieldCondition(key=b.field, match=qe.MatchValue(b.value)))
+    if b.kind == "near":
+        return E.Decay(
+            qe.DecayKind.Gauss, E.Variable(b.field), target=E.Constant(float(b.value)), midpoint=0.5, scale=b.scale
+        )
+    if b.kind == "more":
+        return E.Div(E.Variable(b.field), E.Sum([E.Variable(b.field), E.Constant(b.scale)]), by_zero_default=0.0)
+    return E.Decay(
+        qe.DecayKind.Exp, E.DatetimeKey(b.field), target=E.Datetime(str(b.value)), midpoint=0.5, scale=b.scale
+    )
+
+
+def _formula(boosts: list[Boost]) -> qe.Formula:
+    E = qe.Expression
+    signals = [E.Mult([E.Constant(b.weight), _signal(b)]) for b in boosts]
+    defaults = {b.field: 0.0 for b in boosts if b.kind in ("near", "more")}
+    return qe.Formula(E.Mult([E.Variable("$score"), E.Sum([E.Constant(1.0), *signals])]), defaults=defaults)
 
 
 class EdgeStore(QdrantStore):
@@ -50,6 +73,10 @@ class EdgeStore(QdrantStore):
         dbsf=qe.Fusion.Dbsf,
         sparse=qe.SparseVector,
         match_phrase=qe.MatchPhrase,
+        formula=lambda boosts: _formula(boosts),
+        mmr=lambda vector, using, diversity, candidates: {
+            "query": qe.Mmr(vector, lambda_=1.0 - diversity, candidates_limit=candidates, using=using)
+        },
     )
 
     def __init__(self, db: str | os.PathLike[str]):

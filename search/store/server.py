@@ -14,7 +14,7 @@ from typing import Any
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from shelfsight.search.store.base import CollectionMeta, CollectionOptions, Filter, StoredPoint
+from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.options import check_options, server_collection_kwargs
 from shelfsight.search.store.validate import check_collection_name
@@ -25,6 +25,31 @@ _META_KEY = "shelfsight"
 _TEXT_INDEX = qm.TextIndexParams(
     type=qm.TextIndexType.TEXT, tokenizer=qm.TokenizerType.WORD, lowercase=True, phrase_matching=True
 )
+
+
+def _signal(b: Boost) -> Any:
+    """One boost's signal in [0, 1] as a Qdrant formula expression."""
+    if b.kind == "match":
+        return qm.FieldCondition(key=b.field, match=qm.MatchValue(value=b.value))
+    if b.kind == "near":
+        params = qm.DecayParamsExpression(x=b.field, target=float(b.value), scale=b.scale)
+        return qm.GaussDecayExpression(gauss_decay=params)
+    if b.kind == "more":
+        ratio = qm.DivParams(left=b.field, right=qm.SumExpression(sum=[b.field, b.scale]), by_zero_default=0.0)
+        return qm.DivExpression(div=ratio)
+    params = qm.DecayParamsExpression(
+        x=qm.DatetimeKeyExpression(datetime_key=b.field),
+        target=qm.DatetimeExpression(datetime=str(b.value)),
+        scale=b.scale,
+    )
+    return qm.ExpDecayExpression(exp_decay=params)
+
+
+def _formula(boosts: list[Boost]) -> qm.FormulaQuery:
+    signals = [qm.MultExpression(mult=[b.weight, _signal(b)]) for b in boosts]
+    defaults = {b.field: 0.0 for b in boosts if b.kind in ("near", "more")}
+    score = qm.MultExpression(mult=["$score", qm.SumExpression(sum=[1.0, *signals])])
+    return qm.FormulaQuery(formula=score, defaults=defaults)
 
 
 class ServerStore(QdrantStore):
@@ -45,6 +70,11 @@ class ServerStore(QdrantStore):
         dbsf=lambda: qm.FusionQuery(fusion=qm.Fusion.DBSF),
         sparse=lambda indices, values: qm.SparseVector(indices=indices, values=values),
         match_phrase=lambda phrase: qm.MatchPhrase(phrase=phrase),
+        formula=lambda boosts: _formula(boosts),
+        mmr=lambda vector, using, diversity, candidates: {
+            "query": qm.NearestQuery(nearest=vector, mmr=qm.Mmr(diversity=diversity, candidates_limit=candidates)),
+            "using": using,
+        },
     )
 
     def __init__(self, client: QdrantClient):

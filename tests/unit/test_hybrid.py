@@ -117,3 +117,74 @@ def test_named_values_match_whole_words_in_order():
     values = {"brand": ["Fable & Co", "Atlas"], "color": ["red"]}
     assert named_values("fable & co red mug", values) == [("brand", "Fable & Co"), ("color", "red")]
     assert named_values("atlases", values) == []
+
+
+def test_a_keyword_boost_lifts_matching_products_and_explains_its_share(engine):
+    plain = engine.run("bag", None, SearchRequest(limit=10))
+    color = next(h.payload["color"] for h in plain[3:] if h.payload["color"] != plain[0].payload["color"])
+    boosted = engine.run("bag", None, SearchRequest(limit=10, boosts=(f"color={color}:50",)))
+    assert boosted[0].payload["color"] == color
+    for hit in boosted:
+        signal = 1.0 if hit.payload["color"] == color else 0.0
+        assert hit.vector_scores["boost:color"].score == signal
+        assert sum(hit.contributions.values()) == pytest.approx(hit.score, rel=1e-3)
+    assert [h.score for h in boosted] == sorted((h.score for h in boosted), reverse=True)
+
+
+def test_a_price_preference_brings_prices_near_the_target(engine):
+    request = SearchRequest(limit=5, fusion="rrf")
+    plain = engine.run("bag", None, request)
+    near = engine.run("bag", None, replace(request, boosts=("price~30/5:20",)))
+    distance = lambda hits: sum(abs(h.payload["price"] - 30) for h in hits) / len(hits)  # noqa: E731
+    assert distance(near) < distance(plain)
+
+
+def test_bad_boosts_and_diversity_are_named(engine):
+    for spec, message in [
+        ("color~3", "not a numeric field"),
+        ("price=cheap", "not a keyword field"),
+        ("price^0", "above 0"),
+        ("nonsense", "bad boost"),
+    ]:
+        with pytest.raises(BadInputError, match=message):
+            engine.run("bag", None, SearchRequest(boosts=(spec,)))
+    with pytest.raises(BadInputError, match="diversity"):
+        engine.run("bag", None, SearchRequest(diversity=1.5))
+    with pytest.raises(BadInputError, match="rrf, dbsf"):
+        engine.run("bag", None, SearchRequest(fusion="weighted", boosts=("price^10",)))
+
+
+def test_diversity_spreads_a_page_over_unlike_products(engine):
+    def spread(hits) -> float:
+        points = engine.store.retrieve(engine.collection, [h.payload and _point(h) for h in hits], with_vectors=True)
+        vectors = [p.vectors["image"] for p in points]
+        sims = [float(a @ b) for i, a in enumerate(vectors) for b in vectors[i + 1 :]]
+        return sum(sims) / len(sims)
+
+    relevance = engine.run("shoe", None, SearchRequest(limit=6, fusion="rrf", diversity=0.0))
+    diverse = engine.run("shoe", None, SearchRequest(limit=6, fusion="rrf", diversity=0.9))
+    assert len(diverse) == 6 and spread(diverse) < spread(relevance)
+
+
+def _point(hit) -> str:
+    from shelfsight.search.records import point_id
+
+    return point_id(hit.id)
+
+
+def test_recency_boost_in_the_store_matches_its_explanation(store, collection_name):
+    import numpy as np
+    from shelfsight.search.boosts import signal
+    from shelfsight.search.records import point_id
+    from shelfsight.search.store.base import Boost, CollectionMeta, NearestQuery, PointRecord
+
+    store.create_collection(collection_name, CollectionMeta(model="m@1", dimension=4, vectors=("text",)))
+    dates = ["2026-11-26T00:00:00Z", "2026-11-19T00:00:00Z", "2026-10-27T00:00:00Z", "2025-11-26T00:00:00Z"]
+    vector = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    points = [PointRecord(point_id(f"p{i}"), {"text": vector}, {"added": d}) for i, d in enumerate(dates)]
+    store.upsert(collection_name, points)
+    boost = Boost("recent", "added", 1.0, "2026-11-26T00:00:00Z", 7 * 86_400.0)
+    _, final = store.query(collection_name, [NearestQuery(vector, "text", 10)], limit=4, boosts=[boost])
+    assert [p.payload["added"] for p in final] == dates
+    for p in final:  # cosine 1 times (1 + signal): 2 for today, 1.5 for a week ago
+        assert p.score == pytest.approx(1.0 + signal(boost, p.payload), rel=1e-4)
