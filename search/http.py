@@ -41,6 +41,8 @@ from shelfsight.search.errors import (
     ShelfsightError,
     StoreUnavailableError,
 )
+from shelfsight.search.http_catalog import add_catalog_route
+from shelfsight.search.http_docs import add_offline_docs
 from shelfsight.search.http_guard import (
     ApiKeyGuard,
     BodyLimit,
@@ -139,7 +141,10 @@ def create_app(
 ) -> FastAPI:
     """An app over ``engine`` (or one opened from ``settings`` on first request)."""
     options = options or ServeOptions()
-    app = FastAPI(title="Shelfsight", description="Multimodal product search", version="0.1.0")
+    app = FastAPI(
+        title="Shelfsight", description="Multimodal product search", version="0.1.0", docs_url=None, redoc_url=None
+    )
+    add_offline_docs(app)  # /docs and /redoc without a CDN (http_docs.py)
     get_engine = _EngineHolder(settings, engine, options)
     app.add_exception_handler(ShelfsightError, _library_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -154,6 +159,7 @@ def create_app(
     _add_search_routes(app, get_engine)
     _add_product_routes(app, get_engine)
     add_write_routes(app, get_engine)  # PUT and DELETE /products/{id}, admin key only (http_writes.py)
+    add_catalog_route(app, get_engine)  # GET /catalog: fields and ranges for filters (http_catalog.py)
     if options.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]

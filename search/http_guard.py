@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+from shelfsight.search.http_docs import ASSET_PATHS
 from shelfsight.search.redaction import redact
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
 from starlette.exceptions import HTTPException
@@ -35,8 +36,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # The largest body a request may carry: a 10 MB image as base64 in JSON (4/3 of it) and room for
 # the other fields or the multipart framing.
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
-# Paths any client may read without a key: the API's own description.
-OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+# Paths any client may read without a key: the API's own description and its pages' scripts.
+OPEN_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", *ASSET_PATHS)
 # POST routes that only read; any other POST, PUT, PATCH or DELETE is a write and needs the admin key.
 READ_POSTS = ("/search", "/search/upload")
 

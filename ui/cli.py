@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         "none",
         "--global.developmentMode",
         "false",
+        # Shoppers get no developer toolbar (Deploy, Rerun, Clear cache); with no menu items, no menu.
+        "--client.toolbarMode",
+        "minimal",
     ]
     return run_child(command, env)
 

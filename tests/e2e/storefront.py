@@ -1,10 +1,12 @@
-"""The storefront run in this process (Streamlit's AppTest), for the tests that drive it."""
+"""The storefront run in this process (Streamlit's AppTest), for the tests that drive it, and what
+the browser tests read off its page."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from re import compile as regex
 
 import pytest
 import streamlit as st
@@ -14,6 +16,29 @@ from streamlit.testing.v1 import AppTest
 from tests.e2e.helpers import LOCATION_VARIABLES
 
 APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+# A card's second line: "hat · $12.99" (category, price).
+CARD_LINE = regex(r"^(\S.*) · \$(\d+\.\d\d)$")
+# The page has drawn every result the count announces ("12 results for …"), each with its
+# "More like this" button and its picture loaded (Streamlit sends elements as the script runs and
+# draws placeholders first).
+_ALL_CARDS_JS = """() => {
+    const texts = [...document.querySelectorAll('[data-testid="stText"]')].map(e => e.innerText.trim());
+    const count = texts.map(t => /^(\\d+) results? for /.exec(t)).find(m => m);
+    if (!count) return false;
+    const cards = texts.filter(t => /^\\S.* · \\$\\d+\\.\\d\\d$/.test(t)).length;
+    const buttons = [...document.querySelectorAll('button')].filter(b => b.innerText.trim() === 'More like this');
+    const images = [...document.querySelectorAll('[data-testid="stImage"] img')];
+    const n = Number(count[1]);
+    return cards === n && buttons.length === n && images.length === n && images.every(i => i.complete && i.naturalWidth);
+}"""
+
+
+def wait_for_results(page, timeout: float = 150_000) -> list[str]:
+    """Wait until the page shows a search's results in full; return the cards' lines, in order."""
+    page.wait_for_function(_ALL_CARDS_JS, timeout=timeout)
+    return [t.strip() for t in page.locator('[data-testid="stText"]').all_inner_texts() if CARD_LINE.match(t.strip())]
 
 
 @contextmanager
