@@ -12,7 +12,7 @@ from shelfsight.search.cli_args import EXIT_OK, add_store_args, settings_from_ar
 from shelfsight.search.discovery import ServerRecord, find_server, remove_record, write_record
 from shelfsight.search.engine import FUSION_METHODS, SearchEngine, SearchRequest
 from shelfsight.search.errors import StoreUnavailableError
-from shelfsight.search.records import Hit
+from shelfsight.search.records import Answer, Hit
 from shelfsight.search.settings import DEFAULT_FUSION, Settings
 from shelfsight.search.store import open_store
 
@@ -73,7 +73,9 @@ def _register_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("query", nargs="?", default=None, help='query text: "red dress + ./photo.jpg", "2:red", "-floral"')
     add_store_args(p, model_help="default: the model that built the collection")
     p.add_argument("--image", help="query image path or URL")
-    p.add_argument("--vectors", default="image,text", help="product vectors to search (default image,text)")
+    p.add_argument(
+        "--vectors", default=None, help="product vectors to search: image, text, bm25 (default: all the collection has)"
+    )
     p.add_argument("--text-weight", type=float, default=None)
     p.add_argument("--image-weight", type=float, default=None)
     p.add_argument("--fusion", choices=FUSION_METHODS, default=None, help=f"default: {DEFAULT_FUSION}")
@@ -84,7 +86,21 @@ def _register_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="EXPR",
         help="category=shoe, color!=red, price<=40 (repeatable)",
     )
-    p.add_argument("--min-score", type=float, default=None, help="cosine floor for each ranked list")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="cosine floor for each ranked list; replaces the collection's 'no close matches' floor (-1: none)",
+    )
+    p.add_argument(
+        "--boost",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="shop signal added to relevance: stock=in:0.5, price~40:0.3, popularity^100:0.2, added@30:0.3",
+    )
+    p.add_argument("--diversity", type=float, default=None, help="0-1: spread the page over unlike products (MMR)")
+    p.add_argument("--no-correct", dest="correct", action="store_false", help="search misspelled words as typed")
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--similar", metavar="PRODUCT_ID", help="products like this one instead of a query")
@@ -123,7 +139,7 @@ def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _search(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    vectors = tuple(v.strip() for v in args.vectors.split(",") if v.strip())
+    vectors = tuple(v.strip() for v in (args.vectors or "").split(",") if v.strip())
     request = SearchRequest(
         filters=args.filter,
         fusion=args.fusion,
@@ -133,6 +149,9 @@ def _search(args: argparse.Namespace) -> int:
         min_score=args.min_score,
         limit=args.limit,
         offset=args.offset,
+        correct=args.correct,
+        diversity=args.diversity,
+        boosts=tuple(args.boost),
     )
     record = _owner(settings)
     if record is not None:
@@ -149,17 +168,31 @@ def _search(args: argparse.Namespace) -> int:
                     offset=args.offset,
                 )
             else:
-                hits = engine.run(args.query, args.image, request)
+                answer = engine.answer(args.query, args.image, request)
+                _print_notes(answer, args.query)
+                hits = answer.hits
     _print_hits(hits, args)
     return EXIT_OK
 
 
+def _print_notes(answer: Answer, query: str | None) -> None:
+    """What a shop says above its results, on stderr so ``--json`` stays one array."""
+    if answer.showing_results_for:
+        print(f"showing results for: {answer.showing_results_for}", file=sys.stderr)
+    if answer.no_close_matches:
+        print(f"no close matches for {query!r} (--min-score -1 shows the nearest anyway)", file=sys.stderr)
+    if answer.exact_match:
+        print(f"exact match: product {answer.hits[0].id}", file=sys.stderr)
+
+
 def _remote_hits(record: ServerRecord, args: argparse.Namespace, request: SearchRequest) -> list[Hit]:
-    from shelfsight.search.remote import remote_search, remote_similar
+    from shelfsight.search.remote import remote_answer, remote_similar
 
     if args.similar:
         return remote_similar(record, args.similar, request)
-    return remote_search(record, args.query, args.image, request)
+    answer = remote_answer(record, args.query, args.image, request)
+    _print_notes(answer, args.query)
+    return answer.hits
 
 
 def _print_hits(hits: list[Hit], args: argparse.Namespace) -> None:

@@ -271,8 +271,11 @@ class SearchEngine:
         phrases = self._phrases(parsed)
         hits, evidence = self._execute(self._part_vectors(parsed, images), weights, request, words, phrases)
         exact = self._exact_match(text, request) if text and not images and request.offset == 0 else None
-        if exact is not None:
+        if exact is not None:  # first by rule, scored level with the best so scores still fall
             limit = self.settings.limit if request.limit is None else int(request.limit)
+            top = max((h.score for h in hits), default=1.0)
+            label = next(iter(exact.vector_scores))
+            exact = replace(exact, score=top, contributions={label: top})
             hits = [exact, *(h for h in hits if h.id != exact.id)][:limit]
         elif not images and self._below_floor(evidence, request):
             return Answer([], corrected, no_close_matches=True)

@@ -31,6 +31,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
+from shelfsight.search.boosts import EXAMPLES as BOOST_EXAMPLES
+from shelfsight.search.boosts import MAX_BOOSTS
 from shelfsight.search.engine import FUSION_METHODS, MAX_OFFSET, SearchEngine, SearchRequest
 from shelfsight.search.errors import (
     BadInputError,
@@ -106,12 +108,19 @@ class SearchBody(BaseModel):
         default_factory=list, max_length=MAX_FILTERS, description="e.g. ['category=shoe', 'price<=40']"
     )
     fusion: str | None = Field(None, description=f"one of {', '.join(FUSION_METHODS)}; default {DEFAULT_FUSION}")
-    vectors: list[str] = Field(default_factory=lambda: ["image", "text"], max_length=3)
+    vectors: list[str] = Field(
+        default_factory=list, max_length=3, description="image, text, bm25; default: all the collection has"
+    )
     text_weight: float | None = Field(None, ge=0, allow_inf_nan=False)
     image_weight: float | None = Field(None, ge=0, allow_inf_nan=False)
     min_score: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
     limit: int = Field(10, ge=1, le=MAX_PAGE)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    correct: bool = Field(True, description="correct words the catalog does not have (false: search as typed)")
+    diversity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="0-1: spread the page (MMR)")
+    boost: list[str] = Field(
+        default_factory=list, max_length=MAX_BOOSTS, description=f"shop signals, e.g. {BOOST_EXAMPLES}"
+    )
 
 
 class _EngineHolder:
@@ -217,9 +226,18 @@ def _run_search(engine: SearchEngine, body: SearchBody, image: bytes | None) -> 
         min_score=body.min_score,
         limit=body.limit,
         offset=body.offset,
+        correct=body.correct,
+        diversity=body.diversity,
+        boosts=tuple(body.boost),
     )
-    hits = engine.run(body.q, image, request)
-    return {"hits": [_public_hit(h) for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+    answer = engine.answer(body.q, image, request)
+    return {
+        "hits": [_public_hit(h) for h in answer.hits],
+        "showing_results_for": answer.showing_results_for,
+        "no_close_matches": answer.no_close_matches,
+        "exact_match": answer.exact_match,
+        "took_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
 
 
 def _decode_base64_image(data: str) -> bytes:
@@ -244,12 +262,15 @@ def _add_search_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
             default_factory=list, max_length=MAX_FILTERS, description="repeatable: category=shoe, price<=40"
         ),
         fusion: str | None = None,
-        vectors: str = Query("image,text", max_length=64),
+        vectors: str = Query("", max_length=64, description="image,text,bm25; default: all the collection has"),
         text_weight: float | None = Query(None, ge=0, allow_inf_nan=False),
         image_weight: float | None = Query(None, ge=0, allow_inf_nan=False),
         min_score: float | None = Query(None, ge=-1, le=1, allow_inf_nan=False),
         limit: int = Query(10, ge=1, le=MAX_PAGE),
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
+        correct: bool = True,
+        diversity: float | None = Query(None, ge=0, le=1, allow_inf_nan=False),
+        boost: list[str] = Query(default_factory=list, max_length=MAX_BOOSTS, description="repeatable: stock=in:0.5"),
     ) -> dict[str, Any]:
         body = SearchBody(
             q=q,
@@ -261,6 +282,9 @@ def _add_search_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
             min_score=min_score,
             limit=limit,
             offset=offset,
+            correct=correct,
+            diversity=diversity,
+            boost=boost,
         )
         return _run_search(get_engine(), body, None)
 
@@ -274,7 +298,7 @@ def _add_search_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
         image: UploadFile = File(..., description="query image"),
         q: str | None = Form(None, max_length=MAX_QUERY_CHARS),
         fusion: str | None = Form(None),
-        vectors: str = Form("image,text", max_length=64),
+        vectors: str = Form("", max_length=64),
         limit: int = Form(10, ge=1, le=MAX_PAGE),
     ) -> dict[str, Any]:
         data = await image.read(MAX_UPLOAD_BYTES + 1)

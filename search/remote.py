@@ -26,7 +26,7 @@ from shelfsight.search.discovery import ServerRecord
 from shelfsight.search.engine import SearchRequest
 from shelfsight.search.errors import BadInputError, ProductNotFoundError, StoreUnavailableError
 from shelfsight.search.images import is_url
-from shelfsight.search.records import Hit, Product
+from shelfsight.search.records import Answer, Hit, Product
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
 
 TIMEOUT_S = 120.0  # the first query loads the server's model
@@ -35,8 +35,13 @@ TIMEOUT_S = 120.0  # the first query loads the server's model
 def remote_search(
     record: ServerRecord, text: str | None, image: str | bytes | None, request: SearchRequest
 ) -> list[Hit]:
-    """``engine.run(text, image, request)`` on the server: image bytes or a local image file go as
-    base64, an image URL as a query part (the server fetches it behind its own guard)."""
+    """``engine.run(text, image, request)`` on the server."""
+    return remote_answer(record, text, image, request).hits
+
+
+def remote_answer(record: ServerRecord, text: str | None, image: str | bytes | None, request: SearchRequest) -> Answer:
+    """``engine.answer(text, image, request)`` on the server: image bytes or a local image file go
+    as base64, an image URL as a query part (the server fetches it behind its own guard)."""
     body: dict[str, Any] = {
         "q": text,
         "filters": list(_filters(request)),
@@ -45,6 +50,9 @@ def remote_search(
         "image_weight": request.image_weight,
         "min_score": request.min_score,
         "offset": request.offset,
+        "correct": request.correct,
+        "diversity": request.diversity,
+        "boost": list(request.boosts),
     }
     body.update({k: v for k, v in (("vectors", request.vectors), ("limit", request.limit)) if v})
     if isinstance(image, bytes):
@@ -53,7 +61,13 @@ def remote_search(
         body["q"] = f"{text} + {image}" if text else image
     elif image:
         body["image_base64"] = base64.b64encode(_read_image(image)).decode()
-    return [Hit.from_dict(h) for h in _call(record, "POST", "/search", body)["hits"]]
+    data = _call(record, "POST", "/search", body)
+    return Answer(
+        [Hit.from_dict(h) for h in data["hits"]],
+        data.get("showing_results_for"),
+        bool(data.get("no_close_matches")),
+        bool(data.get("exact_match")),
+    )
 
 
 def remote_similar(record: ServerRecord, product_id: str, request: SearchRequest) -> list[Hit]:

@@ -68,3 +68,23 @@ def test_bad_input_is_4xx_with_message(api, method, path, kwargs, status):
     response = getattr(api, method)(path, **kwargs)
     assert response.status_code == status, response.text
     assert response.json().get("detail")
+
+
+def test_words_typos_exact_ids_and_boosts_over_http(api, catalog_dir):
+    rows = list(csv.DictReader((catalog_dir / "catalog.csv").open()))
+    exact = api.get("/search", params={"q": rows[5]["id"], "limit": 3}).json()
+    assert exact["exact_match"] and exact["hits"][0]["id"] == rows[5]["id"]
+    noun = next(r["type"] for r in rows if len(r["type"]) >= 5 and r["type"].isalpha())
+    typo = noun[0] + noun[2] + noun[1] + noun[3:]
+    fixed = api.get("/search", params={"q": typo}).json()
+    assert fixed["showing_results_for"] == noun and fixed["hits"]
+    nothing = api.post("/search", json={"q": "qwxzv jjkrt"}).json()
+    assert nothing["no_close_matches"] and nothing["hits"] == []
+    color = rows[0]["color"]
+    boosted = api.get("/search", params=[("q", "bag"), ("boost", f"color={color}:50")]).json()["hits"]
+    assert boosted[0]["payload"]["color"] == color and "boost:color" in boosted[0]["contributions"]
+    diverse = api.post("/search", json={"q": "shoe", "fusion": "rrf", "diversity": 0.8, "limit": 5}).json()["hits"]
+    assert len(diverse) == 5
+    words = api.get("/search", params={"q": rows[0]["brand"], "vectors": "bm25"}).json()["hits"]
+    assert words and all("text->bm25" in h["vector_scores"] for h in words)
+    assert api.get("/search", params=[("q", "bag"), ("boost", "price=cheap")]).status_code == 400
