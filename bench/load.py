@@ -12,8 +12,9 @@ threads and the allocator's pools are filled before RSS is first read; what grow
 over run, is what steady load costs. The last line gives the growth from the end of run 1 to the
 end of the last run.
 
-Run: python bench/load.py [--clients 32] [--seconds 60] [--runs 3] [--warmup 15] [--db DIR]
-Without --db it builds a 400-product store with a tiny random-weight CLIP model first.
+Run: python bench/load.py [--clients 32] [--seconds 60] [--runs 3] [--warmup 15] [--db DIR | --workdir DIR]
+Without --db it builds a 400-product store with a tiny random-weight CLIP model first (in
+``--workdir``, where a later run reuses it).
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=15, help="seconds of load before the first run")
     parser.add_argument("--db", type=Path, help="a built store (default: build a 400-product one)")
+    parser.add_argument("--workdir", type=Path, help="build the 400-product store here, or reuse the one built here")
     args = parser.parse_args()
     if not (1 <= args.clients <= MAX_CLIENTS and 0 < args.seconds <= MAX_SECONDS and 1 <= args.runs <= 5):
         raise SystemExit(f"--clients 1..{MAX_CLIENTS}, --seconds up to {MAX_SECONDS}, --runs 1..5")
@@ -193,7 +195,9 @@ def main() -> None:
         catalog = None
         db = args.db
         if db is None:
-            db, catalog = build_store(Path(tmp))
+            workdir = args.workdir or Path(tmp)
+            built = (workdir / "db").is_dir() and (workdir / "catalog" / "catalog.csv").is_file()
+            db, catalog = (workdir / "db", workdir / "catalog") if built else build_store(workdir)
         ids, image = [], None
         if catalog is not None:
             rows = list(csv.DictReader((catalog / "catalog.csv").open()))
