@@ -47,6 +47,7 @@ from shelfsight.train.examples import Example, informative_words, load_examples,
 from shelfsight.train.loss import multi_positive_loss, positive_mask
 from shelfsight.train.precision import autocast, use_bf16
 from shelfsight.train.schedule import MAX_EPOCHS, Budget, cosine_lr, set_lr
+from shelfsight.train.threads import ThreadTuner
 
 if TYPE_CHECKING:
     import torch
@@ -113,6 +114,7 @@ class Run:
     fillers: list[str]
     optimizer: torch.optim.Optimizer
     budget: Budget
+    threads: ThreadTuner  # torch's thread count, by measured step time (the one mutable part)
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ def _start_run(config: TrainConfig) -> Run:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.05)
     steps_per_epoch = len(batch_starts(len(train_set), config.batch_size))
     budget = Budget.start(config.minutes, config.epochs, steps_per_epoch, config.steps)
-    return Run(config, model, processor, view, bf16, rng, train_set, val_set, fillers, optimizer, budget)
+    threads = ThreadTuner.for_machine()
+    return Run(config, model, processor, view, bf16, rng, train_set, val_set, fillers, optimizer, budget, threads)
 
 
 def _train_epochs(run: Run, bar: tqdm | None) -> LoopState:
@@ -213,10 +216,18 @@ def _train_epoch(run: Run, state: LoopState, bar: tqdm | None) -> tuple[LoopStat
         spent = run.budget.spent(state.step)
         if spent >= 1.0:
             return state, False
+        run.threads.before(state.step)
+        started = time.perf_counter()
         state = _train_step(run, batch, state, spent)
+        run.threads.after(state.step - 1, time.perf_counter() - started)
         if bar is not None:
             bar.n = int(run.budget.elapsed()) if run.budget.seconds else state.step
-            bar.set_postfix(loss=f"{state.loss:.3f}", epoch=state.epoch, val_r1=f"{state.last_recall:.2f}")
+            bar.set_postfix(
+                loss=f"{state.loss:.3f}",
+                epoch=state.epoch,
+                val_r1=f"{state.last_recall:.2f}",
+                threads=run.threads.chosen,
+            )
     return state, True
 
 
