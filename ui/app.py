@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from typing import Any
 
 import streamlit as st
@@ -117,7 +118,10 @@ def main() -> None:
                 image_weight=1.0 - tw,
                 limit=PAGE * page,
             )
-            hits = shop.run(q.strip() or None, image, request)
+            answer = shop.answer(q.strip() or None, image, request)
+            hits = answer.hits
+            if answer.showing_results_for:  # words outside the catalog's vocabulary were corrected
+                asked = replace(asked, text=answer.showing_results_for, corrected_from=q.strip())
     except ShelfsightError as exc:
         _problem("error", "This search could not run:", exc)
         return

@@ -41,6 +41,7 @@ class Asked:
     photo: str = ""  # "your photo", "this product's photo" or ""
     similar_title: str | None = None
     narrowed: str = ""  # the filters, e.g. "hat or mug, up to $50"
+    corrected_from: str = ""  # what the shopper typed, when the engine corrected it to ``text``
 
     def subject(self) -> str:
         if self.text and self.photo:
@@ -52,6 +53,7 @@ class Asked:
             head = f"{n} product{'s' * (n != 1)} like “{self.similar_title}”"
         else:
             head = f"{n} result{'s' * (n != 1)} for {self.subject()}"
+        head += f" (you typed “{self.corrected_from}”)" if self.corrected_from else ""
         return head + (f" · filtered to {self.narrowed}" if self.narrowed else "")
 
     def nothing(self) -> str:

@@ -12,7 +12,7 @@ Example::
 
     holder = ShopHolder(Settings.from_env(db="db"))
     shop = holder.current()
-    hits = shop.run("red bag", None, SearchRequest(limit=12))
+    answer = shop.answer("red bag", None, SearchRequest(limit=12))
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from shelfsight.search import Hit, Product, SearchEngine, SearchRequest, Setting
 from shelfsight.search.catalog_summary import CatalogSummary, summarize
 from shelfsight.search.discovery import ServerRecord, find_server
 from shelfsight.search.images import is_url
+from shelfsight.search.records import Answer
 from shelfsight.search.remote import (
+    remote_answer,
     remote_facets,
     remote_image,
     remote_product,
-    remote_search,
     remote_similar,
     remote_summary,
 )
@@ -46,7 +47,7 @@ class Shop(Protocol):
 
     def summary(self) -> CatalogSummary: ...
 
-    def run(self, text: str | None, image: bytes | str | None, request: SearchRequest) -> list[Hit]: ...
+    def answer(self, text: str | None, image: bytes | str | None, request: SearchRequest) -> Answer: ...
 
     def similar(self, product_id: str, filters: Sequence[str], limit: int) -> list[Hit]: ...
 
@@ -77,9 +78,9 @@ class LocalShop:
             self._summary = summarize(self.engine, self._summary)
             return self._summary
 
-    def run(self, text: str | None, image: bytes | str | None, request: SearchRequest) -> list[Hit]:
+    def answer(self, text: str | None, image: bytes | str | None, request: SearchRequest) -> Answer:
         with self._lock:
-            return self.engine.run(text, image, request)
+            return self.engine.answer(text, image, request)
 
     def similar(self, product_id: str, filters: Sequence[str], limit: int) -> list[Hit]:
         with self._lock:
@@ -121,8 +122,8 @@ class ServerShop:
     def summary(self) -> CatalogSummary:
         return remote_summary(self.record)
 
-    def run(self, text: str | None, image: bytes | str | None, request: SearchRequest) -> list[Hit]:
-        return remote_search(self.record, text, image, request)
+    def answer(self, text: str | None, image: bytes | str | None, request: SearchRequest) -> Answer:
+        return remote_answer(self.record, text, image, request)
 
     def similar(self, product_id: str, filters: Sequence[str], limit: int) -> list[Hit]:
         return remote_similar(self.record, product_id, SearchRequest(filters=list(filters), limit=limit))

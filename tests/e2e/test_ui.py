@@ -142,6 +142,15 @@ def test_no_close_matches_says_what_was_searched_and_clears_filters(app):
     assert _cards(at) and any(t.startswith("12 results for “bag”") for t in _texts(at))
 
 
+def test_a_corrected_query_says_what_was_searched_and_what_was_typed(app, catalog_dir):
+    title = _rows(catalog_dir)[0]["title"]
+    word, rest = title.split(" ", 1)
+    typo = f"{word[:-2]}{word[-1]}{word[-2]} {rest}"  # "Atlas orange …" -> "Atlsa orange …"
+    at = app(q=typo)
+    assert not at.exception and _cards(at)
+    assert any(t.startswith("12 results for “") and t.endswith(f"(you typed “{typo}”)") for t in _texts(at))
+
+
 def test_more_like_this(app):
     at = app(q="shoe")
     at.button(key="similar-0").click().run()

@@ -29,6 +29,12 @@ def _cards_for(page, url: str) -> list[str]:
     return wait_for_results(page)
 
 
+def _misspelt(title: str) -> str:
+    """The title with its first word's last two letters swapped ("Atlas" -> "Atlsa")."""
+    word, rest = title.split(" ", 1)
+    return f"{word[:-2]}{word[-1]}{word[-2]} {rest}"
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (make browser)")
 def test_storefront_and_server_side_by_side_on_one_store(built_db):
@@ -70,7 +76,8 @@ def test_the_server_answers_the_storefronts_reads_as_the_engine_does(built_db, c
         request = SearchRequest(
             filters=[f"price<={float(first['price']) + 20}"], vectors=summary.search_vectors, limit=8
         )
-        hits = local.run(first["title"], None, request)
+        answer = local.answer(first["title"], None, request)
+        typo = local.answer(_misspelt(first["title"]), None, request)
         facets = local.facets(["category", "color"], first["title"])
         similar = local.similar(first["id"], ["price<=60"], 5)
         product = local.product(first["id"])
@@ -81,10 +88,14 @@ def test_the_server_answers_the_storefronts_reads_as_the_engine_does(built_db, c
         shop = ServerShop(record)
         assert replace(shop.summary(), measured_at=0.0) == replace(summary, measured_at=0.0)
         assert summary.ranges["price"][0] < summary.ranges["price"][1]
-        assert hits and [h.id for h in shop.run(first["title"], None, request)] == [h.id for h in hits]
+        for asked, expected in ((first["title"], answer), (_misspelt(first["title"]), typo)):
+            got = shop.answer(asked, None, request)
+            assert expected.hits and [h.id for h in got.hits] == [h.id for h in expected.hits]
+            assert replace(got, hits=[]) == replace(expected, hits=[])  # corrections and notes too
+        assert typo.showing_results_for
         assert shop.facets(["category", "color"], first["title"]) == facets
         assert [h.id for h in shop.similar(first["id"], ["price<=60"], 5)] == [h.id for h in similar]
         assert replace(shop.product(first["id"]), image=None) == replace(product, image=None)
-        assert shop.card_image(hits[0]) is not None and shop.query_image(first["id"]) == image
+        assert shop.card_image(answer.hits[0]) is not None and shop.query_image(first["id"]) == image
         # a query by that photo, sent as bytes, finds the product first among the product photos
-        assert shop.run(None, image, SearchRequest(vectors=("image",), limit=3))[0].id == first["id"]
+        assert shop.answer(None, image, SearchRequest(vectors=("image",), limit=3)).hits[0].id == first["id"]
