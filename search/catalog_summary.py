@@ -40,8 +40,8 @@ class CatalogSummary:
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # float field -> (lowest, highest)
     measured_at: float = 0.0  # time.time() when the ranges were read
     # The vectors a search uses when it names none (the engine's default: both CLIP vectors and the
-    # words). A client that names them gets the same lists from the engine and from the HTTP API,
-    # whose own default is the CLIP vectors alone.
+    # words). A client that names them gets the same lists from an engine in its own process and
+    # from the HTTP API, whatever either's default becomes.
     search_vectors: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:

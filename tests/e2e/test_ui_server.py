@@ -72,7 +72,7 @@ def test_the_server_answers_the_storefronts_reads_as_the_engine_does(built_db, c
     with SearchEngine.open(built_db) as engine:
         local = LocalShop(engine)
         summary = summarize(engine)
-        # the vectors named, as the storefront names them: the engine's default, which HTTP's is not
+        # the vectors named, as the storefront names them (the engine's default)
         request = SearchRequest(
             filters=[f"price<={float(first['price']) + 20}"], vectors=summary.search_vectors, limit=8
         )
