@@ -4,7 +4,7 @@ picked on the slider. Plain strings: the page shows them with ``st.text``, never
 
 Example::
 
-    Asked("red bag", narrowed="shoes, up to $50").found(12)
+    Asked("red bag", narrowed="filtered to shoes, up to $50").found(12)
     # '12 results for “red bag” · filtered to shoes, up to $50'
 """
 
@@ -40,7 +40,7 @@ class Asked:
     text: str = ""
     photo: str = ""  # "your photo", "this product's photo" or ""
     similar_title: str | None = None
-    narrowed: str = ""  # the filters, e.g. "hat or mug, up to $50"
+    narrowed: str = ""  # the filters, e.g. "filtered to hat or mug, up to $50" (see ``narrowing``)
     corrected_from: str = ""  # what the shopper typed, when the engine corrected it to ``text``
 
     def subject(self) -> str:
@@ -54,15 +54,16 @@ class Asked:
         else:
             head = f"{n} result{'s' * (n != 1)} for {self.subject()}"
         head += f" (you typed “{self.corrected_from}”)" if self.corrected_from else ""
-        return head + (f" · filtered to {self.narrowed}" if self.narrowed else "")
+        return head + (f" · {self.narrowed}" if self.narrowed else "")
 
     def nothing(self) -> str:
         what = f"products like “{self.similar_title}”" if self.similar_title is not None else self.subject()
-        return f"No close matches for {what}" + (f" · filtered to {self.narrowed}" if self.narrowed else "")
+        return f"No close matches for {what}" + (f" · {self.narrowed}" if self.narrowed else "")
 
 
 def narrowing(chosen: dict[str, list[str]], price: Price | None) -> str:
-    """The filters in words: each field's picked values joined by "or", then the price range."""
-    parts = [" or ".join(values) for values in chosen.values() if values]
-    parts.append(price.describe() if price else "")
-    return ", ".join(part for part in parts if part)
+    """The filters in words: "filtered to" each field's picked values (joined by "or"), then the
+    price range ("filtered to hat or mug, up to $50"; a price alone: "up to $50")."""
+    values = ", ".join(" or ".join(picked) for picked in chosen.values() if picked)
+    prices = price.describe() if price else ""
+    return ", ".join(part for part in (f"filtered to {values}" if values else "", prices) if part)

@@ -130,7 +130,7 @@ def test_price_is_a_range_over_the_catalogs_own_prices(app, catalog_dir):
     assert at.query_params.get("pmax") in (str(cap), [str(cap)])
     cards = _cards(at)
     assert cards and all(float(CARD_LINE.match(c).group(2)) <= cap for c in cards)
-    assert any(t.endswith(f"· filtered to up to ${cap}") for t in _texts(at))
+    assert any(t.endswith(f"” · up to ${cap}") for t in _texts(at))
 
 
 def test_no_close_matches_says_what_was_searched_and_clears_filters(app):

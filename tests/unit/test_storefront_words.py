@@ -18,17 +18,20 @@ def test_the_price_range_filters_only_where_the_shopper_narrowed_it():
 
 def test_the_result_count_says_what_was_searched():
     narrowed = narrowing({"category": ["shoe"], "color": []}, Price(5, 80, (5, 50)))
-    assert narrowed == "shoe, up to $50"
+    assert narrowed == "filtered to shoe, up to $50"
     assert Asked("red bag", narrowed=narrowed).found(12) == "12 results for “red bag” · filtered to shoe, up to $50"
     assert Asked("red bag").found(1) == "1 result for “red bag”"
     assert Asked("red", "your photo").found(3) == "3 results for “red” with your photo"
     assert Asked(photo="this product's photo").found(2) == "2 results for this product's photo"
     assert Asked(similar_title="Atlas mug").found(5) == "5 products like “Atlas mug”"
-    assert narrowing({"category": ["hat", "mug"]}, None) == "hat or mug"
+    assert narrowing({"category": ["hat", "mug"]}, None) == "filtered to hat or mug"
+    assert narrowing({"category": []}, Price(5, 80, (10, 80))) == "from $10"
+    assert Asked("mug", narrowed="up to $9").found(2) == "2 results for “mug” · up to $9"
 
 
 def test_no_close_matches_names_the_search():
-    assert Asked("bag", narrowed="no-such").nothing() == "No close matches for “bag” · filtered to no-such"
+    nothing = Asked("bag", narrowed="filtered to no-such").nothing()
+    assert nothing == "No close matches for “bag” · filtered to no-such"
     assert Asked(similar_title="Atlas mug").nothing() == "No close matches for products like “Atlas mug”"
 
 
