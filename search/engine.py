@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -441,14 +441,20 @@ class SearchEngine:
             self.collection,
             queries,
             plan.condition,
-            with_vectors=True,
+            with_vectors=plan.method == "weighted" and len(plan.lists) > 1,  # exact cosines of every candidate
             fusion=plan.engine_fusion,
             limit=plan.want,
             boosts=plan.boosts,
             diversity=plan.diversity,
         )
-        hits = _explained_hits(plan, results, fused, exclude)
-        return hits[plan.offset : plan.offset + plan.limit], plan.evidence(results)
+        hits = _explained_hits(plan, results, fused, exclude, self._with_vectors)
+        return hits, plan.evidence(results)
+
+    def _with_vectors(self, points: list[StoredPoint]) -> dict[str, StoredPoint]:
+        """The points again with their vectors (one retrieve), for the page's explanations only."""
+        if not points:
+            return {}
+        return {p.id: p for p in self.store.retrieve(self.collection, [p.id for p in points], with_vectors=True)}
 
     def _plan(
         self,
@@ -608,20 +614,30 @@ def _boosted(hit: Hit, plan: _Plan) -> Hit:
 
 
 def _explained_hits(
-    plan: _Plan, results: list[list[StoredPoint]], fused: list[StoredPoint] | None, exclude: str | None
+    plan: _Plan,
+    results: list[list[StoredPoint]],
+    fused: list[StoredPoint] | None,
+    exclude: str | None,
+    with_vectors: Callable[[list[StoredPoint]], dict[str, StoredPoint]],
 ) -> list[Hit]:
-    """Hits in fused order, each with every list's cosine and rank and its share of the score."""
+    """The page's hits in fused order, each with every list's score and rank and its share of the
+    score. Vectors are fetched for the page's products only, and only those some list missed."""
     by_id: dict[str, StoredPoint] = {}
     for point in (p for result in [*results, fused or []] for p in result):
         by_id.setdefault(point.id, point)
     ranked = [[(p.id, p.score) for p in result] for result in results]
     order, contributions = _fused_order(plan, ranked, fused, by_id)
+    page = [(pid, score) for pid, score in order if pid != exclude][plan.offset : plan.offset + plan.limit]
     ranks = [{pid: rank for rank, (pid, _) in enumerate(lst, start=1)} for lst in ranked]
     scores = [dict(lst) for lst in ranked]
+    missed = [
+        by_id[pid]
+        for pid, _ in page
+        if not by_id[pid].vectors and any(lst.dense and pid not in scores[i] for i, lst in enumerate(plan.lists))
+    ]
+    by_id.update(with_vectors(missed))
     hits = []
-    for pid, score in order:
-        if pid == exclude:
-            continue
+    for pid, score in page:
         point = by_id[pid]
         explanation = {
             lst.label: VectorScore(float(scores[i].get(pid, _exact_score(lst, point))), ranks[i].get(pid))
