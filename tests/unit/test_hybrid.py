@@ -10,7 +10,6 @@ import csv
 from dataclasses import replace
 
 import pytest
-from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
 from shelfsight.search.engine import SearchEngine, SearchRequest
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.lexical import correct_words, named_values, vocabulary
@@ -84,24 +83,6 @@ def test_a_collection_from_before_words_says_to_reindex(engine):
     with pytest.raises(BadInputError, match="--reindex"):
         old.search('"red bag"')
     assert old.search("bag", limit=3)  # plain searches keep working, on the CLIP lists
-
-
-def test_a_renamed_brand_is_searchable_without_embedding_again(store, collection_name, embedder, catalog_dir, tmp_path):
-    options = IngestOptions(collection=collection_name)
-    ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
-    rows = _rows(catalog_dir)
-    rows[0]["brand"] = "Zephyrine"
-    for r in rows:
-        r["image"] = str(catalog_dir / r["image"])
-    changed = tmp_path / "changed.csv"
-    with changed.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    report = ingest_catalog(changed, store, embedder, options)
-    assert (report.ingested, report.updated) == (0, 1)
-    engine = SearchEngine(store, embedder, collection_name)
-    assert [h.id for h in engine.search("zephyrine", vectors=["bm25"])] == [rows[0]["id"]]
 
 
 def test_typo_correction_rules():

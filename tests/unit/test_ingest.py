@@ -9,6 +9,7 @@ from PIL import Image
 from shelfsight.ingest.catalog import read_catalog
 from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
 from shelfsight.search.embedder import Embedder
+from shelfsight.search.engine import SearchEngine
 from shelfsight.search.errors import IncompatibleCollectionError
 from shelfsight.search.images import ImagePolicy
 from shelfsight.search.records import point_id
@@ -135,5 +136,8 @@ def test_reingest_keeps_zero_shot_tags_and_replaces_catalog_fields(
     assert (report.ingested, report.updated, report.unchanged) == (0, 1, 47)
     points = {p.payload["product_id"]: p.payload for p in store.scroll(collection_name)}
     assert points[rows[0]["id"]]["brand"] == "Renamed"
+    # the new name is searchable at once: the point's BM25 words follow its fields, unembedded
+    engine = SearchEngine(store, embedder, collection_name)
+    assert [h.id for h in engine.search("renamed", vectors=["bm25"])] == [rows[0]["id"]]
     assert len(points) == 48
     assert all(p["tag"] in ("shoe", "bag", "hat") and "tag_score" in p for p in points.values())
