@@ -43,8 +43,12 @@ def test_eval_prints_a_table_json_and_a_plot(built_db, catalog_dir, tmp_path):
     suites = {(r["suite"], r["parts"], r["mode"]) for r in report["rows"]}
     assert ("kind+colour", "text", "early") in suites
     assert {("composed", p, "rrf") for p in ("text+image", "text", "image")} <= suites
-    n = sum(1 for line in queries.read_text().splitlines() if '"kind+colour"' in line)
-    assert report["rows"][0]["queries"] in (n, len(queries.read_text().splitlines()) - n)
+    lines = [json.loads(line) for line in queries.read_text().splitlines()]
+    for row in report["rows"]:  # every suite's row counts that suite's queries
+        assert row["queries"] == sum(1 for q in lines if q["suite"] == row["suite"])
+    assert {"brand+kind", "exact id", "misspelled", "material+kind", "nonsense"} <= {r["suite"] for r in report["rows"]}
+    nonsense = next(r for r in report["rows"] if r["suite"] == "nonsense" and r["mode"] == "dbsf+bm25")
+    assert 0.0 <= nonsense["metrics"]["empty"] <= 1.0
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "red"}\n')
