@@ -34,7 +34,23 @@ LIST_NAMES = {
     "image->image": "your photo vs. the product photo",
     "image->text": "your photo vs. the product text",
     "query->fused": "your query vs. photo and text together",
+    "text->bm25": "words it shares with your query (BM25 score)",
 }
+# The "Sort" choices: (boost specs, diversity). Boosts lift results in proportion to how well they
+# already match, so "lower prices first" never puts an unrelated cheap product on top.
+SORTS = ("Best match", "Best match, lower prices first", "Best match, more variety")
+
+
+def list_name(label: str) -> str:
+    """A shopper's words for one line of a hit's explanation."""
+    if label.startswith("boost:"):
+        return f"shop preference on {label.removeprefix('boost:')}"
+    if label.startswith("exact:"):
+        return "you typed its product number"
+    named = re.fullmatch(r"text->text\[(.+?)=(.+)\]", label)
+    if named:
+        return f"your words among products with {named.group(1)} {named.group(2)}"
+    return LIST_NAMES.get(label, label)
 
 
 @st.cache_resource(show_spinner=False)
@@ -88,6 +104,7 @@ def main() -> None:
         st.caption(f"Answering through the Shelfsight server (pid {shop.served_by.pid}) that owns this store.")
     q, upload, tw, fusion = _search_controls(summary)
     chosen, price = _sidebar_filters(shop, summary, q)
+    sort = _sort_control(price)
     filters = [f"{field}={','.join(values)}" for field, values in chosen.items() if values]
     filters += price.filters if price else []
     page = int(_number_param("page", 1, 1, 50))
@@ -95,6 +112,7 @@ def main() -> None:
         q=q,
         tw=tw,
         fusion=fusion if fusion != summary.fusion else None,
+        sort=sort if sort != SORTS[0] else None,
         pmin=str(price.picked[0]) if price and price.picked[0] > price.low else None,
         pmax=str(price.picked[1]) if price and price.picked[1] < price.high else None,
         **{field: values for field, values in chosen.items()},
@@ -110,6 +128,9 @@ def main() -> None:
             asked = Asked(similar_title=shop.product(similar_id).title, narrowed=asked.narrowed)
             hits = shop.similar(similar_id, filters, PAGE * page)
         else:
+            boosts, diversity = _sort_options(sort, price)
+            if (boosts or diversity is not None) and image is not None and fusion == "dbsf" and tw != 0.5:
+                fusion = "rrf"  # the store fuses unequal weights by rank, then applies the sort
             request = SearchRequest(
                 filters=filters,
                 fusion=fusion,
@@ -117,6 +138,8 @@ def main() -> None:
                 text_weight=tw,
                 image_weight=1.0 - tw,
                 limit=PAGE * page,
+                boosts=boosts,
+                diversity=diversity,
             )
             answer = shop.answer(q.strip() or None, image, request)
             hits = answer.hits
@@ -188,6 +211,22 @@ def _sidebar_filters(shop: Shop, summary: CatalogSummary, q: str) -> tuple[dict[
             key=f"f-{field}",
         )
     return chosen, _price_slider(summary)
+
+
+def _sort_control(price: Price | None) -> str:
+    choices = [s for s in SORTS if price is not None or "prices" not in s]
+    asked = _param("sort", SORTS[0])
+    return st.sidebar.selectbox("Sort", choices, index=choices.index(asked) if asked in choices else 0, key="sort")
+
+
+def _sort_options(sort: str, price: Price | None) -> tuple[tuple[str, ...], float | None]:
+    """The boosts and diversity behind a sort choice."""
+    if sort == "Best match, lower prices first" and price is not None:
+        low, high = price.picked
+        return (f"price~{low}/{max((high - low) / 2, 1)}:1",), None
+    if sort == "Best match, more variety":
+        return (), 0.6
+    return (), None
 
 
 def _price_slider(summary: CatalogSummary) -> Price | None:
@@ -295,7 +334,7 @@ def _explain(hit: Hit) -> None:
     for label, vs in hit.vector_scores.items():
         rank = f"rank {vs.rank}" if vs.rank else "not in its top list"
         share = hit.contributions.get(label, 0.0)
-        st.text(f"{LIST_NAMES.get(label, label)}: similarity {vs.score:.3f}, {rank}, adds {share:.4f}")
+        st.text(f"{list_name(label)}: {vs.score:.3f}, {rank}, adds {share:.4f}")
 
 
 main()

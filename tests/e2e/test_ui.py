@@ -255,3 +255,18 @@ def test_storefront_in_headless_chromium(built_db, catalog_dir, tmp_path):
             page.get_by_text("No close matches for “bag” · filtered to no-such-category").wait_for(timeout=60_000)
         finally:
             browser.close()
+
+
+def test_sort_lower_prices_first_is_a_boost_the_shopper_can_see(app):
+    at = app(q="bag")
+    assert not at.exception
+    mean_price = lambda cards: sum(float(CARD_LINE.match(c).group(2)) for c in cards) / len(cards)  # noqa: E731
+    best = mean_price(_cards(at))
+    at.selectbox(key="sort").set_value("Best match, lower prices first").run()
+    assert not at.exception
+    assert at.query_params.get("sort") in ("Best match, lower prices first", ["Best match, lower prices first"])
+    assert mean_price(_cards(at)) < best
+    explained = {t.value for e in at.expander for t in e.text}
+    assert any(t.startswith("shop preference on price") for t in explained)
+    at.selectbox(key="sort").set_value("Best match, more variety").run()
+    assert not at.exception and _cards(at)
