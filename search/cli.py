@@ -44,6 +44,7 @@ def _stats(args: argparse.Namespace) -> int:
         try:
             meta = store.get_meta(settings.collection)
             info = {"collection": settings.collection, "count": store.count(settings.collection), **meta.to_dict()}
+            info["vocabulary"] = len(meta.vocabulary)  # its size: the words themselves fill screens
         finally:
             store.close()
     if args.json:

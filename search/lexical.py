@@ -77,10 +77,12 @@ def words(text: str) -> list[str]:
 
 
 def vocabulary(texts: Iterable[str], size: int = VOCABULARY_SIZE) -> dict[str, int]:
-    """Each word's number of texts holding it, the ``size`` most common kept."""
+    """Each word's number of texts holding it, the ``size`` most common kept. Words with digits
+    (ids, sizes) are left out: typos are never corrected towards them, and one per product would
+    crowd real words out of a large catalog's vocabulary."""
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(set(words(text)))
+        counts.update(w for w in set(words(text)) if not any(c.isdigit() for c in w))
     return dict(counts.most_common(size))
 
 
