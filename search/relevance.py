@@ -126,12 +126,9 @@ def best_cosines(
         return []
     vectors = embedder.encode_texts(list(queries))
     using = [v for v in ("text", "image") if v in meta.vectors]
-    best = []
-    for vector in vectors:
-        lists = [NearestQuery(vector, v, 1) for v in using]
-        results, _ = store.query(collection, lists)
-        best.append(max((r[0].score for r in results if r), default=-1.0))
-    return best
+    results, _ = store.query(collection, [NearestQuery(vector, v, 1) for vector in vectors for v in using])
+    per_query = [results[i : i + len(using)] for i in range(0, len(results), len(using))]
+    return [max((r[0].score for r in lists if r), default=-1.0) for lists in per_query]
 
 
 def choose_floor(nonsense: Sequence[float]) -> float | None:
