@@ -13,8 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import logging
 import sys
@@ -54,7 +52,7 @@ from shelfsight.search.http_guard import (
     json_h11_protocol,
 )
 from shelfsight.search.http_writes import add_write_routes, image_url
-from shelfsight.search.images import ALLOWED_FORMATS, QUERY_POLICY, is_url
+from shelfsight.search.images import ALLOWED_FORMATS, QUERY_POLICY, image_from_base64, is_url
 from shelfsight.search.query import MAX_QUERY_CHARS
 from shelfsight.search.records import Hit
 from shelfsight.search.redaction import redact
@@ -240,16 +238,6 @@ def _run_search(engine: SearchEngine, body: SearchBody, image: bytes | None) -> 
     }
 
 
-def _decode_base64_image(data: str) -> bytes:
-    try:
-        image = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInputError("image_base64 is not valid base64") from None
-    if len(image) > MAX_UPLOAD_BYTES:
-        raise BadInputError(f"image is over the {MAX_UPLOAD_BYTES}-byte upload cap")
-    return image
-
-
 def _vector_names(vectors: str) -> list[str]:
     return [v for v in vectors.split(",") if v][:3]
 
@@ -290,7 +278,7 @@ def _add_search_routes(app: FastAPI, get_engine: _EngineHolder) -> None:
 
     @app.post("/search", responses=_QUERY_ERRORS)
     def search_post(body: SearchBody) -> dict[str, Any]:
-        image = _decode_base64_image(body.image_base64) if body.image_base64 else None
+        image = image_from_base64(body.image_base64) if body.image_base64 else None
         return _run_search(get_engine(), body, image)
 
     @app.post("/search/upload", responses=_QUERY_ERRORS)

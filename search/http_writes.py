@@ -22,8 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
 import os
@@ -42,7 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from shelfsight.search.engine import SearchEngine
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.http_guard import ErrorBody
-from shelfsight.search.images import QUERY_POLICY, ImagePolicy, decode_image, is_url, read_image_bytes
+from shelfsight.search.images import (
+    QUERY_POLICY,
+    ImagePolicy,
+    decode_image,
+    image_from_base64,
+    is_url,
+    read_image_bytes,
+)
 from shelfsight.search.indexing import check_fields, content_hash, embed_points, keep_derived, product_payload
 from shelfsight.search.records import Product, point_id
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
@@ -229,7 +234,7 @@ def _image(
     if len([x for x in (upload, body.image, body.image_base64) if x is not None]) > 1:
         raise BadInputError("give one image: an upload, image_base64 or image")
     if upload is not None or body.image_base64 is not None:
-        data = upload if upload is not None else _base64(body.image_base64 or "")
+        data = upload if upload is not None else image_from_base64(body.image_base64 or "")
         path = _upload_path(engine, product_id, data)
         return _Image(data, str(path), path)
     if "image" in given and body.image is None:
@@ -247,16 +252,6 @@ def _image(
             "upload the image, send it as image_base64, or give a public http(s) URL"
         )
     return _Image(read_image_bytes(ref, Path.cwd(), WRITE_POLICY), ref)
-
-
-def _base64(data: str) -> bytes:
-    try:
-        image = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInputError("image_base64 is not valid base64") from None
-    if len(image) > MAX_UPLOAD_BYTES:
-        raise BadInputError(f"image is over the {MAX_UPLOAD_BYTES}-byte upload cap")
-    return image
 
 
 def _uploads_dir(engine: SearchEngine) -> Path | None:

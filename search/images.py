@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
 import io
 import ipaddress
@@ -30,6 +32,7 @@ from typing import Any, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from shelfsight.search.errors import BadInputError
+from shelfsight.search.settings import MAX_UPLOAD_BYTES
 
 # Formats Pillow recognises by content that we accept; anything else is "not an image".
 ALLOWED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"}
@@ -184,6 +187,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^data:", re.IGNORECASE)
+
+
+def image_from_base64(data: str, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
+    """The bytes of an image a client sent as base64 (``image_base64`` in the HTTP API)."""
+    try:
+        image = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInputError("image_base64 is not valid base64") from None
+    if len(image) > max_bytes:
+        raise BadInputError(f"image is over the {max_bytes}-byte upload cap")
+    return image
 
 
 def is_url(ref: str) -> bool:
