@@ -50,6 +50,7 @@ from shelfsight.search.http_guard import (
     RedactingFilter,
     ServeOptions,
     json_h11_protocol,
+    limit_malloc_arenas,
 )
 from shelfsight.search.http_writes import add_write_routes, image_url
 from shelfsight.search.images import ALLOWED_FORMATS, QUERY_POLICY, image_from_base64, is_url
@@ -376,6 +377,7 @@ def serve(settings: Settings, host: str, port: int, options: ServeOptions) -> No
     the server opens it again on each request until it can."""
     import uvicorn
 
+    limit_malloc_arenas()  # before the model's and the server's threads start
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "shelfsight"):
         logging.getLogger(name).addFilter(RedactingFilter())
     if not is_loopback(host) and not options.read_key:

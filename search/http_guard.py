@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import ctypes
 import hmac
 import json
 import logging
@@ -191,3 +192,22 @@ def json_h11_protocol() -> type:
             self.transport.close()
 
     return JsonErrorH11Protocol
+
+
+# glibc gives threads their own malloc arenas (up to 8 per core) and returns little of their freed
+# memory, so a server answering from many threads grew a few MB a minute under steady load
+# (bench/load.py, 32 clients: +5 to 9 MB a run); with 2 arenas it stayed flat. An operator's
+# MALLOC_ARENA_MAX wins.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for threads started from now on; False where there is no glibc."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
