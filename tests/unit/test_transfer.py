@@ -34,30 +34,39 @@ def source_db(tmp_path, embedder, catalog_dir):
     return db
 
 
-def top10s(store, embedder) -> list[list[frozenset[str]]]:
+def top10s(store, embedder) -> list[list[frozenset[str] | int]]:
     """Each query's top 10 as runs of ids of equal score (within 1e-4), in rank order: an engine
-    orders a tie (equal-weight RRF gives mirrored ranks equal scores) its own way, and a tie cut by
-    the limit is compared by its size only."""
+    orders a tie (equal-weight RRF gives mirrored ranks equal scores) its own way, and a tie that
+    the 10th place cuts through is compared by how many of it are inside (two more results are
+    read to see such a tie)."""
     engine = SearchEngine(store, embedder, "products")
     # The CLIP lists and the words list apart: fused, a tie among equal BM25 scores (which each
     # engine orders its own way) moves RRF ranks; alone, equal scores stay visible as ties.
     dense = ["image", "text"]
-    runs = [engine.search(q, limit=10, vectors=dense) for q in QUERIES]
-    runs += [engine.search(q, limit=10, fusion_method="rrf", filters=["price<=60"], vectors=dense) for q in QUERIES]
-    runs += [engine.search(q, limit=10, vectors=["bm25"]) for q in QUERIES]
-    out = []
-    for hits in runs:
-        groups: list[list] = []
-        for h in hits:
-            if groups and abs(groups[-1][0].score - h.score) <= 1e-4:
-                groups[-1].append(h)
-            else:
-                groups.append([h])
-        ranked: list = [frozenset(h.id for h in g) for g in groups]
-        if len(groups[-1]) > 1:  # a tie cut by the limit: which tied points fall inside is not defined
-            ranked[-1] = len(groups[-1])
-        out.append(ranked)
-    return out
+    runs = [engine.search(q, limit=12, vectors=dense) for q in QUERIES]
+    runs += [engine.search(q, limit=12, fusion_method="rrf", filters=["price<=60"], vectors=dense) for q in QUERIES]
+    runs += [engine.search(q, limit=12, vectors=["bm25"]) for q in QUERIES]
+    return [_tie_runs(hits, 10) for hits in runs]
+
+
+def _tie_runs(hits, top: int) -> list[frozenset[str] | int]:
+    groups: list[list] = []
+    for h in hits:
+        if groups and abs(groups[-1][0].score - h.score) <= 1e-4:
+            groups[-1].append(h)
+        else:
+            groups.append([h])
+    ranked: list[frozenset[str] | int] = []
+    seen = 0
+    for g in groups:
+        if seen + len(g) > top:  # the 10th place cuts this tie: which of it falls inside is not defined
+            ranked.append(top - seen)
+            break
+        ranked.append(frozenset(h.id for h in g))
+        seen += len(g)
+        if seen == top:
+            break
+    return ranked
 
 
 def test_edge_to_server_and_back_keeps_every_top10(source_db, tmp_path, embedder):
