@@ -566,18 +566,15 @@ def _fused_order(
     plan: _Plan, ranked: list[list[tuple[str, float]]], fused: list[StoredPoint] | None, by_id: dict[str, StoredPoint]
 ) -> tuple[list[tuple[str, float]], dict[str, list[float]]]:
     """The fused ranking and each id's per-list contributions, for the plan's fusion method."""
-    weights = [lst.weight for lst in plan.lists]
-    if plan.reranked:  # the store's last stage ordered the page; the lists explain each hit
+    if plan.method != "weighted" or len(plan.lists) == 1:
         contributions = _list_contributions(plan, ranked)
-        return [(p.id, sum(contributions.get(p.id, [0.0]))) for p in fused or []], contributions
-    if len(plan.lists) == 1:
-        return list(ranked[0]), {pid: [score] for pid, score in ranked[0]}
-    if plan.method == "rrf":
-        return [(p.id, p.score) for p in fused or []], fusion.fuse_rrf(ranked, weights)
-    if plan.method == "dbsf":
-        contributions = fusion.fuse_dbsf(ranked, weights)
-        order = [(p.id, p.score) for p in fused] if fused is not None else fusion.rank_fused(contributions)
-        return order, contributions
+        if plan.reranked:  # the store's last stage ordered the page; the lists explain each hit
+            return [(p.id, sum(contributions.get(p.id, [0.0]))) for p in fused or []], contributions
+        if len(plan.lists) == 1:
+            return list(ranked[0]), contributions
+        if fused is not None:  # RRF, and DBSF with equal weights: the store's own order
+            return [(p.id, p.score) for p in fused], contributions
+        return fusion.rank_fused(contributions), contributions
     # weighted: exact cosines for every candidate in every dense list; BM25 scores over the list's best
     top = [max((score for _, score in r), default=0.0) or 1.0 for r in ranked]
     found = [dict(r) for r in ranked]
@@ -587,7 +584,7 @@ def _fused_order(
         ]
         for pid, p in by_id.items()
     }
-    contributions = fusion.fuse_weighted(exact, weights)
+    contributions = fusion.fuse_weighted(exact, [lst.weight for lst in plan.lists])
     return fusion.rank_fused(contributions), contributions
 
 

@@ -57,8 +57,12 @@ def document_text(payload: Mapping[str, Any], keyword_fields: Iterable[str]) -> 
 
 def product_words(payload: Mapping[str, Any], meta: CollectionMeta) -> str:
     """``document_text`` over the collection's keyword fields, leaving out derived ones (tags)."""
-    keyword = [f for f, kind in meta.fields.items() if kind == "keyword" and f not in meta.derived]
-    return document_text(payload, keyword)
+    return document_text(payload, word_fields(meta))
+
+
+def word_fields(meta: CollectionMeta) -> list[str]:
+    """The catalog's keyword fields (brand, colour, ...), not the derived ones (zero-shot tags)."""
+    return [f for f, kind in meta.fields.items() if kind == "keyword" and f not in meta.derived]
 
 
 def bm25_document(text: str, settings: Mapping[str, Any] | None = None) -> Sparse:

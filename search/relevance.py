@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 from shelfsight.search.embedder import Embedder
-from shelfsight.search.lexical import correct_words, document_text, vocabulary
+from shelfsight.search.lexical import correct_words, product_words, vocabulary, word_fields
 from shelfsight.search.store.base import CollectionMeta, NearestQuery, VectorStore
 
 # A keyword field with more values than this (ids, SKUs, free text) is not matched against queries.
@@ -48,7 +48,7 @@ NONSENSE_REJECTED = 0.99
 def calibrate(store: VectorStore, embedder: Embedder, collection: str) -> CollectionMeta:
     """Record the collection's vocabulary and relevance floor in its metadata, and return it."""
     meta = store.get_meta(collection)
-    texts = [document_text(p.payload, _keyword_fields(meta)) for p in store.scroll(collection)]
+    texts = [product_words(p.payload, meta) for p in store.scroll(collection)]
     vocab = vocabulary(texts)
     rng = random.Random(_SEED)
     floor = None
@@ -62,10 +62,6 @@ def calibrate(store: VectorStore, embedder: Embedder, collection: str) -> Collec
     return meta
 
 
-def _keyword_fields(meta: CollectionMeta) -> list[str]:
-    return [f for f, kind in meta.fields.items() if kind == "keyword" and f not in meta.derived]
-
-
 def nameable_values(
     store: VectorStore, embedder: Embedder, collection: str, meta: CollectionMeta
 ) -> dict[str, list[str]]:
@@ -74,7 +70,7 @@ def nameable_values(
     it has few values (brands, not ids) and searching its values as text finds products with them
     less than ``UNREAD_PRECISION`` of the time (CLIP knows "red" and "mug", not a shop's brands)."""
     out = {}
-    for name in _keyword_fields(meta):
+    for name in word_fields(meta):
         counts = store.facet(collection, name, limit=MAX_NAMEABLE_VALUES + 1)
         values = sorted(str(v) for v, _ in counts if isinstance(v, str) and v.strip())
         if (

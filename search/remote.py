@@ -6,7 +6,7 @@ become the library's errors again, so the CLI and the storefront report them as 
 
 Example::
 
-    hits = remote_search(find_server("db"), "red bag", None, SearchRequest(limit=5))
+    hits = remote_answer(find_server("db"), "red bag", None, SearchRequest(limit=5)).hits
 """
 
 from __future__ import annotations
@@ -30,13 +30,6 @@ from shelfsight.search.records import Answer, Hit, Product
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
 
 TIMEOUT_S = 120.0  # the first query loads the server's model
-
-
-def remote_search(
-    record: ServerRecord, text: str | None, image: str | bytes | None, request: SearchRequest
-) -> list[Hit]:
-    """``engine.run(text, image, request)`` on the server."""
-    return remote_answer(record, text, image, request).hits
 
 
 def remote_answer(record: ServerRecord, text: str | None, image: str | bytes | None, request: SearchRequest) -> Answer:
