@@ -7,12 +7,14 @@ The tiny model is random, so these tests lean on what the words decide, not on C
 from __future__ import annotations
 
 import csv
+import random
 from dataclasses import replace
 
 import pytest
 from shelfsight.search.engine import SearchEngine, SearchRequest
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.lexical import correct_words, named_values, vocabulary
+from shelfsight.search.relevance import made_up_queries
 
 
 def _rows(catalog_dir) -> list[dict]:
@@ -68,11 +70,24 @@ def test_a_misspelled_word_is_corrected_and_said(engine, catalog_dir):
 
 
 def test_made_up_words_find_nothing_unless_min_score_says_otherwise(engine):
+    # The floor rejects 99% of calibration's made-up queries. The tiny model is random, so one
+    # made-up query can land on either side by chance; fresh ones drawn the same way (another
+    # seed) must be rejected about as often.
     assert engine.meta.relevance_floor is not None
-    answer = engine.answer("qwxzv jjkrt", None, SearchRequest(limit=10))
-    assert answer.no_close_matches and answer.hits == []
-    forced = engine.answer("qwxzv jjkrt", None, SearchRequest(limit=10, min_score=-1.0))
+    queries = made_up_queries(random.Random(7), engine.meta.vocabulary, 40)
+    answers = [engine.answer(q, None, SearchRequest(limit=10)) for q in queries]
+    assert all(a.hits == [] for a in answers if a.no_close_matches)
+    assert sum(a.no_close_matches for a in answers) >= 32
+    rejected = next(q for q, a in zip(queries, answers) if a.no_close_matches)
+    forced = engine.answer(rejected, None, SearchRequest(limit=10, min_score=-1.0))
     assert not forced.no_close_matches and len(forced.hits) == 10
+
+
+def test_a_catalog_word_always_gets_its_hits_whatever_the_floor(engine):
+    strict = SearchEngine(engine.store, engine.embedder, engine.collection)
+    strict.meta = replace(engine.meta, relevance_floor=1.0)
+    answer = strict.answer("bag", None, SearchRequest(limit=5))
+    assert not answer.no_close_matches and len(answer.hits) == 5
 
 
 def test_a_collection_from_before_words_says_to_reindex(engine):
