@@ -8,9 +8,9 @@ import random
 
 import httpx
 import pytest
-
 from shelfsight.search.lexical import vocabulary
 from shelfsight.search.relevance import made_up_queries
+
 from tests.e2e.helpers import serving
 
 
