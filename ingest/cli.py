@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shelfsight.search.cli_args import EXIT_OK, EXIT_PARTIAL, add_store_args, settings_from_args
-from shelfsight.search.errors import BadInputError
+from shelfsight.search.errors import BadInputError, StoreUnavailableError
 from shelfsight.search.images import ImagePolicy
 from shelfsight.search.settings import DEFAULT_MODEL
 from shelfsight.search.store.base import CollectionOptions, ignored_by_edge
 from shelfsight.search.store.options import add_option_args, options_from_args
 
 if TYPE_CHECKING:  # pandas and the pipeline load when an ingest runs, not for every command's --help
+    from shelfsight.ingest.catalog import Catalog
     from shelfsight.ingest.pipeline import IngestReport
+    from shelfsight.search.settings import Settings
 
 _SHOWN_ERRORS = 20
 
@@ -55,6 +57,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    p.add_argument(
+        "--api",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URL",
+        help="send the catalog through a running `shelfsight serve` (its PUT route); without URL, the one serving --db",
+    )
+    p.add_argument("--api-key", default=None, help="the server's admin key (default: env SHELFSIGHT_ADMIN_KEY)")
     add_option_args(p)
     p.set_defaults(func=run)
 
@@ -70,8 +81,12 @@ def run(args: argparse.Namespace) -> int:
     if args.fused_weight is not None and not 0.0 <= args.fused_weight <= 1.0:
         raise BadInputError("--fused-weight must lie in [0, 1]")
     columns = Columns(args.id_column, args.title_column, args.description_column, args.image_column)
-    catalog = read_catalog(args.catalog, columns)
     settings = settings_from_args(args)
+    if args.api is not None:
+        _check_api_args(args)
+        return _finish(_ingest_via_api(args, read_catalog(args.catalog, columns), settings), args)
+    _refuse_served(settings, args)
+    catalog = read_catalog(args.catalog, columns)
     options = options_from_args(args)
     store = open_store(settings)
     _apply_options(store, options, settings.collection, args.reindex)
@@ -88,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             prune=args.prune,
             fused_weight=args.fused_weight,
             columns=columns,
-            images=ImagePolicy(args.max_image_bytes, args.max_image_pixels, args.url_timeout, args.allow_private_urls),
+            images=_image_policy(args),
         )
         bar = _progress_bar(len(catalog.rows))
         try:
@@ -98,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
                 bar.close()
     finally:
         store.close()
+    return _finish(report, args)
+
+
+def _finish(report: IngestReport, args: argparse.Namespace) -> int:
+    """The report: skipped rows on stderr (all of them in --report), the summary, the exit code."""
     if args.report:
         write_report(report, args.report)
     _print_errors(report, args.report)
@@ -112,6 +132,61 @@ def run(args: argparse.Namespace) -> int:
             f"({_rate(report)}; {_stages(report)})"
         )
     return EXIT_PARTIAL if report.skipped else EXIT_OK
+
+
+def _image_policy(args: argparse.Namespace) -> ImagePolicy:
+    return ImagePolicy(args.max_image_bytes, args.max_image_pixels, args.url_timeout, args.allow_private_urls)
+
+
+_NOT_WITH_API = {
+    "reindex": "--reindex rebuilds the store: run `ingest CATALOG --db DIR --reindex` where the store lives",
+    "prune": "--prune is not offered through the API; run it on a store no server owns",
+    "model": "--model: the server embeds with its collection's model",
+    "fused_weight": "--fused-weight is fixed when the collection is built (use --reindex)",
+}
+
+
+def _check_api_args(args: argparse.Namespace) -> None:
+    for name, why in _NOT_WITH_API.items():
+        if getattr(args, name) not in (None, False):
+            raise BadInputError(f"--api cannot be combined with {why}")
+
+
+def _ingest_via_api(args: argparse.Namespace, catalog: Catalog, settings: Settings) -> IngestReport:
+    """The catalog through the server at ``--api`` (or the one serving ``--db``), same report."""
+    import os
+
+    from shelfsight.ingest.api import call, ingest_through_api, resolve_target
+    from shelfsight.ingest.pipeline import IngestOptions
+    from shelfsight.search.discovery import find_server
+
+    record = None if settings.qdrant_url or args.api else find_server(settings.db)
+    key = args.api_key or os.environ.get("SHELFSIGHT_ADMIN_KEY")
+    target = resolve_target(args.api or None, key, record.url if record else None, settings.db)
+    served = str(call(target, "GET", "/health").get("collection"))
+    if args.collection and args.collection != served:
+        raise BadInputError(f"the server at {target.url} serves collection {served!r}, not {args.collection!r}")
+    options = IngestOptions(batch_size=args.batch_size, workers=args.workers, images=_image_policy(args))
+    bar = _progress_bar(len(catalog.rows))
+    try:
+        return ingest_through_api(catalog, target, options, on_progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+
+
+def _refuse_served(settings: Settings, args: argparse.Namespace) -> None:
+    """A plain ingest into a store that ``serve`` owns goes through that server (``--api``)."""
+    from shelfsight.search.discovery import find_server
+
+    record = None if settings.qdrant_url or args.reindex or args.prune else find_server(settings.db)
+    if record is not None and record.collection == settings.collection:
+        raise StoreUnavailableError(
+            f"collection {settings.collection!r} in {settings.db} is open in another process: `shelfsight serve` "
+            f"(pid {record.pid}, {record.url}) owns it. Send the catalog through it with "
+            f"`shelfsight ingest {args.catalog} --db {settings.db} --api` (needs SHELFSIGHT_ADMIN_KEY), "
+            "or stop the server first"
+        )
 
 
 def _apply_options(store: object, options: CollectionOptions, collection: str, reindex: bool) -> None:

@@ -103,6 +103,8 @@ class PutResult(BaseModel):
     id: str
     created: bool = Field(description="the product was new")
     embedded: bool = Field(description="its text or image changed, so it was embedded again")
+    changed: bool = Field(True, description="anything stored changed (false: the product was already so)")
+    truncated: bool = Field(False, description="its text was over the model's token limit and was cut")
 
 
 class DeleteResult(BaseModel):
@@ -206,17 +208,21 @@ class ProductWriter:
             digest = content_hash(meta.model, product.text, image.data, meta.fused_weight)
             payload = product_payload(product, digest, Path.cwd())
             same = stored is not None and stored.get("content_hash") == digest
+            changed, truncated = not same, False
             picture = None if same or image.data is None else decode_image(image.data, WRITE_POLICY, name="image")
             if image.upload is not None and image.data is not None:
                 _keep(image.upload, image.data)
             if stored is not None and same:
                 payload = keep_derived(stored, payload, meta)
-                if payload != stored:  # whole, with its vectors: what the store derives from the payload follows
+                changed = payload != stored
+                if changed:  # whole, with its vectors: what the store derives from the payload follows
                     engine.store.upsert(name, [PointRecord(pid, found[0].vectors, payload)])
             else:
-                engine.store.upsert(name, embed_points([product], [picture], [payload], engine.embedder, meta).points)
+                embedded = embed_points([product], [picture], [payload], engine.embedder, meta)
+                engine.store.upsert(name, embedded.points)
+                truncated = embedded.truncated > 0
             _drop_uploads(engine, product_id, keep=image.upload)
-        return PutResult(id=product_id, created=stored is None, embedded=not same)
+        return PutResult(id=product_id, created=stored is None, embedded=not same, changed=changed, truncated=truncated)
 
     def delete(self, engine: SearchEngine, product_id: str) -> DeleteResult:
         with self.lock:

@@ -84,7 +84,8 @@ def test_a_product_put_then_deleted_appears_in_and_leaves_search(api, catalog_ro
     before = count(api)
     assert "W-1" not in ids_for(api, title)
     fields = {"category": catalog_row["category"], "price": 31.5}
-    assert put(api, "W-1", json={"title": title, **fields}) == {"id": "W-1", "created": True, "embedded": True}
+    created = {"id": "W-1", "created": True, "embedded": True, "changed": True, "truncated": False}
+    assert put(api, "W-1", json={"title": title, **fields}) == created
     assert ids_for(api, title)[0] == "W-1"
     assert ids_for(api, title, fusion="early")[0] == "W-1"  # the early-fused vector was written too
     assert ids_for(api, title, filter="price<=32")[0] == "W-1"
@@ -92,6 +93,7 @@ def test_a_product_put_then_deleted_appears_in_and_leaves_search(api, catalog_ro
 
     assert put(api, "W-1", json={"title": renamed, **fields})["embedded"] is True
     assert ids_for(api, renamed)[0] == "W-1"
+    assert put(api, "W-1", json={"title": renamed, **fields})["changed"] is False  # already so: nothing written
     assert put(api, "W-1", json={"title": renamed, **fields, "price": 45.0})["embedded"] is False
     assert "W-1" not in ids_for(api, renamed, filter="price<=32")
     product = api.get("/products/W-1").json()
@@ -133,7 +135,9 @@ def test_a_put_of_a_catalog_row_as_ingested_keeps_its_vectors(api, catalog_row, 
     product_id = row.pop("id")
     row["price"] = float(row["price"])
     body = {**row, "image_base64": base64.b64encode(image).decode()}
-    assert put(api, product_id, json=body) == {"id": product_id, "created": False, "embedded": False}
+    answer = put(api, product_id, json=body)
+    assert (answer["created"], answer["embedded"]) == (False, False)
+    assert answer["changed"] is True  # the image is now the upload the server keeps, not the catalog's file
     stored = api.get(f"/products/{product_id}").json()
     assert {k: stored[k] for k in row} == row
     assert api.get(f"/products/{product_id}/image").content == image

@@ -23,7 +23,7 @@ def test_a_put_product_is_the_point_ingest_made_of_the_same_row(engine, catalog_
         with TestClient(create_app(engine=engine, options=options)) as client:
             answer = client.put(f"/products/{copy}", json=body, headers={"X-API-Key": "admin"})
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"id": copy, "created": True, "embedded": True}
+        assert answer.json() == {"id": copy, "created": True, "embedded": True, "changed": True, "truncated": False}
         ingested, put = sorted(
             engine.store.retrieve(engine.collection, [point_id(row["id"]), point_id(copy)], with_vectors=True),
             key=lambda p: p.payload["product_id"] != row["id"],
