@@ -1,122 +1,399 @@
-"""Query latency at 10k products: engine calls per fusion mode and the HTTP round trip, side by side.
+"""Query latency and recall at scale: every fusion mode through the real SearchEngine, and HTTP.
 
-Products are clustered random vectors (HNSW recall needs clustered data) written straight into an
-embedded store; queries go through the real SearchEngine and the tiny CLIP model, so the figures
-include query embedding. Run: python bench/query_latency.py [--n 10000]
+Products are written straight into an embedded store (no images to embed): ``--n`` products with
+image, text and early-fused ``--dim``-d vectors, a title and description (so the store builds BM25
+words, as ingest does), a 1%-selective ``category`` and a 5%-selective ``department``.
+
+How vectors are drawn (``--data``):
+- ``clustered`` (default), like real CLIP embeddings: 200 centres are the query model's own
+  embeddings of 200 product texts ("red leather tote"); a product's text vector is its centre
+  plus noise (cosine about 0.9 to the centre), its image vector the same centre moved by one
+  fixed "modality gap" plus noise. Products carry their centre's text as title.
+- ``random``, the worst case for HNSW: every vector uniform on the sphere.
+
+Queries are distinct texts ("red tote", "leather tote for travel"), embedded by the query model,
+so no query is a cache hit unless the table says so. For each mode it prints p50/p95 ms for new
+texts (embedding included) and for the same texts again (the engine's vector cache hit, so only
+the engine and store), and recall@10 of the engine's page against the same query run by exact
+(brute-force) search. Then ``shelfsight serve`` runs on the store and 1 and 16 HTTP clients send
+new texts for ``--http-seconds`` each.
+
+Run: python bench/query_latency.py [--n 100000] [--dim 512] [--model vit-b-32] [--data clustered]
+     [--workdir DIR (reuses the model and a store built with the same settings)]
+     [--quantization int8] [--on-disk-vectors] [--hnsw-m 16] [--hnsw-ef-construct 100] [--hnsw-ef 128]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import os
+import platform
+import random
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from shelfsight.search.embedder import Embedder, normalize_rows  # noqa: E402
-from shelfsight.search.engine import SearchEngine  # noqa: E402
+from shelfsight.search.engine import SearchEngine, SearchRequest  # noqa: E402
 from shelfsight.search.records import point_id  # noqa: E402
-from shelfsight.search.store.base import CollectionMeta, PointRecord  # noqa: E402
+from shelfsight.search.store.base import CollectionMeta, CollectionOptions, PointRecord  # noqa: E402
 from shelfsight.search.store.edge import EdgeStore  # noqa: E402
 from shelfsight.train.model_init import init_model  # noqa: E402
 
+COLOURS = "red blue green black white yellow purple pink grey brown navy beige".split()
+MATERIALS = "leather canvas cotton wool denim suede linen steel ceramic bamboo".split()
+KINDS = (
+    "tote bag backpack wallet shoe sneaker boot sandal shirt t-shirt jacket coat hat cap scarf mug cup "
+    "bottle umbrella lamp chair table vase clock watch belt glove sock dress skirt hoodie sweater jeans "
+    "shorts towel pillow blanket candle notebook pen"
+).split()
+STYLES = "classic slim oversized vintage minimal sporty waterproof handmade organic travel".split()
+CENTRES = 200
+N_CATEGORIES, N_DEPARTMENTS = 100, 20  # 1% and 5% of the products each
+COLLECTION = "products"
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    fn()  # warm up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.95) - 1]
+
+def machine() -> str:
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags]
+    return f"{os.cpu_count()} cores, {model}, {'/'.join(isa)}, load {os.getloadavg()[0]:.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=50)
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="shelfsight-bench-"))
-    embedder = Embedder(str(init_model("tiny", tmp / "tiny")))
-    dim = embedder.dimension
-    rng = np.random.default_rng(0)
-    centers = normalize_rows(rng.normal(size=(50, dim)))
-    store = EdgeStore(tmp / "db")
-    meta = CollectionMeta(
+def product_texts(rng: random.Random, n: int) -> list[str]:
+    combos = list(itertools.product(COLOURS, MATERIALS, KINDS))
+    return [" ".join(c) for c in rng.sample(combos, n)]
+
+
+def query_texts(seed: int) -> Iterator[str]:
+    """Distinct query texts, drawn without end: the words products use, in other combinations."""
+    rng, seen = random.Random(seed), set()
+    shapes = [
+        lambda: f"{rng.choice(COLOURS)} {rng.choice(KINDS)}",
+        lambda: f"{rng.choice(MATERIALS)} {rng.choice(KINDS)} for {rng.choice(STYLES)} days",
+        lambda: f"{rng.choice(STYLES)} {rng.choice(COLOURS)} {rng.choice(MATERIALS)} {rng.choice(KINDS)}",
+        lambda: f"{rng.choice(COLOURS)} {rng.choice(KINDS)} {rng.randint(1, 99999)}",
+    ]
+    while True:
+        text = rng.choice(shapes)()
+        if text not in seen:
+            seen.add(text)
+            yield text
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The centres products are drawn around, and their texts."""
+
+    texts: list[str]
+    text_centres: np.ndarray
+    image_centres: np.ndarray
+
+
+def make_catalog(embedder: Embedder, dim: int, data: str) -> Catalog:
+    rng = np.random.default_rng(1)
+    texts = product_texts(random.Random(1), CENTRES)
+    if data == "random":
+        return Catalog(texts, np.zeros((CENTRES, dim)), np.zeros((CENTRES, dim)))
+    text_centres = normalize_rows(embedder.encode_texts(texts).astype(np.float64))
+    gap = rng.normal(size=dim)
+    gap *= 0.8 / np.linalg.norm(gap)
+    return Catalog(texts, text_centres, normalize_rows(text_centres + gap))
+
+
+def draw_vectors(cat: Catalog, centre: np.ndarray, rng: np.random.Generator, data: str) -> dict[str, np.ndarray]:
+    dim = cat.text_centres.shape[1]
+    if data == "random":
+        text, image = (normalize_rows(rng.normal(size=(len(centre), dim))) for _ in range(2))
+    else:
+        spread = 0.5 / np.sqrt(dim)  # noise of norm about 0.5: cosine about 0.9 to the centre
+        text = normalize_rows(cat.text_centres[centre] + rng.normal(scale=spread, size=(len(centre), dim)))
+        image = normalize_rows(cat.image_centres[centre] + rng.normal(scale=spread, size=(len(centre), dim)))
+    return {"text": text, "image": image, "fused": normalize_rows(text + image)}
+
+
+def build(store: EdgeStore, meta: CollectionMeta, cat: Catalog, n: int, data: str) -> dict[str, float]:
+    store.create_collection(COLLECTION, meta)
+    rng = np.random.default_rng(2)
+    started = time.perf_counter()
+    for start in range(0, n, 1000):
+        ids = np.arange(start, min(n, start + 1000))
+        centre = rng.integers(0, CENTRES, size=len(ids))
+        vectors = draw_vectors(cat, centre, rng, data)
+        store.upsert(
+            COLLECTION,
+            [
+                _point(int(i), cat.texts[c], {k: v[j] for k, v in vectors.items()})
+                for j, (i, c) in enumerate(zip(ids, centre))
+            ],
+        )
+    upsert_s = time.perf_counter() - started
+    started = time.perf_counter()
+    store.optimize(COLLECTION)
+    return {"upsert_s": upsert_s, "optimize_s": time.perf_counter() - started}
+
+
+def _point(i: int, title: str, vectors: dict[str, np.ndarray]) -> PointRecord:
+    payload = {
+        "product_id": f"p{i}",
+        "title": title,
+        "description": f"A {title} from our range, item {i}.",
+        "category": f"c{(i * 7919) % N_CATEGORIES}",
+        "department": f"d{(i * 104729) % N_DEPARTMENTS}",
+        "price": float(i % 200),
+    }
+    return PointRecord(point_id(f"p{i}"), vectors, payload)
+
+
+class ExactStore:
+    """The store, with every query answered by exact (brute-force) search: the recall reference."""
+
+    def __init__(self, store: EdgeStore):
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        return self._store.query(*args, **{**kwargs, "exact": True})
+
+
+def modes(i: int) -> dict[str, SearchRequest]:
+    """Each mode's request for the i-th query; filters change value from query to query."""
+    return {
+        "text vector only": SearchRequest(vectors=("text",)),
+        "dbsf, the default": SearchRequest(),
+        "rrf": SearchRequest(fusion="rrf"),
+        "weighted": SearchRequest(fusion="weighted"),
+        "early fusion": SearchRequest(fusion="early"),
+        "dbsf + 5% filter": SearchRequest(filters=(f"department=d{i % N_DEPARTMENTS}",)),
+        "dbsf + 1% filter": SearchRequest(filters=(f"category=c{i % N_CATEGORIES}",)),
+        "text vector + 1% filter": SearchRequest(vectors=("text",), filters=(f"category=c{i % N_CATEGORIES}",)),
+    }
+
+
+def _ms(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    return statistics.median(samples), samples[max(0, int(len(samples) * 0.95) - 1)]
+
+
+def time_modes(engine: SearchEngine, exact: SearchEngine, texts: Iterator[str], count: int) -> list[dict[str, Any]]:
+    rows = []
+    for name in modes(0):
+        batch = [next(texts) for _ in range(count)]
+        new, cached, recall = [], [], []
+        for i, text in enumerate(batch):
+            request = replace(modes(i)[name], limit=10)
+            new.append(_timed(lambda t=text, r=request: engine.answer(t, None, r)))
+            started = time.perf_counter()
+            hits = engine.answer(text, None, request).hits
+            cached.append((time.perf_counter() - started) * 1000)
+            truth = {h.id for h in exact.answer(text, None, request).hits}
+            recall.append(len(truth & {h.id for h in hits}) / max(1, len(truth)))
+        rows.append({"mode": name, "new": _ms(new), "cached": _ms(cached), "recall@10": float(np.mean(recall))})
+        print(
+            f"  {name:<26}{rows[-1]['new'][0]:>9.1f}{rows[-1]['new'][1]:>9.1f}"
+            f"{rows[-1]['cached'][0]:>9.1f}{rows[-1]['cached'][1]:>9.1f}{rows[-1]['recall@10']:>10.3f}",
+            flush=True,
+        )
+    return rows
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1000
+
+
+def ef_sweep(store: EdgeStore, embedder: Embedder, texts: Iterator[str], count: int) -> dict[int, float]:
+    """Recall@10 of the text vector alone at several search ``ef``: what the worst case needs."""
+    from shelfsight.search.store.base import NearestQuery
+
+    vectors = embedder.encode_texts([next(texts) for _ in range(count)])
+    truth = [{p.id for p in store.query(COLLECTION, [NearestQuery(v, "text", 10)], exact=True)[0][0]} for v in vectors]
+    out = {}
+    meta = store.get_meta(COLLECTION)
+    for ef in (64, 128, 256, 512, 1024):
+        store._metas[COLLECTION] = replace(meta, options=replace(meta.options, hnsw_ef=ef))
+        found = [{p.id for p in store.query(COLLECTION, [NearestQuery(v, "text", 10)])[0][0]} for v in vectors]
+        out[ef] = float(np.mean([len(t & f) / 10 for t, f in zip(truth, found)]))
+    store._metas[COLLECTION] = meta
+    return out
+
+
+def http_run(base: str, clients: int, seconds: float, texts: Iterator[str]) -> dict[str, float]:
+    """``clients`` threads send new query texts one after another for ``seconds``."""
+    import httpx
+
+    lock, latencies, errors = threading.Lock(), [], [0]
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            while time.monotonic() < deadline:
+                with lock:
+                    text = next(texts)
+                started = time.perf_counter()
+                ok = http.get("/search", params={"q": text, "limit": 10}).status_code == 200
+                with lock:
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    errors[0] += not ok
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
+    return {
+        "clients": clients,
+        "requests_per_s": len(latencies) / (time.monotonic() - started),
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)],
+        "errors": errors[0],
+    }
+
+
+def serve_and_measure(db: Path, seconds: float, texts: Iterator[str]) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from tests.e2e.helpers import free_port, stop_process, wait_for_http
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shelfsight", "serve", "--db", str(db), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{base}/health", proc, timeout=600)
+        http_run(base, 4, 5, texts)  # warm-up: threads, first requests
+        runs = [http_run(base, c, seconds, texts) for c in (1, 16)]
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak = next(int(ln.split()[1]) / 1024 for ln in status.splitlines() if ln.startswith("VmHWM:"))
+        return {"runs": runs, "serve_peak_rss_mb": peak}
+    finally:
+        stop_process(proc)
+
+
+def store_meta(embedder: Embedder, dim: int, args: argparse.Namespace) -> CollectionMeta:
+    options = CollectionOptions(
+        on_disk_vectors=args.on_disk_vectors,
+        quantization=args.quantization,
+        hnsw_m=args.hnsw_m,
+        hnsw_ef_construct=args.hnsw_ef_construct,
+        hnsw_ef=args.hnsw_ef,
+        oversampling=args.oversampling,
+    )
+    return CollectionMeta(
         model=embedder.model_id,
         dimension=dim,
         model_source=embedder.model_source,
         vectors=("image", "text", "fused"),
-        fields={"category": "keyword", "price": "float"},
+        fields={"category": "keyword", "department": "keyword", "price": "float"},
         fused_weight=0.5,
+        options=options,
     )
-    store.create_collection("products", meta)
-    started = time.perf_counter()
-    for start in range(0, args.n, 1000):
-        batch = []
-        for i in range(start, min(args.n, start + 1000)):
-            c = centers[i % 50]
-            vec = {k: normalize_rows((c + 0.3 * rng.normal(size=dim))[None])[0] for k in ("image", "text")}
-            vec["fused"] = normalize_rows((vec["image"] + vec["text"])[None])[0]
-            payload = {
-                "product_id": f"p{i}",
-                "title": f"product {i}",
-                "category": f"c{i % 20}",
-                "price": float(i % 200),
-            }
-            batch.append(PointRecord(point_id(f"p{i}"), vec, payload))
-        store.upsert("products", batch)
-    upsert_s = time.perf_counter() - started
-    started = time.perf_counter()
-    store.optimize("products")
-    print(f"{args.n} products: upsert {upsert_s:.1f}s, optimize {time.perf_counter() - started:.1f}s")
-    engine = SearchEngine(store, embedder, "products")
-    embed_ms = timed(lambda: embedder.encode_texts(["red leather bag"]), args.repeats)
-    print(f"{'case':<34}{'p50 ms':>9}{'p95 ms':>9}")
-    print(f"{'embed one query text':<34}{embed_ms[0]:>9.2f}{embed_ms[1]:>9.2f}")
-    cases = {
-        "text -> text vector": dict(vectors=["text"]),
-        "text -> image+text, rrf": dict(fusion_method="rrf"),
-        "text -> image+text, dbsf": dict(fusion_method="dbsf"),
-        "text -> image+text, weighted": dict(fusion_method="weighted"),
-        "text -> fused (early)": dict(fusion_method="early"),
-        "rrf + filter category (5%)": dict(fusion_method="rrf", filters=["category=c3"]),
-    }
-    for name, kw in cases.items():
-        p50, p95 = timed(lambda kw=kw: engine.search("red leather bag", limit=10, **kw), args.repeats)
-        print(f"{name:<34}{p50:>9.2f}{p95:>9.2f}")
+
+
+def open_or_build(args: argparse.Namespace, embedder: Embedder, work: Path) -> tuple[EdgeStore, Path, dict]:
+    meta = store_meta(embedder, embedder.dimension, args)
+    key = f"db-{args.n}-{args.data}-" + "-".join(f"{k}{v}" for k, v in sorted(meta.options.to_dict().items()) if v)
+    db = work / key
+    store = EdgeStore(db)
+    if (db / "built.json").is_file():
+        return store, db, json.loads((db / "built.json").read_text())
+    store.drop_collection(COLLECTION) if store.collection_exists(COLLECTION) else None
+    built = build(store, meta, make_catalog(embedder, embedder.dimension, args.data), args.n, args.data)
+    built["build_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from shelfsight.search.relevance import calibrate
+
+    calibrate(store, embedder, COLLECTION)
+    (db / "built.json").write_text(json.dumps(built))
+    return store, db, built
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512, help="512 with vit-b-32; the tiny model has its own")
+    parser.add_argument("--model", default="vit-b-32", help="a preset of shelfsight.train.model_init")
+    parser.add_argument("--data", choices=("clustered", "random"), default="clustered")
+    parser.add_argument("--queries", type=int, default=100, help="new query texts per mode")
+    parser.add_argument("--http-seconds", type=float, default=20)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--quantization", choices=("int8",), default=None)
+    parser.add_argument("--on-disk-vectors", action="store_true")
+    parser.add_argument("--oversampling", type=float, default=None)
+    parser.add_argument("--hnsw-m", type=int, default=None)
+    parser.add_argument("--hnsw-ef-construct", type=int, default=None)
+    parser.add_argument("--hnsw-ef", type=int, default=None)
+    parser.add_argument("--ef-sweep", action="store_true", help="recall of the text vector at several search ef")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="shelfsight-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = work / f"model-{args.model}"
+    if not (model_dir / "config.json").is_file():
+        init_model(args.model, model_dir)
+    embedder = Embedder(str(model_dir))
+    print(f"machine: {machine()}; torch threads {__import__('torch').get_num_threads()}", flush=True)
+    store, db, built = open_or_build(args, embedder, work)
+    print(
+        f"{args.n} products x {embedder.dimension}-d ({args.data}), options {store.get_meta(COLLECTION).options}: "
+        f"upsert {built['upsert_s']:.1f} s, optimize {built['optimize_s']:.1f} s, "
+        f"build peak RSS {built['build_peak_rss_mb']:.0f} MB",
+        flush=True,
+    )
+    texts = query_texts(seed=args.n)
+    embed = [_timed(lambda: embedder.encode_texts([next(texts)])) for _ in range(args.queries)]
+    print(f"embed one new query text: p50 {_ms(embed)[0]:.1f} ms, p95 {_ms(embed)[1]:.1f} ms")
+    print(f"  {'mode (ms)':<26}{'new p50':>9}{'p95':>9}{'cached':>9}{'p95':>9}{'recall@10':>10}")
+    engine = SearchEngine(store, embedder, COLLECTION)
+    exact = SearchEngine(ExactStore(store), embedder, COLLECTION)  # type: ignore[arg-type]
+    rows = time_modes(engine, exact, texts, args.queries)
+    sweep = ef_sweep(store, embedder, texts, args.queries) if args.ef_sweep else {}
+    if sweep:
+        print("text vector recall@10 by search ef: " + ", ".join(f"{k}: {v:.3f}" for k, v in sweep.items()))
     store.close()
-
-    import httpx
-
-    port = 8765
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shelfsight", "serve", "--db", str(tmp / "db"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        for _ in range(200):
-            try:
-                client.get("/health")
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        p50, p95 = timed(
-            lambda: client.get("/search", params={"q": "red leather bag"}).raise_for_status(), args.repeats
+    http = serve_and_measure(db, args.http_seconds, texts)
+    for r in http["runs"]:
+        print(
+            f"HTTP {r['clients']:>2} clients: {r['requests_per_s']:.1f} req/s, p50 {r['p50_ms']:.1f} ms, "
+            f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}"
         )
-        print(f"{'HTTP GET /search (rrf), loopback':<34}{p50:>9.2f}{p95:>9.2f}")
-    finally:
-        proc.terminate()
-        proc.wait()
+    print(f"serve peak RSS {http['serve_peak_rss_mb']:.0f} MB; machine at the end: {machine()}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "built": built, "modes": rows, "ef": sweep, **http}))
 
 
 if __name__ == "__main__":

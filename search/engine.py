@@ -431,7 +431,13 @@ class SearchEngine:
         phrases: Filter = (),
         exclude: str | None = None,
     ) -> tuple[list[Hit], _Evidence]:
-        """Plan the ranked lists, run them in one store round trip, fuse, explain one page."""
+        """Plan the ranked lists, run them in one store round trip, fuse, explain one page.
+
+        The lists come back as ids and scores only. They are needed anyway for the explanations
+        (each list's rank), so Python fuses them with the store's own formulas rather than have
+        the store search them a second time; the store fuses only when its last stage (boosts,
+        diversity) orders the page. Payloads, and vectors for the cosines some list missed, are
+        then read for the page alone."""
         plan = self._plan(parts, part_weights, request, words, phrases, exclude)
         queries = [
             NearestQuery(lst.vector, lst.using, plan.depth, request.min_score if lst.dense else None, lst.filter)
@@ -442,19 +448,20 @@ class SearchEngine:
             queries,
             plan.condition,
             with_vectors=plan.method == "weighted" and len(plan.lists) > 1,  # exact cosines of every candidate
-            fusion=plan.engine_fusion,
+            fusion=plan.engine_fusion if plan.reranked else None,
             limit=plan.want,
             boosts=plan.boosts,
             diversity=plan.diversity,
+            with_payload=False,
         )
-        hits = _explained_hits(plan, results, fused, exclude, self._with_vectors)
+        hits = _explained_hits(plan, results, fused, exclude, self._page_points)
         return hits, plan.evidence(results)
 
-    def _with_vectors(self, points: list[StoredPoint]) -> dict[str, StoredPoint]:
-        """The points again with their vectors (one retrieve), for the page's explanations only."""
-        if not points:
+    def _page_points(self, ids: list[str], with_vectors: bool) -> dict[str, StoredPoint]:
+        """The page's points with payloads (and vectors when asked), in one retrieve."""
+        if not ids:
             return {}
-        return {p.id: p for p in self.store.retrieve(self.collection, [p.id for p in points], with_vectors=True)}
+        return {p.id: p for p in self.store.retrieve(self.collection, ids, with_vectors=with_vectors)}
 
     def _plan(
         self,
@@ -615,24 +622,25 @@ def _explained_hits(
     results: list[list[StoredPoint]],
     fused: list[StoredPoint] | None,
     exclude: str | None,
-    with_vectors: Callable[[list[StoredPoint]], dict[str, StoredPoint]],
+    page_points: Callable[[list[str], bool], dict[str, StoredPoint]],
 ) -> list[Hit]:
     """The page's hits in fused order, each with every list's score and rank and its share of the
-    score. Vectors are fetched for the page's products only, and only those some list missed."""
+    score. Payloads are read for the page only, and vectors only where some list missed a hit."""
     by_id: dict[str, StoredPoint] = {}
-    for point in (p for result in [*results, fused or []] for p in result):
+    for point in (p for result in [fused or [], *results] for p in result):  # the final list has payloads
         by_id.setdefault(point.id, point)
     ranked = [[(p.id, p.score) for p in result] for result in results]
     order, contributions = _fused_order(plan, ranked, fused, by_id)
     page = [(pid, score) for pid, score in order if pid != exclude][plan.offset : plan.offset + plan.limit]
     ranks = [{pid: rank for rank, (pid, _) in enumerate(lst, start=1)} for lst in ranked]
     scores = [dict(lst) for lst in ranked]
-    missed = [
-        by_id[pid]
+    missed = {
+        pid
         for pid, _ in page
         if not by_id[pid].vectors and any(lst.dense and pid not in scores[i] for i, lst in enumerate(plan.lists))
-    ]
-    by_id.update(with_vectors(missed))
+    }
+    unread = [pid for pid, _ in page if pid in missed or not by_id[pid].payload]
+    by_id.update(page_points(unread, bool(missed)))
     hits = []
     for pid, score in page:
         point = by_id[pid]

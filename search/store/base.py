@@ -98,7 +98,9 @@ class CollectionOptions:
     the embedded store has one local shard and says it ignores them (``ignored_by_edge``).
     ``on_disk_vectors``/``on_disk_payload`` keep originals on disk (memory-mapped);
     ``quantization="int8"`` adds scalar int8 copies searched first, then ``rescore`` re-ranks the
-    candidates with the original vectors. None or False leaves the engine's default.
+    candidates with the original vectors, ``oversampling`` times as many as asked for. ``hnsw_m``
+    and ``hnsw_ef_construct`` shape the HNSW graph; ``hnsw_ef`` is how wide each search looks.
+    None or False leaves the engine's default.
     """
 
     shards: int | None = None
@@ -108,6 +110,10 @@ class CollectionOptions:
     on_disk_payload: bool = False
     quantization: str | None = None
     rescore: bool = True
+    hnsw_m: int | None = None  # graph links per point (engine default 16)
+    hnsw_ef_construct: int | None = None  # candidates weighed while building the graph (default 100)
+    hnsw_ef: int | None = None  # candidates weighed per search (default: the engine's choice)
+    oversampling: float | None = None  # with quantization: candidates rescored per result wanted
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -279,13 +285,15 @@ class VectorStore(Protocol):
         exact: bool = False,
         boosts: Sequence[Boost] = (),
         diversity: Diversity | None = None,
+        with_payload: bool = True,
     ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
         """Run each nearest list and, when ``fusion`` = (``"rrf"`` | ``"dbsf"``, weights) is
         given, the engine's fusion of them (``limit``/``offset`` apply to it) in one round trip.
         ``boosts`` rescore the fused list (or the one list) with the store's formula; ``diversity``
         reorders it by maximal marginal relevance (one or the other).
         ``exact`` scans every point instead of asking the index (verification, not serving).
-        Returns (one result list per query, final list or None)."""
+        ``with_payload=False`` returns the nearest lists as ids and scores only (the final list
+        always carries payloads). Returns (one result list per query, final list or None)."""
         ...
 
     def facet(self, name: str, field: str, filter: Filter = (), limit: int = 50) -> list[tuple[Any, int]]:

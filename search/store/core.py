@@ -194,15 +194,17 @@ class QdrantStore(ABC):
         exact: bool = False,
         boosts: Sequence[Boost] = (),
         diversity: Diversity | None = None,
+        with_payload: bool = True,
     ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
         """Each nearest list and, with ``fusion``, the engine's fusion of them, in one batch;
         ``boosts`` or ``diversity`` rescore that (or the one list) as a last stage; ``exact`` scans
-        every point instead of asking an index (for checks, not for serving)."""
+        every point instead of asking an index (for checks, not for serving). ``with_payload=False``
+        leaves payloads off the nearest lists (the final list always has them)."""
         meta = self.get_meta(name)
         nearest = self._nearest(lists, filter, meta, exact)
-        shown = {"with_payload": True, "with_vector": list(meta.vectors) if with_vectors else False}
+        shown = {"with_vector": list(meta.vectors) if with_vectors else False}
         d = self.dialect
-        requests = [d.request(**n, **shown) for n in nearest]
+        requests = [d.request(**n, **shown, with_payload=with_payload) for n in nearest]
         page = {"limit": limit, "offset": offset or None, "filter": self._filter(filter)}
         final = None
         if fusion is not None:
@@ -214,7 +216,7 @@ class QdrantStore(ABC):
             inner = d.prefetch(**final, limit=depth) if final else d.prefetch(**nearest[0])
             final = {d.prefetches: [inner], **self._last_stage(boosts, diversity)}
         if final is not None:
-            requests.append(d.request(**final, **page, **shown))
+            requests.append(d.request(**final, **page, **shown, with_payload=True))
         results = [[to_stored(p, with_vectors) for p in r] for r in self._query_batch(name, requests)]
         if final is not None:
             return results[:-1], results[-1]

@@ -21,15 +21,13 @@ from shelfsight.search.errors import BadInputError, CollectionNotFoundError, Sto
 from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.integrity import check_files, check_shard, damaged
-from shelfsight.search.store.options import check_options, edge_applicable, edge_config
+from shelfsight.search.store.options import ACORN_MAX_SELECTIVITY, check_options, edge_applicable, edge_config
 from shelfsight.search.store.validate import check_collection_name
 
 _META_FILE = "collection.json"
 _INDEX_TYPES = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float}
 # Full-text indexes for quoted phrases: words in order, case-insensitive.
 _TEXT_INDEX = qe.TextIndexParams(tokenizer=qe.TokenizerType.Word, lowercase=True, phrase_matching=True)
-# Above this share of points passing a filter, HNSW alone keeps recall; below it, use ACORN.
-_ACORN_MAX_SELECTIVITY = 0.4
 
 
 def _signal(b: Boost) -> qe.Expression:
@@ -242,12 +240,16 @@ class EdgeStore(QdrantStore):
 
     # -- search --------------------------------------------------------------------------------
     def _search_params(self, filter: Filter, options: CollectionOptions) -> qe.SearchParams | None:
-        quantization = qe.QuantizationSearchParams(rescore=options.rescore) if options.quantization else None
-        if not filter:
-            return qe.SearchParams(quantization=quantization) if quantization else None
+        quantization = (
+            qe.QuantizationSearchParams(rescore=options.rescore, oversampling=options.oversampling)
+            if options.quantization
+            else None
+        )
         # HNSW alone misses matches under selective filters; ACORN keeps recall at a small cost.
-        acorn = qe.AcornSearchParams(enable=True, max_selectivity=_ACORN_MAX_SELECTIVITY)
-        return qe.SearchParams(acorn=acorn, quantization=quantization)
+        acorn = qe.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY) if filter else None
+        if quantization is None and acorn is None and options.hnsw_ef is None:
+            return None
+        return qe.SearchParams(hnsw_ef=options.hnsw_ef, acorn=acorn, quantization=quantization)
 
     def _exact_params(self) -> qe.SearchParams:
         return qe.SearchParams(exact=True)

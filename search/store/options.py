@@ -33,7 +33,16 @@ _ENVIRONMENT = {
     "on_disk_payload": "SHELFSIGHT_ON_DISK_PAYLOAD",
     "quantization": "SHELFSIGHT_QUANTIZATION",
     "rescore": "SHELFSIGHT_RESCORE",
+    "hnsw_m": "SHELFSIGHT_HNSW_M",
+    "hnsw_ef_construct": "SHELFSIGHT_HNSW_EF_CONSTRUCT",
+    "hnsw_ef": "SHELFSIGHT_HNSW_EF",
+    "oversampling": "SHELFSIGHT_OVERSAMPLING",
 }
+# The engine's own HNSW defaults, spelled out where one of the pair is given without the other.
+DEFAULT_HNSW_M, DEFAULT_EF_CONSTRUCT, FULL_SCAN_THRESHOLD_KB = 16, 100, 10_000
+_POSITIVE = ("hnsw_m", "hnsw_ef_construct", "hnsw_ef")
+# Below this share of points passing a filter, searches use ACORN: HNSW alone misses matches there.
+ACORN_MAX_SELECTIVITY = 0.4
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -49,6 +58,12 @@ def add_option_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--no-rescore", dest="rescore", action="store_false", default=None, help="with quantization: skip rescoring"
     )
+    group.add_argument(
+        "--oversampling", type=float, default=None, help="with quantization: candidates rescored per hit"
+    )
+    group.add_argument("--hnsw-m", type=int, default=None, help="HNSW links per product (default 16)")
+    group.add_argument("--hnsw-ef-construct", type=int, default=None, help="HNSW build beam (default 100)")
+    group.add_argument("--hnsw-ef", type=int, default=None, help="HNSW search beam (default: the engine's)")
 
 
 def _from_env(field: str, value: str) -> Any:
@@ -59,6 +74,11 @@ def _from_env(field: str, value: str) -> Any:
         return value.strip().lower() in _TRUE
     if field == "quantization":
         return value.strip().lower() or None
+    if field == "oversampling":
+        try:
+            return float(value)
+        except ValueError as exc:
+            raise BadInputError(f"{name}={value!r}: use a number such as 2.0") from exc
     try:
         return int(value)
     except ValueError as exc:
@@ -79,6 +99,12 @@ def check_options(options: CollectionOptions) -> None:
         value = getattr(options, name)
         if value is not None and value < 1:
             raise BadInputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in _POSITIVE:
+        value = getattr(options, name)
+        if value is not None and not 1 <= value <= 100_000:
+            raise BadInputError(f"--{name.replace('_', '-')} must be a whole number from 1 to 100000, got {value}")
+    if options.oversampling is not None and not 1.0 <= options.oversampling <= 100.0:
+        raise BadInputError(f"--oversampling must be from 1 to 100, got {options.oversampling}")
     if options.quantization not in (None, *QUANTIZATIONS):
         raise BadInputError(f"quantization {options.quantization!r} is not supported: use {', '.join(QUANTIZATIONS)}")
 
@@ -109,7 +135,16 @@ def edge_config(meta: CollectionMeta) -> Any:
         for v in meta.vectors
     }
     sparse = {v: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf) for v in meta.sparse_vectors}
-    return qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse or None, on_disk_payload=o.on_disk_payload or None)
+    hnsw = (
+        qe.HnswIndexConfig(
+            o.hnsw_m or DEFAULT_HNSW_M, o.hnsw_ef_construct or DEFAULT_EF_CONSTRUCT, FULL_SCAN_THRESHOLD_KB
+        )
+        if o.hnsw_m or o.hnsw_ef_construct
+        else None
+    )
+    return qe.EdgeConfig(
+        vectors=vectors, sparse_vectors=sparse or None, on_disk_payload=o.on_disk_payload or None, hnsw_config=hnsw
+    )
 
 
 def server_collection_kwargs(meta: CollectionMeta) -> dict[str, Any]:
@@ -137,4 +172,7 @@ def server_collection_kwargs(meta: CollectionMeta) -> dict[str, Any]:
         "write_consistency_factor": o.write_consistency,
         "on_disk_payload": o.on_disk_payload or None,
         "quantization_config": quantization,
+        "hnsw_config": qm.HnswConfigDiff(m=o.hnsw_m, ef_construct=o.hnsw_ef_construct)
+        if o.hnsw_m or o.hnsw_ef_construct
+        else None,
     }

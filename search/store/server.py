@@ -16,7 +16,7 @@ from qdrant_client import models as qm
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
 from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
-from shelfsight.search.store.options import check_options, server_collection_kwargs
+from shelfsight.search.store.options import ACORN_MAX_SELECTIVITY, check_options, server_collection_kwargs
 from shelfsight.search.store.validate import check_collection_name
 
 _INDEX_TYPES = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
@@ -80,6 +80,10 @@ class ServerStore(QdrantStore):
     def __init__(self, client: QdrantClient):
         self.client = client
         self._metas: dict[str, CollectionMeta] = {}
+        # Local mode searches exactly and warns on every search parameter, so it is sent none.
+        self.searches_exactly = (
+            client.init_options.get("path") is not None or client.init_options.get("location") == ":memory:"
+        )
 
     @classmethod
     def connect(cls, url: str, api_key: str | None = None) -> ServerStore:
@@ -167,9 +171,15 @@ class ServerStore(QdrantStore):
         )
 
     def _search_params(self, filter: Filter, options: CollectionOptions) -> qm.SearchParams | None:
-        if not options.quantization:
+        quantization = (
+            qm.QuantizationSearchParams(rescore=options.rescore, oversampling=options.oversampling)
+            if options.quantization
+            else None
+        )
+        acorn = qm.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY) if filter else None
+        if self.searches_exactly or (quantization is None and acorn is None and options.hnsw_ef is None):
             return None
-        return qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=options.rescore))
+        return qm.SearchParams(hnsw_ef=options.hnsw_ef, acorn=acorn, quantization=quantization)
 
     def _exact_params(self) -> qm.SearchParams:
         return qm.SearchParams(exact=True)

@@ -16,8 +16,15 @@ from shelfsight.search.store.edge import EdgeStore
 from shelfsight.search.store.options import add_option_args, options_from_args
 from shelfsight.search.store.server import local_store
 
+GRAPH = dict(hnsw_m=32, hnsw_ef_construct=200, hnsw_ef=128, oversampling=2.0)
 CLUSTER = CollectionOptions(
-    shards=3, replication_factor=2, write_consistency=2, on_disk_vectors=True, on_disk_payload=True, quantization="int8"
+    shards=3,
+    replication_factor=2,
+    write_consistency=2,
+    on_disk_vectors=True,
+    on_disk_payload=True,
+    quantization="int8",
+    **GRAPH,  # type: ignore[arg-type]
 )
 META = CollectionMeta(model="m@1", dimension=8, fields={"category": "keyword"})
 
@@ -35,6 +42,9 @@ def test_flags_win_over_the_environment(monkeypatch):
     assert _parse("--shards", "2") == CollectionOptions(shards=2, quantization="int8", on_disk_vectors=True)
     assert _parse("--no-rescore").rescore is False
     assert _parse() == CollectionOptions(shards=4, quantization="int8", on_disk_vectors=True)
+    monkeypatch.setenv("SHELFSIGHT_HNSW_EF_CONSTRUCT", "200")
+    graph = _parse("--hnsw-m", "32", "--hnsw-ef", "128", "--oversampling", "2")
+    assert (graph.hnsw_m, graph.hnsw_ef_construct, graph.hnsw_ef, graph.oversampling) == (32, 200, 128, 2.0)
 
 
 def test_bad_options_name_the_variable_or_flag(monkeypatch):
@@ -46,6 +56,14 @@ def test_bad_options_name_the_variable_or_flag(monkeypatch):
         _parse("--shards", "0")
     monkeypatch.setenv("SHELFSIGHT_ON_DISK_PAYLOAD", "maybe")
     with pytest.raises(BadInputError, match="SHELFSIGHT_ON_DISK_PAYLOAD.*true or false"):
+        _parse()
+    monkeypatch.delenv("SHELFSIGHT_ON_DISK_PAYLOAD")
+    with pytest.raises(BadInputError, match="--hnsw-ef must be a whole number from 1"):
+        _parse("--hnsw-ef", "0")
+    with pytest.raises(BadInputError, match="--oversampling must be from 1 to 100"):
+        _parse("--oversampling", "0.5")
+    monkeypatch.setenv("SHELFSIGHT_OVERSAMPLING", "lots")
+    with pytest.raises(BadInputError, match="SHELFSIGHT_OVERSAMPLING='lots'"):
         _parse()
 
 
@@ -70,8 +88,14 @@ def test_options_are_recorded_kept_and_searched_with(backend, tmp_path):
         store.create_collection("c", META)
         recorded = store.get_meta("c").options
         if backend == "edge":  # one local shard: the cluster-only options are dropped, the rest kept
-            assert recorded == CollectionOptions(on_disk_vectors=True, on_disk_payload=True, quantization="int8")
+            assert recorded == CollectionOptions(
+                on_disk_vectors=True,
+                on_disk_payload=True,
+                quantization="int8",
+                **GRAPH,  # type: ignore[arg-type]
+            )
             applied = json.loads((tmp_path / "db" / "c" / "shard" / "edge_config.json").read_text())
+            assert (applied["hnsw_config"]["m"], applied["hnsw_config"]["ef_construct"]) == (32, 200)
             assert applied["vectors"]["image"]["quantization_config"]["scalar"]["type"] == "int8"
             assert applied["vectors"]["text"]["on_disk"] is True and applied["on_disk_payload"] is True
         else:
