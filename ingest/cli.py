@@ -20,9 +20,11 @@ from shelfsight.search.store.base import CollectionOptions, ignored_by_edge
 from shelfsight.search.store.options import add_option_args, options_from_args
 
 if TYPE_CHECKING:  # pandas and the pipeline load when an ingest runs, not for every command's --help
-    from shelfsight.ingest.catalog import Catalog
+    from shelfsight.ingest.catalog import Catalog, Columns
     from shelfsight.ingest.pipeline import IngestReport
+    from shelfsight.search.discovery import ServerRecord
     from shelfsight.search.settings import Settings
+    from shelfsight.search.store.base import VectorStore
 
 _SHOWN_ERRORS = 20
 
@@ -71,49 +73,77 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shelfsight.ingest.catalog import Columns, read_catalog
-    from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
-    from shelfsight.search.embedder import Embedder
+    from shelfsight.ingest.catalog import read_catalog
     from shelfsight.search.store import open_store
 
     if args.batch_size < 1 or args.workers < 1:
         raise BadInputError("--batch-size and --workers must be at least 1")
     if args.fused_weight is not None and not 0.0 <= args.fused_weight <= 1.0:
         raise BadInputError("--fused-weight must lie in [0, 1]")
-    columns = Columns(args.id_column, args.title_column, args.description_column, args.image_column)
+    columns = catalog_columns(args)
     settings = settings_from_args(args)
     if args.api is not None:
         _check_api_args(args)
         return _finish(_ingest_via_api(args, read_catalog(args.catalog, columns), settings), args)
-    _refuse_served(settings, args)
+    record = _serving(settings)
+    if record is not None and not args.reindex and not args.prune:
+        _refuse_served(record, settings, args)
     catalog = read_catalog(args.catalog, columns)
-    options = options_from_args(args)
+    if record is not None and args.reindex:
+        return _finish(_reindex_beside(args, catalog, settings, record), args)
     store = open_store(settings)
-    _apply_options(store, options, settings.collection, args.reindex)
     try:
-        model = settings.model
-        if model is None and store.collection_exists(settings.collection) and not args.reindex:
-            model = store.get_meta(settings.collection).model_source or None
-        embedder = Embedder(model or DEFAULT_MODEL, device=args.device, batch_size=args.batch_size)
-        options = IngestOptions(
-            collection=settings.collection,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            reindex=args.reindex,
-            prune=args.prune,
-            fused_weight=args.fused_weight,
-            columns=columns,
-            images=_image_policy(args),
-        )
-        bar = _progress_bar(len(catalog.rows))
-        try:
-            report = ingest_catalog(catalog, store, embedder, options, on_progress=bar.update if bar else None)
-        finally:
-            if bar:
-                bar.close()
+        report = _ingest_into(store, args, catalog, settings)
     finally:
         store.close()
     return _finish(report, args)
+
+
+def _ingest_into(store: VectorStore, args: argparse.Namespace, catalog: Catalog, settings: Settings) -> IngestReport:
+    """The local ingest into ``store``, with the model and options the flags name."""
+    from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
+    from shelfsight.search.embedder import Embedder
+
+    _apply_options(store, options_from_args(args), settings.collection, args.reindex)
+    model = settings.model
+    if model is None and store.collection_exists(settings.collection) and not args.reindex:
+        model = store.get_meta(settings.collection).model_source or None
+    embedder = Embedder(model or DEFAULT_MODEL, device=args.device, batch_size=args.batch_size)
+    options = IngestOptions(
+        collection=settings.collection,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        reindex=args.reindex,
+        prune=args.prune,
+        fused_weight=args.fused_weight,
+        columns=catalog_columns(args),
+        images=_image_policy(args),
+    )
+    bar = _progress_bar(len(catalog.rows))
+    try:
+        return ingest_catalog(catalog, store, embedder, options, on_progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+
+
+def _reindex_beside(
+    args: argparse.Namespace, catalog: Catalog, settings: Settings, record: ServerRecord
+) -> IngestReport:
+    """``--reindex`` of a store that ``serve`` owns: a new generation beside it, then the switch."""
+    from shelfsight.ingest.bluegreen import reindex_beside_server
+
+    assert settings.db is not None
+    print(f"building a new store beside the one `shelfsight serve` (pid {record.pid}) serves", file=sys.stderr)
+    report, switch = reindex_beside_server(
+        settings.db, settings.collection, record.pid, lambda store: _ingest_into(store, args, catalog, settings)
+    )
+    print(
+        f"switched: the server (pid {record.pid}) serves the rebuilt store (generation {switch.new}); "
+        f"generation {switch.old} removed",
+        file=sys.stderr,
+    )
+    return report
 
 
 def _finish(report: IngestReport, args: argparse.Namespace) -> int:
@@ -132,6 +162,12 @@ def _finish(report: IngestReport, args: argparse.Namespace) -> int:
             f"({_rate(report)}; {_stages(report)})"
         )
     return EXIT_PARTIAL if report.skipped else EXIT_OK
+
+
+def catalog_columns(args: argparse.Namespace) -> Columns:
+    from shelfsight.ingest.catalog import Columns
+
+    return Columns(args.id_column, args.title_column, args.description_column, args.image_column)
 
 
 def _image_policy(args: argparse.Namespace) -> ImagePolicy:
@@ -175,18 +211,22 @@ def _ingest_via_api(args: argparse.Namespace, catalog: Catalog, settings: Settin
             bar.close()
 
 
-def _refuse_served(settings: Settings, args: argparse.Namespace) -> None:
-    """A plain ingest into a store that ``serve`` owns goes through that server (``--api``)."""
+def _serving(settings: Settings) -> ServerRecord | None:
+    """The running ``serve`` that owns this embedded collection, if one does."""
     from shelfsight.search.discovery import find_server
 
-    record = None if settings.qdrant_url or args.reindex or args.prune else find_server(settings.db)
-    if record is not None and record.collection == settings.collection:
-        raise StoreUnavailableError(
-            f"collection {settings.collection!r} in {settings.db} is open in another process: `shelfsight serve` "
-            f"(pid {record.pid}, {record.url}) owns it. Send the catalog through it with "
-            f"`shelfsight ingest {args.catalog} --db {settings.db} --api` (needs SHELFSIGHT_ADMIN_KEY), "
-            "or stop the server first"
-        )
+    record = None if settings.qdrant_url else find_server(settings.db)
+    return record if record is not None and record.collection == settings.collection else None
+
+
+def _refuse_served(record: ServerRecord, settings: Settings, args: argparse.Namespace) -> None:
+    """A plain ingest into a store that ``serve`` owns goes through that server (``--api``)."""
+    raise StoreUnavailableError(
+        f"collection {settings.collection!r} in {settings.db} is open in another process: `shelfsight serve` "
+        f"(pid {record.pid}, {record.url}) owns it. Send the catalog through it with "
+        f"`shelfsight ingest {args.catalog} --db {settings.db} --api` (needs SHELFSIGHT_ADMIN_KEY), "
+        "rebuild it beside the live store with --reindex, or stop the server first"
+    )
 
 
 def _apply_options(store: object, options: CollectionOptions, collection: str, reindex: bool) -> None:

@@ -52,6 +52,7 @@ from shelfsight.search.indexing import check_fields, content_hash, embed_points,
 from shelfsight.search.records import Product, point_id
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
 from shelfsight.search.store.base import PointRecord
+from shelfsight.search.store.edge import EdgeStore
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -262,10 +263,9 @@ def _image(
 
 def _uploads_dir(engine: SearchEngine) -> Path | None:
     """Where uploaded images are kept: inside the embedded store's collection folder."""
-    settings = engine.settings
-    if settings.qdrant_url or not settings.db:
+    if not isinstance(engine.store, EdgeStore):
         return None
-    return Path(settings.db).resolve() / engine.collection / "uploads"
+    return engine.store.root.resolve() / engine.collection / "uploads"  # the engine's own generation
 
 
 def _upload_path(engine: SearchEngine, product_id: str, data: bytes) -> Path:

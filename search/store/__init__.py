@@ -39,5 +39,6 @@ def open_store(settings: Settings) -> VectorStore:
     if not settings.db:
         raise BadInputError("no store given: pass --db DIR (embedded store) or set QDRANT_URL")
     from shelfsight.search.store.edge import EdgeStore
+    from shelfsight.search.store.generations import store_root
 
-    return EdgeStore(settings.db)
+    return EdgeStore(store_root(settings.db, settings.collection))  # its live generation (generations.py)

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from shelfsight.search.errors import BadInputError, StoreUnavailableError
 from shelfsight.search.store.edge import EdgeStore
+from shelfsight.search.store.generations import store_root
 from shelfsight.search.store.server import ServerStore
 from shelfsight.search.store.validate import check_collection_name
 
@@ -43,13 +44,14 @@ def _without_temp(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
 
 def snapshot_edge(db: str | Path, collection: str, out: Path) -> Path:
     """Pack ``db/collection`` into ``out`` (.tar.gz) while holding its lock; returns ``out``."""
-    store = EdgeStore(db)
+    root = store_root(db, collection)  # the live generation
+    store = EdgeStore(root)
     try:
         store.count(collection)  # loads the shard: takes its lock, or names the process that has it
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
         with tarfile.open(partial, "w:gz") as tar:
-            tar.add(Path(db) / collection, arcname=collection, filter=_without_temp)
+            tar.add(root / collection, arcname=collection, filter=_without_temp)
         partial.replace(out)  # a killed snapshot never leaves a file that looks complete
     finally:
         store.close()
@@ -75,11 +77,11 @@ def restore_edge(archive: Path, db: str | Path, collection: str | None = None, f
     """
     if not archive.is_file():
         raise BadInputError(f"snapshot {archive} does not exist")
-    db = Path(db)
     with tarfile.open(archive, "r:gz") as tar:
         source_name = _collection_in(tar, archive)
         name = collection or source_name
         check_collection_name(name)
+        db = store_root(db, name)  # into the live generation (generations.py)
         store = EdgeStore(db)
         try:
             if store.collection_exists(name):

@@ -1,7 +1,8 @@
 """One owner per embedded store, for every writer; and damaged stores named in one line.
 
 ``ingest --reindex`` used to delete a store's directory under a live server (and exit 0); now every
-writer must hold the shard's lock first. A corpus of damaged stores (each a copy of a good one,
+writer must hold the shard's lock first (and ``--reindex`` of a served store builds a new generation
+beside it instead, ``test_blue_green.py``). A corpus of damaged stores (each a copy of a good one,
 broken in one way) must each give one line that names the damage and the fix, in the CLI and on
 ``/health``, never a traceback and never a silently smaller count.
 """
@@ -26,9 +27,9 @@ def _copy(built_db: Path, tmp_path: Path) -> Path:
     return db
 
 
-def test_reindex_and_prune_are_refused_while_another_process_serves_the_store(
-    built_db, tmp_path, catalog_dir, tiny_model_dir
-):
+def test_prune_is_refused_while_another_process_serves_the_store(built_db, tmp_path, catalog_dir, tiny_model_dir):
+    """``--reindex`` builds beside a served store and switches (test_blue_green.py); ``--prune`` has
+    no such path and stays refused."""
     db = _copy(built_db, tmp_path)
     rows = list(csv.DictReader((catalog_dir / "catalog.csv").open()))
     smaller = tmp_path / "smaller.csv"
@@ -37,7 +38,7 @@ def test_reindex_and_prune_are_refused_while_another_process_serves_the_store(
         writer.writeheader()
         writer.writerows(dict(r, image=str(catalog_dir / r["image"])) for r in rows[:10])
     with stopped_tree("serve", "--db", db) as (base, _):
-        for flag in ("--reindex", "--prune"):
+        for flag in ("--prune",):
             done = run_cli("ingest", smaller, "--db", db, "--model", tiny_model_dir, "--fused-weight", "0.5", flag)
             assert done.returncode != 0, (flag, done.stdout, done.stderr)
             assert "open in another process" in done.stderr, (flag, done.stderr)

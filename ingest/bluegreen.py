@@ -1,0 +1,118 @@
+"""``ingest --reindex`` while ``serve`` owns the store: build the next generation, then switch.
+
+The serving process keeps answering from the live generation while this process builds a new one
+beside it (``search/store/generations.py``): every product embedded again, the HNSW index built
+(``optimize``, minutes at 100k products, here and not in the server), the vocabulary and relevance
+floor calibrated. Then ``live.json`` names the new generation, the server switches to it and
+drains its requests (``search/http_swap.py``), and answers in ``served.json``; this process then
+removes the old generation. A build that fails leaves the live generation as it was; a server
+that cannot open the new one keeps the old one and the pointer goes back.
+
+Products written through ``PUT /products/{id}`` while the build runs go into the old generation
+and are gone after the switch: a rebuild serves its catalog.
+
+Example::
+
+    report, switch = reindex_beside_server("db", "products", server_pid, lambda store: ingest_catalog(...))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shelfsight.ingest.pipeline import IngestReport
+from shelfsight.search.errors import StoreUnavailableError
+from shelfsight.search.store.edge import EdgeStore
+from shelfsight.search.store.generations import (
+    Served,
+    building,
+    generation_root,
+    generations,
+    live_generation,
+    next_generation,
+    read_served,
+    remove_generation,
+    set_live,
+)
+
+# How long the server may take to open the new generation (its model included) and drain.
+SWITCH_WAIT_S = 600.0
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Switch:
+    """The generation served before the rebuild (now removed) and the one served after it."""
+
+    old: int
+    new: int
+
+
+def reindex_beside_server(
+    db: str, collection: str, server_pid: int, build: Callable[[EdgeStore], IngestReport]
+) -> tuple[IngestReport, Switch]:
+    """Run ``build`` (an ingest with ``reindex``) into a new generation of ``collection`` and have
+    the server ``server_pid`` switch to it; raises ``StoreUnavailableError`` when it cannot."""
+    with building(db, collection):
+        old = live_generation(db, collection)
+        _remove_leftovers(db, collection, keep=old)
+        new = next_generation(db, collection)
+        store = EdgeStore(generation_root(db, collection, new))
+        try:
+            report = build(store)
+        except BaseException:
+            store.close()
+            remove_generation(db, collection, new)
+            raise
+        store.close()  # releases the new shard's lock for the server
+        set_live(db, collection, new)
+        served = _wait_for_switch(db, collection, server_pid, new)
+        if served is not None and served.error:
+            set_live(db, collection, old)
+            raise StoreUnavailableError(
+                f"the server (pid {server_pid}) could not open the rebuilt store ({served.error}); it keeps "
+                f"serving the old one. The new build stays in {generation_root(db, collection, new)} until "
+                "the next --reindex; fix the cause (e.g. restart serve without --model) and run it again"
+            )
+        if served is None and _alive(server_pid):
+            raise StoreUnavailableError(
+                f"the server (pid {server_pid}) did not switch to the rebuilt store in {SWITCH_WAIT_S:.0f}s "
+                "(a server from before blue/green rebuilds?); the store now names the new build, so a restarted "
+                f"`shelfsight serve` serves it; until then the old one stays in {generation_root(db, collection, old)}"
+            )
+        remove_generation(db, collection, old)  # drained and closed by the server (or it is gone)
+    return report, Switch(old, new)
+
+
+def _remove_leftovers(db: str, collection: str, keep: int) -> None:
+    """Generations a killed rebuild or a refused switch left behind; one still open stays."""
+    for generation in generations(db, collection):
+        if generation != keep:
+            try:
+                remove_generation(db, collection, generation)
+            except StoreUnavailableError:
+                continue
+
+
+def _wait_for_switch(db: str, collection: str, pid: int, generation: int) -> Served | None:
+    """The server's answer about ``generation`` (None: none came, or the server is gone)."""
+    deadline = time.monotonic() + SWITCH_WAIT_S
+    while time.monotonic() < deadline and _alive(pid):
+        served = read_served(db, collection)
+        if served is not None and served.pid == pid and served.generation == generation:
+            return served
+        time.sleep(_POLL_S)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
