@@ -68,6 +68,7 @@ class RequestCount:
 
     def __init__(self) -> None:
         self.epoch = 0
+        self.draining = False  # a drain is waiting for requests (tests look)
         self._open: Counter[int] = Counter()
         self._changed = threading.Condition()
 
@@ -91,7 +92,9 @@ class RequestCount:
         """Wait until no request of ``epoch`` or earlier is in flight (or the server stops)."""
         with self._changed:
             while any(n for e, n in self._open.items() if e <= epoch) and not stop.is_set():
+                self.draining = True
                 self._changed.wait(timeout=POLL_S)
+            self.draining = False
 
 
 class _Counted:
