@@ -1,0 +1,181 @@
+"""Micro-batching of query texts: concurrent ``encode_texts`` calls share one forward pass.
+
+``shelfsight serve`` answers each request in its own thread. Embedded one at a time, query texts
+cap the server at one text tower pass per text (about 20 ms for the ViT-B/32 shape on 2 cores,
+about 50 queries/s), while the same tower runs a batch of 16 short texts several times faster
+per text. So the serving engine's embedder sends its texts through a ``TextBatcher``:
+
+- a caller that finds no forward pass running runs one at once with its own texts: a lone
+  request waits for nothing;
+- callers that arrive while a pass runs queue up; when it ends, the first of them runs the next
+  pass for all the queued texts (up to ``MAX_BATCH_TEXTS``) and each caller takes its own rows.
+
+There is no worker thread: the pass runs in a caller's (request) thread, so there is nothing
+to start or stop, and an engine dropped by a switch leaves nothing behind. The wait for
+company is exactly the pass in flight, never a fixed window.
+
+An error in a pass reaches every caller of that pass as the same exception. A caller's own bad
+input (a text that is not a string) is refused in its own thread before it joins a batch, so it
+never fails the others.
+
+Example::
+
+    engine.embedder = BatchedTextEmbedder(engine.embedder)   # what serve does (batch_query_texts)
+    engine.embedder.encode_texts(["red bag"])                # (1, d); shares a pass when busy
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from shelfsight.search.embedder import Embedder
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from sentence_transformers import SentenceTransformer
+    from shelfsight.search.engine import SearchEngine
+
+# Most texts in one pass. sentence-transformers runs at most the embedder's batch_size (32) texts
+# per forward anyway; 16 concurrent clients with a few query parts each fit in one or two passes.
+MAX_BATCH_TEXTS = 32
+
+
+@dataclass(eq=False)
+class _Call:
+    """One caller's texts, and what its pass left for it."""
+
+    texts: list[str]
+    rows: np.ndarray | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+def _checked(texts: Sequence[str]) -> list[str]:
+    texts = list(texts)
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"encode_texts takes strings, got {type(bad).__name__}")
+    return texts
+
+
+class TextBatcher:
+    """Runs ``encode(texts) -> (n, d) rows`` once for the texts of every caller waiting together.
+
+    Thread-safe; callers are served in the order they arrive.
+    """
+
+    def __init__(self, encode: Callable[[list[str]], np.ndarray], max_texts: int = MAX_BATCH_TEXTS):
+        self._encode = encode
+        self.max_texts = max_texts
+        self._queue: deque[_Call] = deque()
+        self._running = False
+        self._changed = threading.Condition()
+
+    @property
+    def queued(self) -> int:
+        """Callers waiting for a pass (not counting those inside the running one)."""
+        with self._changed:
+            return len(self._queue)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """This caller's rows, from a pass it may share with concurrent callers."""
+        call = _Call(_checked(texts))
+        if not call.texts:
+            return self._encode([])
+        with self._changed:
+            self._queue.append(call)
+            while not call.done and (self._running or self._queue[0] is not call):
+                self._changed.wait()
+            batch = None if call.done else self._take_batch()
+        if batch is not None:
+            self._run(batch)
+        if call.error is not None:
+            raise call.error
+        assert call.rows is not None
+        return call.rows
+
+    def _take_batch(self) -> list[_Call]:
+        """The queue's head (the caller) and the callers after it, up to ``max_texts`` texts in all;
+        a head with more texts than that runs alone. Called with the lock held."""
+        batch = [self._queue.popleft()]
+        count = len(batch[0].texts)
+        while self._queue and count + len(self._queue[0].texts) <= self.max_texts:
+            count += len(self._queue[0].texts)
+            batch.append(self._queue.popleft())
+        self._running = True
+        return batch
+
+    def _run(self, batch: list[_Call]) -> None:
+        texts = [t for call in batch for t in call.texts]
+        rows: np.ndarray | None = None
+        error: BaseException | None = None
+        try:
+            rows = self._encode(texts)
+            if len(rows) != len(texts):
+                raise RuntimeError(f"the encoder returned {len(rows)} rows for {len(texts)} texts")
+        except BaseException as exc:  # every caller of this pass gets it, the running one included
+            error = exc
+        with self._changed:
+            start = 0
+            for call in batch:
+                if error is None and rows is not None:
+                    call.rows = rows[start : start + len(call.texts)]
+                call.error = error
+                call.done = True
+                start += len(call.texts)
+            self._running = False
+            self._changed.notify_all()
+
+
+class BatchedTextEmbedder(Embedder):
+    """``embedder`` with its ``encode_texts`` calls gathered by a ``TextBatcher``; the model, the
+    image tower and token counts are ``embedder``'s own (one model in memory)."""
+
+    def __init__(self, embedder: Embedder, max_texts: int = MAX_BATCH_TEXTS):
+        super().__init__(embedder.model_name, embedder.device, embedder.batch_size, embedder.models_root)
+        self.inner = embedder
+        self.batcher = TextBatcher(embedder.encode_texts, max_texts)
+
+    @property
+    def model(self) -> SentenceTransformer:
+        return self.inner.model
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.batcher.encode_texts(texts)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.inner.encode_images(images)
+
+
+def limit_torch_threads() -> int:
+    """Give torch's intra-op pool every core but one (at least one) for ``serve``; returns the count.
+
+    Request threads run Python one at a time under the GIL, so they need about one core, and a
+    pass releases the GIL. Measured on 2 shared cores (load average 13 to 33, other engineers'
+    work): with torch's default of 2 threads a lone request cost 350-550 ms of CPU, its threads
+    spinning for a sibling that was not scheduled, against 87 ms with 1; under 16 clients, 47
+    against 42 ms. ``OMP_NUM_THREADS`` set by the operator wins.
+    """
+    import torch
+
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+    return int(torch.get_num_threads())
+
+
+def batch_query_texts(engine: SearchEngine) -> None:
+    """Make ``engine`` embed query texts in shared passes (serve only: the CLI, the storefront and
+    the Python API embed each query directly). Image queries are not batched: the image tower
+    gains little from batches on CPU (1.11x at 32, shared/NOTES.md)."""
+    if not isinstance(engine.embedder, BatchedTextEmbedder):
+        engine.embedder = BatchedTextEmbedder(engine.embedder)

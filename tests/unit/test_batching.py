@@ -1,0 +1,198 @@
+"""Micro-batching of query texts (search/batching.py): concurrent callers share passes, each gets
+its own rows, a lone caller runs at once, errors reach every caller of their pass, no thread stays.
+
+The fake encoder records each pass; a gate holds the first pass open so that the other callers
+queue behind it, which makes every batch's composition certain without timing anything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from shelfsight.search.batching import BatchedTextEmbedder, TextBatcher, batch_query_texts, limit_torch_threads
+from shelfsight.search.http import create_app
+
+
+class FakeEncoder:
+    """Rows that name their text ([len, first char code]); records each pass and its thread."""
+
+    def __init__(self, hold_first: bool = False, fail_on: str | None = None):
+        self.passes: list[list[str]] = []
+        self.threads: list[int] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.hold_first = hold_first
+        self.fail_on = fail_on
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.passes.append(list(texts))
+        self.threads.append(threading.get_ident())
+        if self.hold_first and len(self.passes) == 1:
+            self.entered.set()
+            self.gate.wait()
+        if self.fail_on is not None and self.fail_on in texts:
+            raise ValueError(f"cannot encode {self.fail_on!r}")
+        return np.array([[len(t), ord(t[0])] for t in texts], dtype=np.float32)
+
+
+def _expected(texts: list[str]) -> list[list[float]]:
+    return [[len(t), ord(t[0])] for t in texts]
+
+
+def _wait_until(condition, what: str) -> None:
+    """Synchronisation, not a timed assertion: the deadline only keeps a broken batcher from hanging."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.001)
+
+
+def _call_in_threads(batcher: TextBatcher, encoder: FakeEncoder, work: dict[str, list[str]], queued: int):
+    """The first caller's pass is held until the other ``queued`` callers wait behind it."""
+    results: dict[str, object] = {}
+
+    def call(name: str) -> None:
+        try:
+            results[name] = batcher.encode_texts(work[name])
+        except Exception as exc:
+            results[name] = exc
+
+    names = list(work)
+    first = threading.Thread(target=call, args=(names[0],))
+    first.start()
+    encoder.entered.wait(30)
+    others = []
+    for name in names[1:]:  # one at a time, so the queue (and the batches) keep this order
+        before = batcher.queued
+        thread = threading.Thread(target=call, args=(name,))
+        others.append(thread)
+        thread.start()
+        _wait_until(lambda t=thread, b=before: batcher.queued > b or not t.is_alive(), f"{name} queued or refused")
+    assert batcher.queued == queued
+    encoder.gate.set()
+    for t in [first, *others]:
+        t.join(30)
+    return results
+
+
+def test_callers_that_arrive_during_a_pass_share_the_next_and_get_their_own_rows():
+    encoder = FakeEncoder(hold_first=True)
+    batcher = TextBatcher(encoder, max_texts=32)
+    work = {"lead": ["a"], "one": ["bb"], "two": ["ccc", "dddd"], "three": ["eeeee"]}
+    results = _call_in_threads(batcher, encoder, work, queued=3)
+    assert encoder.passes == [["a"], ["bb", "ccc", "dddd", "eeeee"]]
+    for name, texts in work.items():
+        assert np.asarray(results[name]).tolist() == _expected(texts), name
+
+
+def test_a_pass_takes_at_most_max_texts_and_an_oversized_caller_runs_alone():
+    encoder = FakeEncoder(hold_first=True)
+    batcher = TextBatcher(encoder, max_texts=3)
+    work = {"lead": ["a"], "p": ["b1", "b2"], "q": ["c1"], "r": ["d1", "d2"], "big": ["e1", "e2", "e3", "e4"]}
+    results = _call_in_threads(batcher, encoder, work, queued=4)
+    assert encoder.passes == [["a"], ["b1", "b2", "c1"], ["d1", "d2"], ["e1", "e2", "e3", "e4"]]
+    assert np.asarray(results["big"]).tolist() == _expected(work["big"])
+
+
+class CountingCondition(threading.Condition):
+    """Counts the times a caller blocks: a lone caller must never block, for no window at all."""
+
+    waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_a_lone_caller_runs_its_own_pass_at_once_in_its_own_thread():
+    encoder = FakeEncoder()
+    batcher = TextBatcher(encoder)
+    batcher._changed = condition = CountingCondition()
+    for texts in (["a", "bb"], ["c"], ["ddd", "e", "f"]):
+        assert batcher.encode_texts(texts).tolist() == _expected(texts)
+    # Each call was its own pass, run by the caller itself: no worker to hand over to, no window.
+    assert encoder.passes == [["a", "bb"], ["c"], ["ddd", "e", "f"]]
+    assert set(encoder.threads) == {threading.get_ident()}
+    assert condition.waits == 0 and batcher.queued == 0
+
+
+def test_an_error_reaches_every_caller_of_its_pass_and_no_one_else():
+    encoder = FakeEncoder(hold_first=True, fail_on="bad")
+    batcher = TextBatcher(encoder, max_texts=3)
+    work = {"lead": ["a"], "p": ["b"], "q": ["bad"], "r": ["c"], "s": ["d", "e"]}
+    results = _call_in_threads(batcher, encoder, work, queued=4)
+    assert encoder.passes == [["a"], ["b", "bad", "c"], ["d", "e"]]
+    errors = [results[name] for name in ("p", "q", "r")]
+    assert isinstance(errors[0], ValueError) and all(e is errors[0] for e in errors)
+    assert np.asarray(results["lead"]).tolist() == _expected(["a"])
+    assert np.asarray(results["s"]).tolist() == _expected(["d", "e"])
+    assert batcher.encode_texts(["after"]).tolist() == _expected(["after"])  # the batcher still works
+
+
+def test_a_callers_bad_input_fails_only_that_caller_and_never_reaches_a_pass():
+    encoder = FakeEncoder(hold_first=True)
+    batcher = TextBatcher(encoder)
+    work = {"lead": ["a"], "p": ["b"], "q": ["c", 7], "r": ["d"]}  # type: ignore[list-item]
+    results = _call_in_threads(batcher, encoder, work, queued=2)  # "q" is refused before it queues
+    assert isinstance(results["q"], TypeError)
+    assert encoder.passes == [["a"], ["b", "d"]]
+    assert np.asarray(results["r"]).tolist() == _expected(["d"])
+
+
+def test_the_encoder_returning_the_wrong_row_count_is_an_error_for_the_pass():
+    batcher = TextBatcher(lambda texts: np.zeros((len(texts) + 1, 2), dtype=np.float32))
+    with pytest.raises(RuntimeError, match="2 rows for 1 texts"):
+        batcher.encode_texts(["a"])
+
+
+def test_no_thread_is_started_or_left_behind():
+    before = set(threading.enumerate())
+    encoder = FakeEncoder(hold_first=True)
+    batcher = TextBatcher(encoder)
+    _call_in_threads(batcher, encoder, {"lead": ["a"], "p": ["b"], "q": ["c"]}, queued=2)
+    assert set(threading.enumerate()) == before
+
+
+def test_serve_engines_batch_texts_with_the_same_model_and_the_same_vectors(embedder):
+    engine = SimpleNamespace(embedder=embedder)
+    create_app(engine=engine)  # type: ignore[arg-type]
+    batched = engine.embedder
+    assert isinstance(batched, BatchedTextEmbedder) and batched.inner is embedder
+    batch_query_texts(engine)  # type: ignore[arg-type]
+    assert engine.embedder is batched  # hardening twice does not wrap twice
+    assert batched.model is embedder.model and batched.model_id == embedder.model_id
+    assert batched.max_tokens == embedder.max_tokens
+
+    texts = [f"{colour} leather bag number {i}" for i, colour in enumerate(["red", "blue", "green"] * 4)]
+    direct = embedder.encode_texts(texts)
+    rows: dict[int, np.ndarray] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: rows.update({i: batched.encode_texts([texts[i]])})) for i in range(12)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    got = np.concatenate([rows[i] for i in range(12)])
+    assert np.allclose(got, direct, atol=1e-5)
+
+
+def test_serve_leaves_one_core_to_the_request_threads_unless_omp_num_threads_is_set(monkeypatch):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(3)
+        assert limit_torch_threads() == 3  # the operator's choice stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr("os.cpu_count", lambda: 2)
+        assert limit_torch_threads() == 1
+        monkeypatch.setattr("os.cpu_count", lambda: 8)
+        assert limit_torch_threads() == 7
+    finally:
+        torch.set_num_threads(before)
