@@ -4,8 +4,8 @@
 points ``live.json`` at it (``search/store/generations.py``). While ``serve`` runs, a watcher
 thread looks at that pointer every ``POLL_S`` seconds; when it names another generation it:
 
-1. opens it (shard, integrity check, the collection's model) beside the serving engine; queries
-   go on meanwhile (the load holds the GIL for a moment, it fails none);
+1. opens it (shard, integrity check, the collection's model, one warm-up query) beside the
+   serving engine; queries go on meanwhile (the load holds the GIL for moments, it fails none);
 2. swaps the app's engine under ``_EngineHolder``'s lock: every request that asks after this gets
    the new one;
 3. drains: waits until every request that started before the swap has finished (a middleware
@@ -124,6 +124,9 @@ def open_generation(settings: Settings, generation: int) -> SearchEngine:
         embedder = Embedder(settings.model or meta.model_source or meta.model, device=settings.device)
         engine = SearchEngine(store, embedder, settings.collection, settings)
         engine.count()  # loads the shard now: its integrity check runs before it serves
+        # Loads the model and runs its first forward here, not in the first request after the
+        # swap (seen: a lazy load there stalled every client for up to 1.9 s on the busy machine).
+        engine.search("warm up", limit=1)
         return engine
     except Exception:
         store.close()
