@@ -161,10 +161,11 @@ def limit_torch_threads() -> int:
     """Give torch's intra-op pool every core but one (at least one) for ``serve``; returns the count.
 
     Request threads run Python one at a time under the GIL, so they need about one core, and a
-    pass releases the GIL. Measured on 2 shared cores (load average 13 to 33, other engineers'
-    work): with torch's default of 2 threads a lone request cost 350-550 ms of CPU, its threads
-    spinning for a sibling that was not scheduled, against 87 ms with 1; under 16 clients, 47
-    against 42 ms. ``OMP_NUM_THREADS`` set by the operator wins.
+    pass releases the GIL. Measured through ``serve`` on 2 shared cores (four runs, load average
+    8 to 33 from other work): with torch's default of 2 threads a lone request cost 350 to 880 ms
+    of CPU, its threads spinning for a sibling that was not scheduled, against 68 to 87 ms with 1;
+    under 16 batched clients, 47 to 49 against 41 to 47 ms. ``OMP_NUM_THREADS`` set by the
+    operator wins. Not measured on a quiet machine, where 2 threads would shorten a lone pass.
     """
     import torch
 
