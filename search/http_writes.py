@@ -5,7 +5,9 @@ with 403, and a request without the key gets 401 (``http_guard.ApiKeyGuard``). A
 point as ingest does (``indexing``: payload, content hash, the ``fused`` vector when the collection
 has one) with the serving model, and upserts it through the store; a product whose text and image
 did not change keeps its vectors and only its fields are written. New points stay out of the
-HNSW index until the next ingest builds it; searches find them meanwhile.
+HNSW index until the next ingest builds it; searches find them meanwhile. While ``ingest
+--reindex`` rebuilds the store beside the server (``store/generations.py``), writes get a 503:
+they would be lost when the server switches to the rebuilt store.
 
 The body is the product as ``GET /products/{id}`` returns it: ``title``, ``description`` and the
 collection's fields at the top level, with the image as ``image`` (a public http(s) URL; a
@@ -38,7 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from shelfsight.search.engine import SearchEngine
-from shelfsight.search.errors import BadInputError
+from shelfsight.search.errors import BadInputError, StoreUnavailableError
 from shelfsight.search.http_guard import ErrorBody
 from shelfsight.search.images import (
     QUERY_POLICY,
@@ -53,6 +55,7 @@ from shelfsight.search.records import Product, point_id
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
 from shelfsight.search.store.base import PointRecord
 from shelfsight.search.store.edge import EdgeStore
+from shelfsight.search.store.generations import rebuilding
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -72,7 +75,7 @@ _DOCUMENTED = {
     413: "request body over the size limit",
     415: "the body is neither application/json nor multipart/form-data",
     422: "the body does not match the schema",
-    503: "the store or the model cannot be reached, or the store is damaged",
+    503: "the store or the model cannot be reached, the store is damaged, or a rebuild (ingest --reindex) runs",
 }
 FieldValue = StrictBool | float | str | list[str] | None
 
@@ -200,6 +203,7 @@ class ProductWriter:
         meta, name, pid = engine.meta, engine.collection, point_id(product_id)
         fields = check_fields(dict(body.model_extra or {}), meta)
         with self.lock:
+            _refuse_during_rebuild(engine)
             found = engine.store.retrieve(name, [pid], with_vectors=True)
             stored = found[0].payload if found else None
             image = _image(engine, product_id, body, upload, stored)
@@ -227,10 +231,21 @@ class ProductWriter:
 
     def delete(self, engine: SearchEngine, product_id: str) -> DeleteResult:
         with self.lock:
+            _refuse_during_rebuild(engine)
             engine.get(product_id)  # ProductNotFoundError (404) when there is none
             engine.store.delete(engine.collection, [point_id(product_id)])
             _drop_uploads(engine, product_id, keep=None)
         return DeleteResult(id=product_id, deleted=True)
+
+
+def _refuse_during_rebuild(engine: SearchEngine) -> None:
+    """A write into a store that ``ingest --reindex`` is rebuilding would be lost at the switch."""
+    db = engine.settings.db
+    if isinstance(engine.store, EdgeStore) and db and rebuilding(db, engine.collection):
+        raise StoreUnavailableError(
+            "an `ingest --reindex` is rebuilding this store beside the live one, and a write now would be "
+            "lost when the server switches to the rebuilt one: send it again after the rebuild"
+        )
 
 
 def _image(

@@ -132,6 +132,20 @@ def building(db: str | os.PathLike[str], collection: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def rebuilding(db: str | os.PathLike[str], collection: str) -> bool:
+    """Whether an ``ingest --reindex`` is building a new generation now (it holds ``build.lock``)."""
+    try:
+        with (_home(db, collection) / "build.lock").open("r") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
+
+
 def write_served(db: str | os.PathLike[str], collection: str, served: Served) -> None:
     _write_json(_home(db, collection) / "served.json", asdict(served))
 

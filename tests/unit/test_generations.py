@@ -9,10 +9,11 @@ import threading
 import time
 
 import pytest
+from fastapi.testclient import TestClient
 from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
 from shelfsight.search.engine import SearchEngine
 from shelfsight.search.errors import StoreUnavailableError
-from shelfsight.search.http import _EngineHolder
+from shelfsight.search.http import _EngineHolder, create_app
 from shelfsight.search.http_guard import ServeOptions
 from shelfsight.search.http_swap import GenerationWatch, RequestCount
 from shelfsight.search.settings import Settings
@@ -94,13 +95,40 @@ def test_the_old_engine_waits_for_the_requests_that_started_on_it():
     requests.leave(after)
 
 
-def test_a_switch_keeps_the_old_engine_open_until_its_last_request_ends(tmp_path, embedder, catalog_dir):
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, embedder, catalog_dir):
+    """An embedded store of the catalog in the old layout (generation 0); tests work on copies."""
+    db = tmp_path_factory.mktemp("generations") / "db"
+    store = EdgeStore(db)
+    try:
+        ingest_catalog(catalog_dir / "catalog.csv", store, embedder, IngestOptions(collection="products"))
+    finally:
+        store.close()
+    return db
+
+
+def test_writes_are_refused_while_a_rebuild_runs(built, tmp_path):
+    db = tmp_path / "db"
+    shutil.copytree(built, db)
+    options = ServeOptions(admin_key="admin")
+    with SearchEngine.open(Settings(db=str(db), collection="products")) as engine:
+        with TestClient(create_app(engine=engine, options=options)) as client:
+            put = {"json": {"title": "during a rebuild"}, "headers": {"X-API-Key": "admin"}}
+            with building(db, "products"):
+                answer = client.put("/products/R-1", **put)
+                assert answer.status_code == 503 and "rebuild" in answer.json()["detail"], answer.text
+                assert client.delete("/products/R-1", headers={"X-API-Key": "admin"}).status_code == 503
+                assert (
+                    client.get("/search", params={"q": "red"}, headers=put["headers"]).status_code == 200
+                )  # reads go on
+            assert client.put("/products/R-1", **put).status_code == 200
+
+
+def test_a_switch_keeps_the_old_engine_open_until_its_last_request_ends(built, tmp_path):
     """The watcher swaps to a new generation while a request holds the old engine: the old one
     answers until that request ends, then it closes (its lock is free) and the server says so."""
     db = tmp_path / "db"
-    store = EdgeStore(db)
-    ingest_catalog(catalog_dir / "catalog.csv", store, embedder, IngestOptions(collection="products"))
-    store.close()
+    shutil.copytree(built, db)
     shutil.copytree(db / "products", generation_root(db, "products", 1) / "products")  # a rebuilt generation
     settings = Settings(db=str(db), collection="products")
     holder = _EngineHolder(settings, SearchEngine.open(settings), ServeOptions())
