@@ -8,8 +8,9 @@ drains its requests (``search/http_swap.py``), and answers in ``served.json``; t
 removes the old generation. A build that fails leaves the live generation as it was; a server
 that cannot open the new one keeps the old one and the pointer goes back.
 
-Products written through ``PUT /products/{id}`` while the build runs go into the old generation
-and are gone after the switch: a rebuild serves its catalog.
+While the build runs (this process holds the build lock) the server answers ``PUT`` and ``DELETE
+/products/{id}`` with 503: such a write would go into the old generation and be gone after the
+switch, since a rebuild serves its catalog.
 
 Example::
 
