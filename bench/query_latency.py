@@ -145,7 +145,7 @@ def build(store: EdgeStore, meta: CollectionMeta, cat: Catalog, n: int, data: st
         store.upsert(
             COLLECTION,
             [
-                _point(int(i), cat.texts[c], {k: v[j] for k, v in vectors.items()})
+                _point(int(i), cat.texts[c], {k: v[j] for k, v in vectors.items() if k in meta.vectors})
                 for j, (i, c) in enumerate(zip(ids, centre))
             ],
         )
@@ -202,6 +202,8 @@ def _ms(samples: list[float]) -> tuple[float, float]:
 def time_modes(engine: SearchEngine, exact: SearchEngine, texts: Iterator[str], count: int) -> list[dict[str, Any]]:
     rows = []
     for name in modes(0):
+        if name == "early fusion" and "fused" not in engine.meta.vectors:
+            continue
         batch = [next(texts) for _ in range(count)]
         new, cached, recall = [], [], []
         for i, text in enumerate(batch):
@@ -314,16 +316,18 @@ def store_meta(embedder: Embedder, dim: int, args: argparse.Namespace) -> Collec
         model=embedder.model_id,
         dimension=dim,
         model_source=embedder.model_source,
-        vectors=("image", "text", "fused"),
+        vectors=("image", "text") if args.no_fused else ("image", "text", "fused"),
         fields={"category": "keyword", "department": "keyword", "price": "float"},
-        fused_weight=0.5,
+        fused_weight=None if args.no_fused else 0.5,
         options=options,
     )
 
 
 def open_or_build(args: argparse.Namespace, embedder: Embedder, work: Path) -> tuple[EdgeStore, Path, dict]:
     meta = store_meta(embedder, embedder.dimension, args)
-    key = f"db-{args.n}-{args.data}-" + "-".join(f"{k}{v}" for k, v in sorted(meta.options.to_dict().items()) if v)
+    key = f"db-{args.n}-{args.data}{'-nofused' if args.no_fused else ''}-" + "-".join(
+        f"{k}{v}" for k, v in sorted(meta.options.to_dict().items()) if v
+    )
     db = work / key
     store = EdgeStore(db)
     if (db / "built.json").is_file():
@@ -348,11 +352,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--http-seconds", type=float, default=20)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--quantization", choices=("int8",), default=None)
+    parser.add_argument("--no-fused", action="store_true", help="no early-fused vector (as ingest's default)")
     parser.add_argument("--on-disk-vectors", action="store_true")
     parser.add_argument("--oversampling", type=float, default=None)
     parser.add_argument("--hnsw-m", type=int, default=None)
     parser.add_argument("--hnsw-ef-construct", type=int, default=None)
     parser.add_argument("--hnsw-ef", type=int, default=None)
+    parser.add_argument(
+        "--acorn-max-selectivity", type=float, default=None, help="override the store's (0: ACORN off, to compare)"
+    )
     parser.add_argument("--ef-sweep", action="store_true", help="recall of the text vector at several search ef")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     return parser.parse_args()
@@ -360,6 +368,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.acorn_max_selectivity is not None:
+        import shelfsight.search.store.edge as edge
+
+        edge.ACORN_MAX_SELECTIVITY = args.acorn_max_selectivity
     work = args.workdir or Path(tempfile.mkdtemp(prefix="shelfsight-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     model_dir = work / f"model-{args.model}"

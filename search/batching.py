@@ -3,7 +3,8 @@
 ``shelfsight serve`` answers each request in its own thread. Embedded one at a time, query texts
 cap the server at one text tower pass per text (about 20 ms for the ViT-B/32 shape on 2 cores,
 about 50 queries/s), while the same tower runs a batch of 16 short texts several times faster
-per text. So the serving engine's embedder sends its texts through a ``TextBatcher``:
+per text. So the serving engine's query texts go through a ``TextBatcher`` (and, where it keeps
+fp32's vectors, an int8 copy of the text tower: ``text_int8``):
 
 - a caller that finds no forward pass running runs one at once with its own texts: a lone
   request waits for nothing;
@@ -20,8 +21,8 @@ never fails the others.
 
 Example::
 
-    engine.embedder = BatchedTextEmbedder(engine.embedder)   # what serve does (batch_query_texts)
-    engine.embedder.encode_texts(["red bag"])                # (1, d); shares a pass when busy
+    batch_query_texts(engine)                     # what serve does to each engine it opens
+    engine.encode_query_texts(["red bag"])        # (1, d); shares a pass when busy
 """
 
 from __future__ import annotations
@@ -34,11 +35,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from shelfsight.search.embedder import Embedder
+from shelfsight.search.text_int8 import Int8TextEncoder
 
 if TYPE_CHECKING:
-    from PIL import Image
-    from sentence_transformers import SentenceTransformer
     from shelfsight.search.engine import SearchEngine
 
 # Most texts in one pass. sentence-transformers runs at most the embedder's batch_size (32) texts
@@ -133,30 +132,6 @@ class TextBatcher:
             self._changed.notify_all()
 
 
-class BatchedTextEmbedder(Embedder):
-    """``embedder`` with its ``encode_texts`` calls gathered by a ``TextBatcher``; the model, the
-    image tower and token counts are ``embedder``'s own (one model in memory)."""
-
-    def __init__(self, embedder: Embedder, max_texts: int = MAX_BATCH_TEXTS):
-        super().__init__(embedder.model_name, embedder.device, embedder.batch_size, embedder.models_root)
-        self.inner = embedder
-        self.batcher = TextBatcher(embedder.encode_texts, max_texts)
-
-    @property
-    def model(self) -> SentenceTransformer:
-        return self.inner.model
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.batcher.encode_texts(texts)
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.inner.encode_images(images)
-
-
 def limit_torch_threads() -> int:
     """Give torch's intra-op pool every core but one (at least one) for ``serve``; returns the count.
 
@@ -174,9 +149,15 @@ def limit_torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-def batch_query_texts(engine: SearchEngine) -> None:
-    """Make ``engine`` embed query texts in shared passes (serve only: the CLI, the storefront and
-    the Python API embed each query directly). Image queries are not batched: the image tower
-    gains little from batches on CPU (1.11x at 32, shared/NOTES.md)."""
-    if not isinstance(engine.embedder, BatchedTextEmbedder):
-        engine.embedder = BatchedTextEmbedder(engine.embedder)
+def batch_query_texts(engine: SearchEngine, int8: bool = True) -> str:
+    """Make ``engine`` embed query texts in shared passes, through an int8 copy of the text tower
+    where it keeps fp32's vectors (``text_int8``); returns which tower, for the log. Serve only:
+    the CLI, the storefront and the Python API embed each query directly, and product texts (the
+    write routes) always take the embedder's fp32 tower. Image queries are not batched: the image
+    tower gains little from batches on CPU (1.11x at 32, shared/NOTES.md)."""
+    fast, cosine = Int8TextEncoder.build(engine.embedder) if int8 else (None, float("nan"))
+    encode = fast.encode_texts if fast is not None else engine.embedder.encode_texts
+    engine.encode_query_texts = TextBatcher(encode).encode_texts
+    if fast is not None:
+        return f"int8 text tower for queries (least probe cosine to fp32 {cosine:.4f})"
+    return "fp32 text tower for queries" + (f" (int8 probe cosine {cosine:.4f} too low)" if cosine == cosine else "")

@@ -135,6 +135,12 @@ def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="let query parts and product images name files on this machine (off: clients send uploads or public URLs)",
     )
+    s.add_argument(
+        "--fp32-queries",
+        dest="int8_queries",
+        action="store_false",
+        help="embed query texts with the fp32 text tower (default: an int8 copy where it keeps cosine >= 0.995)",
+    )
     s.set_defaults(func=_serve)
 
 
@@ -240,7 +246,7 @@ def _serve(args: argparse.Namespace) -> int:
     # one turns it into an exit that runs the clean-up below (the default would end the process).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        serve(settings, args.host, args.port, ServeOptions.from_env(args.allow_local_paths))
+        serve(settings, args.host, args.port, ServeOptions.from_env(args.allow_local_paths, args.int8_queries))
     finally:
         if db:
             remove_record(db, os.getpid())

@@ -177,6 +177,9 @@ class SearchEngine:
         # Query parts that name local files are read only when this is True (the HTTP API sets it False).
         self.allow_local_paths = True
         self.query_vectors = VectorCache(QUERY_CACHE_SIZE)
+        # What embeds query texts: the embedder here; serve gives it shared passes of an int8
+        # text tower (batching.py). Product texts are always the embedder's.
+        self.encode_query_texts: Callable[[list[str]], np.ndarray] = embedder.encode_texts
 
     @classmethod
     def open(cls, db_or_settings: str | Path | Settings, model: str | None = None) -> SearchEngine:
@@ -358,7 +361,7 @@ class SearchEngine:
         """One vector per query part; negative terms are subtracted from every part."""
         all_texts = [t for t, _ in parsed.texts] + [t for t, _ in parsed.negatives]
         text_vecs = (
-            self.query_vectors.get_many([("text", t) for t in all_texts], self.embedder.encode_texts, all_texts)
+            self.query_vectors.get_many([("text", t) for t in all_texts], self.encode_query_texts, all_texts)
             if all_texts
             else np.zeros((0, self.meta.dimension))
         )

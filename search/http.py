@@ -29,6 +29,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
+from shelfsight.search.batching import batch_query_texts, limit_torch_threads
 from shelfsight.search.boosts import EXAMPLES as BOOST_EXAMPLES
 from shelfsight.search.boosts import MAX_BOOSTS
 from shelfsight.search.engine import FUSION_METHODS, MAX_OFFSET, SearchEngine, SearchRequest
@@ -52,6 +53,7 @@ from shelfsight.search.http_guard import (
     json_h11_protocol,
     limit_malloc_arenas,
 )
+from shelfsight.search.http_swap import add_generation_watch
 from shelfsight.search.http_writes import add_write_routes, image_url
 from shelfsight.search.images import ALLOWED_FORMATS, QUERY_POLICY, image_from_base64, is_url
 from shelfsight.search.query import MAX_QUERY_CHARS
@@ -135,6 +137,8 @@ class _EngineHolder:
     def _harden(self, engine: SearchEngine) -> SearchEngine:
         engine.allow_local_paths = self.options.allow_local_paths
         engine.image_policy = QUERY_POLICY
+        tower = batch_query_texts(engine, self.options.int8_queries)  # concurrent requests share passes
+        log.info("serving %s: %s", engine.collection, tower)
         return engine
 
     def __call__(self) -> SearchEngine:
@@ -142,6 +146,14 @@ class _EngineHolder:
             if self.engine is None:
                 self.engine = self._harden(SearchEngine.open(self.settings or Settings.from_env()))
             return self.engine
+
+    def swap(self, engine: SearchEngine) -> SearchEngine | None:
+        """Serve ``engine`` from now on; returns the old one, which requests may still be using
+        (``http_swap`` closes it after they finish)."""
+        engine = self._harden(engine)
+        with self.lock:
+            old, self.engine = self.engine, engine
+        return old
 
 
 def create_app(
@@ -168,6 +180,7 @@ def create_app(
     _add_product_routes(app, get_engine)
     add_write_routes(app, get_engine)  # PUT and DELETE /products/{id}, admin key only (http_writes.py)
     add_catalog_route(app, get_engine)  # GET /catalog: fields and ranges for filters (http_catalog.py)
+    add_generation_watch(app, get_engine)  # blue/green: a rebuilt store generation is switched to (http_swap.py)
     if options.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
@@ -378,6 +391,7 @@ def serve(settings: Settings, host: str, port: int, options: ServeOptions) -> No
     import uvicorn
 
     limit_malloc_arenas()  # before the model's and the server's threads start
+    limit_torch_threads()  # one core stays for the request threads (batching.py)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "shelfsight"):
         logging.getLogger(name).addFilter(RedactingFilter())
     if not is_loopback(host) and not options.read_key:

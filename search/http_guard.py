@@ -58,6 +58,7 @@ class ServeOptions:
     ``admin_key`` (env ``SHELFSIGHT_ADMIN_KEY``) guards writes and also opens reads.
     ``cors_origins`` (env ``SHELFSIGHT_CORS_ORIGINS``, comma-separated) turns CORS on for them.
     ``allow_local_paths`` lets query parts name files on the server's disk (off: never over HTTP).
+    ``int8_queries`` embeds query texts with an int8 text tower where it keeps fp32's vectors.
     """
 
     read_key: str | None = None
@@ -65,15 +66,17 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()
     allow_local_paths: bool = False
     max_body_bytes: int = MAX_BODY_BYTES
+    int8_queries: bool = True
 
     @classmethod
-    def from_env(cls, allow_local_paths: bool = False) -> ServeOptions:
+    def from_env(cls, allow_local_paths: bool = False, int8_queries: bool = True) -> ServeOptions:
         origins = tuple(o.strip() for o in os.environ.get("SHELFSIGHT_CORS_ORIGINS", "").split(",") if o.strip())
         return cls(
             read_key=os.environ.get("SHELFSIGHT_API_KEY") or None,
             admin_key=os.environ.get("SHELFSIGHT_ADMIN_KEY") or None,
             cors_origins=origins,
             allow_local_paths=allow_local_paths,
+            int8_queries=int8_queries,
         )
 
 

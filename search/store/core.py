@@ -120,7 +120,8 @@ class QdrantStore(ABC):
 
     @abstractmethod
     def _exact_params(self) -> Any:
-        """Search parameters for an exact (brute-force) search, which no index approximates."""
+        """Search parameters for an exact (brute-force) search over the original vectors, which
+        neither an index nor quantization approximates."""
 
     def _filter(self, conditions: Filter) -> Any:
         """Our conditions in the client's filter type; None when there are none."""

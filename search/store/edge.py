@@ -252,7 +252,7 @@ class EdgeStore(QdrantStore):
         return qe.SearchParams(hnsw_ef=options.hnsw_ef, acorn=acorn, quantization=quantization)
 
     def _exact_params(self) -> qe.SearchParams:
-        return qe.SearchParams(exact=True)
+        return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
 
     def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
         return self._shard(name).query_batch(qe.QueryBatchRequest(requests))

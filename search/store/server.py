@@ -182,7 +182,7 @@ class ServerStore(QdrantStore):
         return qm.SearchParams(hnsw_ef=options.hnsw_ef, acorn=acorn, quantization=quantization)
 
     def _exact_params(self) -> qm.SearchParams:
-        return qm.SearchParams(exact=True)
+        return qm.SearchParams(exact=True, quantization=qm.QuantizationSearchParams(ignore=True))
 
     def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
         return [r.points for r in self.client.query_batch_points(name, requests)]

@@ -13,8 +13,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from shelfsight.search.batching import BatchedTextEmbedder, TextBatcher, batch_query_texts, limit_torch_threads
+from shelfsight.search.batching import TextBatcher, batch_query_texts, limit_torch_threads
 from shelfsight.search.http import create_app
+from shelfsight.search.text_int8 import MIN_COSINE
 
 
 class FakeEncoder:
@@ -158,28 +159,36 @@ def test_no_thread_is_started_or_left_behind():
     assert set(threading.enumerate()) == before
 
 
-def test_serve_engines_batch_texts_with_the_same_model_and_the_same_vectors(embedder):
-    engine = SimpleNamespace(embedder=embedder)
-    create_app(engine=engine)  # type: ignore[arg-type]
-    batched = engine.embedder
-    assert isinstance(batched, BatchedTextEmbedder) and batched.inner is embedder
-    batch_query_texts(engine)  # type: ignore[arg-type]
-    assert engine.embedder is batched  # hardening twice does not wrap twice
-    assert batched.model is embedder.model and batched.model_id == embedder.model_id
-    assert batched.max_tokens == embedder.max_tokens
-
-    texts = [f"{colour} leather bag number {i}" for i, colour in enumerate(["red", "blue", "green"] * 4)]
-    direct = embedder.encode_texts(texts)
+def _concurrently(encode, texts: list[str]) -> np.ndarray:
     rows: dict[int, np.ndarray] = {}
-    threads = [
-        threading.Thread(target=lambda i=i: rows.update({i: batched.encode_texts([texts[i]])})) for i in range(12)
-    ]
+    threads = [threading.Thread(target=lambda i=i: rows.update({i: encode([texts[i]])})) for i in range(len(texts))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    got = np.concatenate([rows[i] for i in range(12)])
-    assert np.allclose(got, direct, atol=1e-5)
+    return np.concatenate([rows[i] for i in range(len(texts))])
+
+
+TEXTS = [f"{colour} leather bag number {i}" for i, colour in enumerate(["red", "blue", "green"] * 4)]
+
+
+def test_serve_engines_share_passes_of_an_int8_tower_that_keeps_fp32_vectors(embedder):
+    engine = SimpleNamespace(embedder=embedder, encode_query_texts=embedder.encode_texts, collection="products")
+    create_app(engine=engine)  # type: ignore[arg-type]
+    assert engine.embedder is embedder  # product texts (the write routes) keep the fp32 tower
+    direct = embedder.encode_texts(TEXTS)
+    got = _concurrently(engine.encode_query_texts, TEXTS)
+    assert np.min(np.sum(got * direct, axis=1)) >= MIN_COSINE
+    assert not np.allclose(got, direct, atol=1e-6)  # the int8 tower answered, not fp32
+
+
+def test_int8_falls_back_to_fp32_when_the_probes_move_too_far(embedder, monkeypatch):
+    monkeypatch.setattr("shelfsight.search.text_int8.MIN_COSINE", 1.01)
+    engine = SimpleNamespace(embedder=embedder, encode_query_texts=embedder.encode_texts)
+    assert batch_query_texts(engine).startswith("fp32 text tower for queries (int8 probe cosine")  # type: ignore[arg-type]
+    assert np.allclose(_concurrently(engine.encode_query_texts, TEXTS), embedder.encode_texts(TEXTS), atol=1e-5)
+    engine = SimpleNamespace(embedder=embedder, encode_query_texts=embedder.encode_texts)
+    assert batch_query_texts(engine, int8=False) == "fp32 text tower for queries"  # type: ignore[arg-type]
 
 
 def test_serve_leaves_one_core_to_the_request_threads_unless_omp_num_threads_is_set(monkeypatch):
