@@ -325,12 +325,18 @@ def store_meta(embedder: Embedder, dim: int, args: argparse.Namespace) -> Collec
 
 def open_or_build(args: argparse.Namespace, embedder: Embedder, work: Path) -> tuple[EdgeStore, Path, dict]:
     meta = store_meta(embedder, embedder.dimension, args)
+    search_time = ("hnsw_ef", "oversampling")  # not part of the build: applied when searching
     key = f"db-{args.n}-{args.data}{'-nofused' if args.no_fused else ''}-" + "-".join(
-        f"{k}{v}" for k, v in sorted(meta.options.to_dict().items()) if v
+        f"{k}{v}" for k, v in sorted(meta.options.to_dict().items()) if v and k not in search_time
     )
     db = work / key
     store = EdgeStore(db)
     if (db / "built.json").is_file():
+        built = store.get_meta(COLLECTION)
+        # the search-time options of this run, over what the build recorded (the bench only)
+        store._metas[COLLECTION] = replace(
+            built, options=replace(built.options, hnsw_ef=args.hnsw_ef, oversampling=args.oversampling)
+        )
         return store, db, json.loads((db / "built.json").read_text())
     store.drop_collection(COLLECTION) if store.collection_exists(COLLECTION) else None
     built = build(store, meta, make_catalog(embedder, embedder.dimension, args.data), args.n, args.data)
@@ -397,6 +403,8 @@ def main() -> None:
     if sweep:
         print("text vector recall@10 by search ef: " + ", ".join(f"{k}: {v:.3f}" for k, v in sweep.items()))
     store.close()
+    if args.http_seconds <= 0:
+        return
     http = serve_and_measure(db, args.http_seconds, texts)
     for r in http["runs"]:
         print(

@@ -100,7 +100,7 @@ class CollectionOptions:
     ``quantization="int8"`` adds scalar int8 copies searched first, then ``rescore`` re-ranks the
     candidates with the original vectors, ``oversampling`` times as many as asked for. ``hnsw_m``
     and ``hnsw_ef_construct`` shape the HNSW graph; ``hnsw_ef`` is how wide each search looks.
-    None or False leaves the engine's default.
+    None or False leaves the default (the engine's; ``hnsw_ef``'s is measured, in ``options``).
     """
 
     shards: int | None = None
@@ -112,7 +112,7 @@ class CollectionOptions:
     rescore: bool = True
     hnsw_m: int | None = None  # graph links per point (engine default 16)
     hnsw_ef_construct: int | None = None  # candidates weighed while building the graph (default 100)
-    hnsw_ef: int | None = None  # candidates weighed per search (default: the engine's choice)
+    hnsw_ef: int | None = None  # candidates weighed per search (default options.DEFAULT_HNSW_EF)
     oversampling: float | None = None  # with quantization: candidates rescored per result wanted
 
     def to_dict(self) -> dict[str, Any]:

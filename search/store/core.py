@@ -42,6 +42,7 @@ from shelfsight.search.store.base import (
     Sparse,
     StoredPoint,
 )
+from shelfsight.search.store.options import EXACT_FILTER_MAX_POINTS
 from shelfsight.search.store.validate import check_vectors
 
 
@@ -202,7 +203,7 @@ class QdrantStore(ABC):
         every point instead of asking an index (for checks, not for serving). ``with_payload=False``
         leaves payloads off the nearest lists (the final list always has them)."""
         meta = self.get_meta(name)
-        nearest = self._nearest(lists, filter, meta, exact)
+        nearest = self._nearest(name, lists, filter, meta, exact)
         shown = {"with_vector": list(meta.vectors) if with_vectors else False}
         d = self.dialect
         requests = [d.request(**n, **shown, with_payload=with_payload) for n in nearest]
@@ -224,21 +225,31 @@ class QdrantStore(ABC):
         return results, None
 
     def _nearest(
-        self, lists: Sequence[NearestQuery], filter: Filter, meta: CollectionMeta, exact: bool
+        self, name: str, lists: Sequence[NearestQuery], filter: Filter, meta: CollectionMeta, exact: bool
     ) -> list[dict[str, Any]]:
         """Each list's request keywords: its vector, depth, floor, filter and search parameters."""
         vectors = [self._query_vector(q, meta) for q in lists]
         client_filter = self._filter(filter)
+        params: dict[Filter, Any] = {}  # one decision per distinct filter
+        for q in lists:
+            f = filter + q.filter
+            if f not in params:
+                scan = exact or (bool(f) and self._estimate(name, f) <= EXACT_FILTER_MAX_POINTS)
+                params[f] = self._exact_params() if scan else self._search_params(f, meta.options)
         return [
             self.dialect.nearest(vector, q.using)
             | {
                 "limit": q.limit,
                 "score_threshold": q.score_threshold,
                 "filter": self._filter(filter + q.filter) if q.filter else client_filter,
-                "params": self._exact_params() if exact else self._search_params(filter + q.filter, meta.options),
+                "params": params[filter + q.filter],
             }
             for q, vector in zip(lists, vectors)
         ]
+
+    @abstractmethod
+    def _estimate(self, name: str, filter: Filter) -> int:
+        """About how many points pass ``filter`` (the payload indexes' estimate)."""
 
     def _last_stage(self, boosts: Sequence[Boost], diversity: Diversity | None) -> dict[str, Any]:
         if boosts and diversity is not None:

@@ -21,7 +21,13 @@ from shelfsight.search.errors import BadInputError, CollectionNotFoundError, Sto
 from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.integrity import check_files, check_shard, damaged
-from shelfsight.search.store.options import ACORN_MAX_SELECTIVITY, check_options, edge_applicable, edge_config
+from shelfsight.search.store.options import (
+    ACORN_MAX_SELECTIVITY,
+    DEFAULT_HNSW_EF,
+    check_options,
+    edge_applicable,
+    edge_config,
+)
 from shelfsight.search.store.validate import check_collection_name
 
 _META_FILE = "collection.json"
@@ -230,6 +236,9 @@ class EdgeStore(QdrantStore):
     def count(self, name: str, filter: Filter = ()) -> int:
         return int(self._shard(name).count(qe.CountRequest(filter=self._filter(filter), exact=True)))
 
+    def _estimate(self, name: str, filter: Filter) -> int:
+        return int(self._shard(name).count(qe.CountRequest(filter=self._filter(filter), exact=False)))
+
     def _scroll_page(
         self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool
     ) -> tuple[list[Any], Any]:
@@ -247,9 +256,7 @@ class EdgeStore(QdrantStore):
         )
         # HNSW alone misses matches under selective filters; ACORN keeps recall at a small cost.
         acorn = qe.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY) if filter else None
-        if quantization is None and acorn is None and options.hnsw_ef is None:
-            return None
-        return qe.SearchParams(hnsw_ef=options.hnsw_ef, acorn=acorn, quantization=quantization)
+        return qe.SearchParams(hnsw_ef=options.hnsw_ef or DEFAULT_HNSW_EF, acorn=acorn, quantization=quantization)
 
     def _exact_params(self) -> qe.SearchParams:
         return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))

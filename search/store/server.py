@@ -16,7 +16,13 @@ from qdrant_client import models as qm
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
 from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
-from shelfsight.search.store.options import ACORN_MAX_SELECTIVITY, check_options, server_collection_kwargs
+from shelfsight.search.store.options import (
+    ACORN_MAX_SELECTIVITY,
+    DEFAULT_HNSW_EF,
+    EXACT_FILTER_MAX_POINTS,
+    check_options,
+    server_collection_kwargs,
+)
 from shelfsight.search.store.validate import check_collection_name
 
 _INDEX_TYPES = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
@@ -163,6 +169,11 @@ class ServerStore(QdrantStore):
         self.get_meta(name)
         return self.client.count(name, count_filter=self._filter(filter), exact=True).count
 
+    def _estimate(self, name: str, filter: Filter) -> int:
+        if self.searches_exactly:  # local mode scans every search anyway
+            return EXACT_FILTER_MAX_POINTS + 1
+        return self.client.count(name, count_filter=self._filter(filter), exact=False).count
+
     def _scroll_page(
         self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool
     ) -> tuple[list[Any], Any]:
@@ -177,9 +188,9 @@ class ServerStore(QdrantStore):
             else None
         )
         acorn = qm.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY) if filter else None
-        if self.searches_exactly or (quantization is None and acorn is None and options.hnsw_ef is None):
+        if self.searches_exactly:
             return None
-        return qm.SearchParams(hnsw_ef=options.hnsw_ef, acorn=acorn, quantization=quantization)
+        return qm.SearchParams(hnsw_ef=options.hnsw_ef or DEFAULT_HNSW_EF, acorn=acorn, quantization=quantization)
 
     def _exact_params(self) -> qm.SearchParams:
         return qm.SearchParams(exact=True, quantization=qm.QuantizationSearchParams(ignore=True))

@@ -13,7 +13,7 @@ import pytest
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.store.base import CollectionMeta, CollectionOptions, Match, NearestQuery, PointRecord
 from shelfsight.search.store.edge import EdgeStore
-from shelfsight.search.store.options import add_option_args, options_from_args
+from shelfsight.search.store.options import DEFAULT_HNSW_EF, add_option_args, options_from_args
 from shelfsight.search.store.server import local_store
 
 GRAPH = dict(hnsw_m=32, hnsw_ef_construct=200, hnsw_ef=128, oversampling=2.0)
@@ -126,3 +126,21 @@ def test_ingest_records_options_and_says_what_the_embedded_store_ignores(tmp_pat
     )
     options = json.loads(stats.stdout)["options"]
     assert (options["quantization"], options["on_disk_vectors"], options["shards"]) == ("int8", True, None)
+
+
+def test_searches_look_wide_and_scan_small_filtered_sets_exactly(tmp_path, monkeypatch):
+    store = EdgeStore(tmp_path / "db")
+    try:
+        store.create_collection("c", META)
+        _fill(store)  # 40 points, 20 in each category
+        meta, vector = store.get_meta("c"), np.ones(8, dtype=np.float32) / np.sqrt(8)
+        query = NearestQuery(vector, "image", 5)
+        plain = store._nearest("c", [query], (), meta, exact=False)[0]["params"]
+        assert not plain.exact and plain.hnsw_ef == DEFAULT_HNSW_EF and plain.acorn is None
+        only_a = (Match("category", ("a",)),)
+        assert store._nearest("c", [query], only_a, meta, exact=False)[0]["params"].exact  # 20 points
+        monkeypatch.setattr("shelfsight.search.store.core.EXACT_FILTER_MAX_POINTS", 10)
+        wide = store._nearest("c", [query], only_a, meta, exact=False)[0]["params"]
+        assert not wide.exact and wide.acorn.enable  # more points than that: HNSW with ACORN
+    finally:
+        store.close()
