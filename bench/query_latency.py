@@ -48,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shelfsight.search.batching import batch_query_texts, limit_torch_threads  # noqa: E402
 from shelfsight.search.embedder import Embedder, normalize_rows  # noqa: E402
 from shelfsight.search.engine import SearchEngine, SearchRequest  # noqa: E402
 from shelfsight.search.records import point_id  # noqa: E402
@@ -296,9 +297,14 @@ def serve_and_measure(db: Path, seconds: float, texts: Iterator[str]) -> dict[st
         wait_for_http(f"{base}/health", proc, timeout=600)
         http_run(base, 4, 5, texts)  # warm-up: threads, first requests
         runs = [http_run(base, c, seconds, texts) for c in (1, 16)]
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        peak = next(int(ln.split()[1]) / 1024 for ln in status.splitlines() if ln.startswith("VmHWM:"))
-        return {"runs": runs, "serve_peak_rss_mb": peak}
+        status = dict(ln.split(":", 1) for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines())
+        mb = {k: int(status[k].split()[0]) / 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
+        return {
+            "runs": runs,
+            "serve_peak_rss_mb": mb["VmHWM"],
+            "serve_anon_mb": mb["RssAnon"],
+            "serve_file_mb": mb["RssFile"],
+        }
     finally:
         stop_process(proc)
 
@@ -340,7 +346,7 @@ def open_or_build(args: argparse.Namespace, embedder: Embedder, work: Path) -> t
         return store, db, json.loads((db / "built.json").read_text())
     store.drop_collection(COLLECTION) if store.collection_exists(COLLECTION) else None
     built = build(store, meta, make_catalog(embedder, embedder.dimension, args.data), args.n, args.data)
-    built["build_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    built["build_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # mapped files included
     from shelfsight.search.relevance import calibrate
 
     calibrate(store, embedder, COLLECTION)
@@ -358,6 +364,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--http-seconds", type=float, default=20)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--quantization", choices=("int8",), default=None)
+    parser.add_argument("--fp32-queries", action="store_true", help="query texts through fp32 (serve's flag)")
     parser.add_argument("--no-fused", action="store_true", help="no early-fused vector (as ingest's default)")
     parser.add_argument("--on-disk-vectors", action="store_true")
     parser.add_argument("--oversampling", type=float, default=None)
@@ -384,7 +391,7 @@ def main() -> None:
     if not (model_dir / "config.json").is_file():
         init_model(args.model, model_dir)
     embedder = Embedder(str(model_dir))
-    print(f"machine: {machine()}; torch threads {__import__('torch').get_num_threads()}", flush=True)
+    print(f"machine: {machine()}; torch threads {limit_torch_threads()} (as serve sets them)", flush=True)
     store, db, built = open_or_build(args, embedder, work)
     print(
         f"{args.n} products x {embedder.dimension}-d ({args.data}), options {store.get_meta(COLLECTION).options}: "
@@ -394,10 +401,12 @@ def main() -> None:
     )
     texts = query_texts(seed=args.n)
     embed = [_timed(lambda: embedder.encode_texts([next(texts)])) for _ in range(args.queries)]
-    print(f"embed one new query text: p50 {_ms(embed)[0]:.1f} ms, p95 {_ms(embed)[1]:.1f} ms")
+    print(f"embed one new query text, fp32: p50 {_ms(embed)[0]:.1f} ms, p95 {_ms(embed)[1]:.1f} ms")
     print(f"  {'mode (ms)':<26}{'new p50':>9}{'p95':>9}{'cached':>9}{'p95':>9}{'recall@10':>10}")
     engine = SearchEngine(store, embedder, COLLECTION)
+    print(f"query texts as serve embeds them: {batch_query_texts(engine, not args.fp32_queries)}")
     exact = SearchEngine(ExactStore(store), embedder, COLLECTION)  # type: ignore[arg-type]
+    exact.encode_query_texts = engine.encode_query_texts  # the same query vectors
     rows = time_modes(engine, exact, texts, args.queries)
     sweep = ef_sweep(store, embedder, texts, args.queries) if args.ef_sweep else {}
     if sweep:
@@ -411,7 +420,10 @@ def main() -> None:
             f"HTTP {r['clients']:>2} clients: {r['requests_per_s']:.1f} req/s, p50 {r['p50_ms']:.1f} ms, "
             f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}"
         )
-    print(f"serve peak RSS {http['serve_peak_rss_mb']:.0f} MB; machine at the end: {machine()}")
+    print(
+        f"serve peak RSS {http['serve_peak_rss_mb']:.0f} MB (at the end: {http['serve_anon_mb']:.0f} MB anonymous, "
+        f"{http['serve_file_mb']:.0f} MB file-backed); machine at the end: {machine()}"
+    )
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "built": built, "modes": rows, "ef": sweep, **http}))
 
