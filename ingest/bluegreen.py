@@ -19,12 +19,12 @@ Example::
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from shelfsight.ingest.pipeline import IngestReport
+from shelfsight.search.discovery import process_alive
 from shelfsight.search.errors import StoreUnavailableError
 from shelfsight.search.store.edge import EdgeStore
 from shelfsight.search.store.generations import (
@@ -78,7 +78,7 @@ def reindex_beside_server(
                 f"serving the old one. The new build stays in {generation_root(db, collection, new)} until "
                 "the next --reindex; fix the cause (e.g. restart serve without --model) and run it again"
             )
-        if served is None and _alive(server_pid):
+        if served is None and process_alive(server_pid):
             raise StoreUnavailableError(
                 f"the server (pid {server_pid}) did not switch to the rebuilt store in {SWITCH_WAIT_S:.0f}s "
                 "(a server from before blue/green rebuilds?); the store now names the new build, so a restarted "
@@ -101,19 +101,9 @@ def _remove_leftovers(db: str, collection: str, keep: int) -> None:
 def _wait_for_switch(db: str, collection: str, pid: int, generation: int) -> Served | None:
     """The server's answer about ``generation`` (None: none came, or the server is gone)."""
     deadline = time.monotonic() + SWITCH_WAIT_S
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and process_alive(pid):
         served = read_served(db, collection)
         if served is not None and served.pid == pid and served.generation == generation:
             return served
         time.sleep(_POLL_S)
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

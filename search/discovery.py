@@ -58,7 +58,7 @@ def find_server(db: str | os.PathLike[str] | None) -> ServerRecord | None:
     record = _read(path)
     if record is None:
         return None
-    if not _alive(record.pid):
+    if not process_alive(record.pid):
         path.unlink(missing_ok=True)
         return None
     return record
@@ -72,7 +72,8 @@ def _read(path: Path) -> ServerRecord | None:
         return None  # missing or unreadable: as good as no record
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
