@@ -17,7 +17,8 @@ def test_cli_search_and_stats_answer_through_the_serving_process(built_db, catal
     query = ("search", "red bag", "--db", built_db, "--image", image, "--filter", "price<=80", "--json")
     direct = run_cli(*query, check=True)
     assert _ids(direct) and "answered by the server" not in direct.stderr
-    with serving("serve", "--db", built_db, health="/health"):
+    # fp32 query texts, as the CLI embeds them: the same engine then gives the very same hits
+    with serving("serve", "--db", built_db, "--fp32-queries", health="/health"):
         record = find_server(built_db)
         assert record is not None and (built_db / RECORD_NAME).stat().st_mode & 0o777 == 0o600
         through = run_cli(*query, check=True)

@@ -1,7 +1,9 @@
 """The storefront beside `shelfsight serve` on one store: it answers through the server while one
 runs, by itself when the server has gone, and lets go of the store when a server starts after it.
 Through the server, its reads give what the engine gives in-process (the same hits, facets,
-products, images and catalog summary)."""
+products, images and catalog summary).
+The server runs with ``--fp32-queries`` here: it embeds query texts as the engine in-process does,
+so "the same hits" is exact (by default it uses an int8 text tower, a cosine of 0.998 away)."""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def test_storefront_and_server_side_by_side_on_one_store(built_db):
         url = f"{ui}/?q={quote_plus('bag')}"
         try:
             # serve first: the storefront, started beside it, asks it (and so does the CLI)
-            with serving("serve", "--db", built_db, health="/health"):
+            with serving("serve", "--db", built_db, "--fp32-queries", health="/health"):
                 record = find_server(built_db)
                 assert record is not None
                 through = _cards_for(page, url)
@@ -58,7 +60,7 @@ def test_storefront_and_server_side_by_side_on_one_store(built_db):
             assert page.get_by_text(THROUGH).count() == 0
             # a server started while the storefront holds the store: the storefront hands it over
             # (/docs answers before the server has the store, /health only after)
-            with serving("serve", "--db", built_db, health="/docs"):
+            with serving("serve", "--db", built_db, "--fp32-queries", health="/docs"):
                 record = find_server(built_db)
                 assert record is not None
                 assert _cards_for(page, url) == through
@@ -82,7 +84,7 @@ def test_the_server_answers_the_storefronts_reads_as_the_engine_does(built_db, c
         similar = local.similar(first["id"], ["price<=60"], 5)
         product = local.product(first["id"])
     image = (catalog_dir / first["image"]).read_bytes()
-    with serving("serve", "--db", built_db, health="/health"):
+    with serving("serve", "--db", built_db, "--fp32-queries", health="/health"):
         record = find_server(built_db)
         assert record is not None
         shop = ServerShop(record)
