@@ -24,6 +24,7 @@ from shelfsight.search.store.integrity import check_files, check_shard, damaged
 from shelfsight.search.store.options import (
     ACORN_MAX_SELECTIVITY,
     DEFAULT_HNSW_EF,
+    DEFAULT_OVERSAMPLING,
     check_options,
     edge_applicable,
     edge_config,
@@ -250,7 +251,9 @@ class EdgeStore(QdrantStore):
     # -- search --------------------------------------------------------------------------------
     def _search_params(self, filter: Filter, options: CollectionOptions) -> qe.SearchParams | None:
         quantization = (
-            qe.QuantizationSearchParams(rescore=options.rescore, oversampling=options.oversampling)
+            qe.QuantizationSearchParams(
+                rescore=options.rescore, oversampling=options.oversampling or DEFAULT_OVERSAMPLING
+            )
             if options.quantization
             else None
         )

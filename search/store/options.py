@@ -50,6 +50,10 @@ EXACT_FILTER_MAX_POINTS = 20_000
 # (bench/query_latency.py), recall@10 against exact search: ef 128 gave text 0.970, DBSF 0.923,
 # RRF 0.852; ef 256 0.990, 0.965, 0.938; ef 512 1.000, 0.995, 0.980, at about twice ef 128's time.
 DEFAULT_HNSW_EF = 512
+# With int8 quantization, candidates rescored with the originals per hit wanted when the collection
+# sets none. 100k clustered products, ef 512: recall@10 of the default fused query 0.957 with 1,
+# 0.988 with 2 and with 4 (RRF 0.942, 0.982, 0.982).
+DEFAULT_OVERSAMPLING = 2.0
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

@@ -19,6 +19,7 @@ from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.options import (
     ACORN_MAX_SELECTIVITY,
     DEFAULT_HNSW_EF,
+    DEFAULT_OVERSAMPLING,
     EXACT_FILTER_MAX_POINTS,
     check_options,
     server_collection_kwargs,
@@ -183,7 +184,9 @@ class ServerStore(QdrantStore):
 
     def _search_params(self, filter: Filter, options: CollectionOptions) -> qm.SearchParams | None:
         quantization = (
-            qm.QuantizationSearchParams(rescore=options.rescore, oversampling=options.oversampling)
+            qm.QuantizationSearchParams(
+                rescore=options.rescore, oversampling=options.oversampling or DEFAULT_OVERSAMPLING
+            )
             if options.quantization
             else None
         )
