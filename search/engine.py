@@ -1,8 +1,8 @@
 """SearchEngine: queries in, explained hits out.
 
 A query has text parts, image parts or both. Each part becomes one vector; each (part, product
-vector) pair is one ranked list; late fusion merges the lists (RRF and DBSF in the store, a
-weighted sum of exact cosines in Python), early fusion searches the ``fused`` vector instead.
+vector) pair is one ranked list; late fusion merges the lists (RRF and DBSF with the store's own
+formulas, a weighted sum of exact cosines), early fusion searches the ``fused`` vector instead.
 
 Example::
 
@@ -151,7 +151,8 @@ class _Plan:
 
     @property
     def engine_fusion(self) -> tuple[str, list[float]] | None:
-        """RRF, and DBSF with equal weights, run in the store; weighted and single lists do not."""
+        """RRF, and DBSF with equal weights, which the store can fuse ahead of its last stage
+        (boosts, diversity); weighted fusion and single lists cannot."""
         weights = [lst.weight for lst in self.lists]
         if len(self.lists) > 1 and (self.method == "rrf" or (self.method == "dbsf" and len(set(weights)) == 1)):
             return self.method, weights
@@ -582,8 +583,6 @@ def _fused_order(
             return [(p.id, sum(contributions.get(p.id, [0.0]))) for p in fused or []], contributions
         if len(plan.lists) == 1:
             return list(ranked[0]), contributions
-        if fused is not None:  # RRF, and DBSF with equal weights: the store's own order
-            return [(p.id, p.score) for p in fused], contributions
         return fusion.rank_fused(contributions), contributions
     # weighted: exact cosines for every candidate in every dense list; BM25 scores over the list's best
     top = [max((score for _, score in r), default=0.0) or 1.0 for r in ranked]
