@@ -65,7 +65,11 @@ def test_numeric_ranges_and_exclusions_honoured(engine):
 
 def test_paging_and_min_score(engine):
     page = engine.search("shoe", limit=10)
-    assert engine.search("shoe", limit=5, offset=5) == page[5:10]
+    later = engine.search("shoe", limit=5, offset=5)
+    # the same hits; scores to float noise (local mode's cosines vary in the 16th digit from call
+    # to call, and DBSF's normalization over a tiny model's close scores magnifies that)
+    assert [h.id for h in later] == [h.id for h in page[5:10]]
+    assert [h.score for h in later] == pytest.approx([h.score for h in page[5:10]], rel=1e-6)
     # just under the 4th hit's cosine, which may be the best text cosine of all (a hit ranks by
     # every list): the store compares in float32
     floor = page[3].vector_scores["text->text"].score - 1e-4
