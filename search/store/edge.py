@@ -21,14 +21,7 @@ from shelfsight.search.errors import BadInputError, CollectionNotFoundError, Sto
 from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.integrity import check_files, check_shard, damaged
-from shelfsight.search.store.options import (
-    ACORN_MAX_SELECTIVITY,
-    DEFAULT_HNSW_EF,
-    DEFAULT_OVERSAMPLING,
-    check_options,
-    edge_applicable,
-    edge_config,
-)
+from shelfsight.search.store.options import check_options, edge_applicable, edge_config, exact_params, search_params
 from shelfsight.search.store.validate import check_collection_name
 
 _META_FILE = "collection.json"
@@ -249,20 +242,11 @@ class EdgeStore(QdrantStore):
         return self._shard(name).scroll(request)
 
     # -- search --------------------------------------------------------------------------------
-    def _search_params(self, filter: Filter, options: CollectionOptions) -> qe.SearchParams | None:
-        quantization = (
-            qe.QuantizationSearchParams(
-                rescore=options.rescore, oversampling=options.oversampling or DEFAULT_OVERSAMPLING
-            )
-            if options.quantization
-            else None
-        )
-        # HNSW alone misses matches under selective filters; ACORN keeps recall at a small cost.
-        acorn = qe.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY) if filter else None
-        return qe.SearchParams(hnsw_ef=options.hnsw_ef or DEFAULT_HNSW_EF, acorn=acorn, quantization=quantization)
+    def _search_params(self, filter: Filter, options: CollectionOptions) -> Any:
+        return search_params(qe, bool(filter), options)
 
-    def _exact_params(self) -> qe.SearchParams:
-        return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
+    def _exact_params(self) -> Any:
+        return exact_params(qe)
 
     def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
         return self._shard(name).query_batch(qe.QueryBatchRequest(requests))

@@ -187,3 +187,22 @@ def server_collection_kwargs(meta: CollectionMeta) -> dict[str, Any]:
         if o.hnsw_m or o.hnsw_ef_construct
         else None,
     }
+
+
+def search_params(types: Any, filtered: bool, options: CollectionOptions) -> Any:
+    """A search's parameters in a client's types (``qdrant_edge`` or ``qdrant_client.models``,
+    which spell them alike): the search width, ACORN under a filter, rescoring with quantization."""
+    quantization = (
+        types.QuantizationSearchParams(
+            rescore=options.rescore, oversampling=options.oversampling or DEFAULT_OVERSAMPLING
+        )
+        if options.quantization
+        else None
+    )
+    acorn = types.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY) if filtered else None
+    return types.SearchParams(hnsw_ef=options.hnsw_ef or DEFAULT_HNSW_EF, acorn=acorn, quantization=quantization)
+
+
+def exact_params(types: Any) -> Any:
+    """An exact (brute-force) search over the original vectors, in a client's types."""
+    return types.SearchParams(exact=True, quantization=types.QuantizationSearchParams(ignore=True))

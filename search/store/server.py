@@ -17,11 +17,10 @@ from shelfsight.search.errors import BadInputError, CollectionNotFoundError, Sto
 from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.options import (
-    ACORN_MAX_SELECTIVITY,
-    DEFAULT_HNSW_EF,
-    DEFAULT_OVERSAMPLING,
     EXACT_FILTER_MAX_POINTS,
     check_options,
+    exact_params,
+    search_params,
     server_collection_kwargs,
 )
 from shelfsight.search.store.validate import check_collection_name
@@ -182,21 +181,11 @@ class ServerStore(QdrantStore):
             name, scroll_filter=filter, limit=limit, offset=offset, with_payload=True, with_vectors=with_vectors
         )
 
-    def _search_params(self, filter: Filter, options: CollectionOptions) -> qm.SearchParams | None:
-        quantization = (
-            qm.QuantizationSearchParams(
-                rescore=options.rescore, oversampling=options.oversampling or DEFAULT_OVERSAMPLING
-            )
-            if options.quantization
-            else None
-        )
-        acorn = qm.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY) if filter else None
-        if self.searches_exactly:
-            return None
-        return qm.SearchParams(hnsw_ef=options.hnsw_ef or DEFAULT_HNSW_EF, acorn=acorn, quantization=quantization)
+    def _search_params(self, filter: Filter, options: CollectionOptions) -> Any:
+        return None if self.searches_exactly else search_params(qm, bool(filter), options)
 
-    def _exact_params(self) -> qm.SearchParams:
-        return qm.SearchParams(exact=True, quantization=qm.QuantizationSearchParams(ignore=True))
+    def _exact_params(self) -> Any:
+        return exact_params(qm)
 
     def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
         return [r.points for r in self.client.query_batch_points(name, requests)]
