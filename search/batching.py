@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import deque
@@ -160,4 +161,5 @@ def batch_query_texts(engine: SearchEngine, int8: bool = True) -> str:
     engine.encode_query_texts = TextBatcher(encode).encode_texts
     if fast is not None:
         return f"int8 text tower for queries (least probe cosine to fp32 {cosine:.4f})"
-    return "fp32 text tower for queries" + (f" (int8 probe cosine {cosine:.4f} too low)" if cosine == cosine else "")
+    checked = "" if math.isnan(cosine) else f" (int8 probe cosine {cosine:.4f} too low)"
+    return "fp32 text tower for queries" + checked
