@@ -346,8 +346,19 @@ def _made_up(rng: random.Random) -> str:
     )
 
 
-def write_catalog(out: str | Path, n: int = 400, seed: int = 0) -> Path:
-    """Write ``catalog.csv``, ``images/`` and ``queries.jsonl`` under ``out``; returns the CSV path."""
+def as_photo(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    """The image at ``size`` px a side with sensor-like grain, so its JPEG costs what a shop's photo
+    costs to decode (a flat upscale would compress to almost nothing)."""
+    import numpy as np
+
+    big = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
+    grain = np.random.default_rng(rng.getrandbits(32)).integers(-12, 13, size=big.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(big + grain, 0, 255).astype(np.uint8))
+
+
+def write_catalog(out: str | Path, n: int = 400, seed: int = 0, image_size: int = SIZE) -> Path:
+    """Write ``catalog.csv``, ``images/`` and ``queries.jsonl`` under ``out``; returns the CSV path.
+    ``image_size`` other than the default writes photo-like JPEGs of that size (``as_photo``)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     specs = draw_specs(n, seed)
@@ -355,7 +366,11 @@ def write_catalog(out: str | Path, n: int = 400, seed: int = 0) -> Path:
     rows = []
     for spec in specs:
         image_path = Path("images") / f"{spec.id}.jpg"
-        render(spec, random.Random(f"{seed}-{spec.id}")).save(out / image_path, quality=88)
+        rng_image = random.Random(f"{seed}-{spec.id}")
+        image = render(spec, rng_image)
+        if image_size != SIZE:
+            image = as_photo(image, image_size, rng_image)
+        image.save(out / image_path, quality=88)
         rows.append(
             {
                 "id": spec.id,

@@ -47,6 +47,9 @@ from shelfsight.search.settings import MAX_UPLOAD_BYTES
 
 # A PUT embeds one product with the server's model; the first one also loads it.
 TIMEOUT_S = 120.0
+# Requests in flight and rows per batch when the options leave them to us: the server embeds.
+API_WORKERS = 2
+API_BATCH = 32
 # What to do about a row the server refused, by status (its detail says what was wrong).
 _ROW_HINTS = {
     400: "fix the row as the reason says and run the ingest again",
@@ -87,9 +90,10 @@ def ingest_through_api(
     check_fields(catalog, call(target, "GET", "/catalog"), target.url)
     # Each worker keeps one request in flight: the next rows' images are read and encoded while
     # the server embeds (it writes one product at a time).
-    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-        for start in range(0, len(catalog.rows), options.batch_size):
-            batch = catalog.rows[start : start + options.batch_size]
+    size = options.batch_size or API_BATCH
+    with ThreadPoolExecutor(max_workers=options.workers or API_WORKERS) as pool:
+        for start in range(0, len(catalog.rows), size):
+            batch = catalog.rows[start : start + size]
             sent = time.perf_counter()
             outcomes = list(pool.map(lambda row: send_row(row, catalog, target, options), batch))
             report.time("write", time.perf_counter() - sent)

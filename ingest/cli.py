@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from shelfsight.search.cli_args import EXIT_OK, EXIT_PARTIAL, add_store_args, settings_from_args
 from shelfsight.search.errors import BadInputError, StoreUnavailableError
 from shelfsight.search.images import ImagePolicy
+from shelfsight.search.precision import PRECISIONS
 from shelfsight.search.settings import DEFAULT_MODEL
 from shelfsight.search.store.base import CollectionOptions, ignored_by_edge
 from shelfsight.search.store.options import add_option_args, options_from_args
@@ -29,14 +30,43 @@ if TYPE_CHECKING:  # pandas and the pipeline load when an ingest runs, not for e
 _SHOWN_ERRORS = 20
 
 
+def _auto_int(value: str) -> int | None:
+    """An integer flag that also takes 'auto' (None: chosen for the machine)."""
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {value!r}") from None
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ingest", help="embed a catalog's images and texts into the store")
     p.add_argument("catalog", help="CSV, TSV, JSONL, JSON or Parquet file")
     add_store_args(
         p, model_help=f"model name or local CLIP directory (default: the collection's, else {DEFAULT_MODEL})"
     )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="threads reading and decoding images")
+    p.add_argument(
+        "--batch-size", type=_auto_int, default=None, help="rows per batch (default auto: 256 on a GPU, 32 on a CPU)"
+    )
+    p.add_argument(
+        "--workers",
+        type=_auto_int,
+        default=None,
+        help="processes reading, decoding and resizing images (default auto: the usable cores; 0: threads, no processes)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="number format of the model: auto (fp16 on a GPU, bf16 on a CPU with native bf16, else fp32)",
+    )
+    p.add_argument(
+        "--decode",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="where JPEGs are decoded: gpu (nvJPEG, the gpu extra), cpu (Pillow in the workers), auto (gpu where it can)",
+    )
     p.add_argument("--report", type=Path, help="write skipped rows here as JSONL (row, id, reason, hint)")
     p.add_argument("--reindex", action="store_true", help="drop the collection and embed everything again")
     p.add_argument("--prune", action="store_true", help="delete products that are not in this catalog")
@@ -76,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
     from shelfsight.ingest.catalog import read_catalog
     from shelfsight.search.store import open_store
 
-    if args.batch_size < 1 or args.workers < 1:
-        raise BadInputError("--batch-size and --workers must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise BadInputError("--batch-size must be at least 1 (or auto)")
+    if args.workers is not None and args.workers < 0:
+        raise BadInputError("--workers must be 0 (read images in threads of this process), a count, or auto")
     if args.fused_weight is not None and not 0.0 <= args.fused_weight <= 1.0:
         raise BadInputError("--fused-weight must lie in [0, 1]")
     columns = catalog_columns(args)
@@ -108,11 +140,12 @@ def _ingest_into(store: VectorStore, args: argparse.Namespace, catalog: Catalog,
     model = settings.model
     if model is None and store.collection_exists(settings.collection) and not args.reindex:
         model = store.get_meta(settings.collection).model_source or None
-    embedder = Embedder(model or DEFAULT_MODEL, device=args.device, batch_size=args.batch_size)
+    embedder = Embedder(model or DEFAULT_MODEL, device=args.device, precision=args.precision)
     options = IngestOptions(
         collection=settings.collection,
         batch_size=args.batch_size,
         workers=args.workers,
+        decode=args.decode,
         reindex=args.reindex,
         prune=args.prune,
         fused_weight=args.fused_weight,
@@ -263,7 +296,7 @@ def _progress_bar(total: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="product", desc="ingest", file=sys.stderr)
+    return tqdm(total=total, unit="item", desc="ingest", file=sys.stderr)
 
 
 def write_report(report: IngestReport, path: Path) -> None:

@@ -1,12 +1,13 @@
-"""Catalog -> points, in stages joined by typed records, clip-retrieval style:
+"""Catalog -> points, in stages joined by typed records, clip-retrieval style, each stage overlapping the others:
 
-    rows (CatalogRow) --read_item--> ReadItem --sort_batch--> SortedBatch --embed_batch--> points --write--> store
+    rows (CatalogRow) --read_row--> ReadItem --sort_batch--> SortedBatch --embed_items--> points --write--> store
 
-``read_item`` reads an image's bytes, hashes what would be embedded and decodes the image only
-when the hash changed; it runs in worker threads, a batch ahead of embedding. ``sort_batch``
-splits a batch into new or changed products, payload-only updates and unchanged ones.
-``embed_batch`` runs both towers; the write stage upserts. ``ingest_catalog`` is the runner: it
-times each stage (``IngestReport.stage_seconds``).
+``read_row`` (ingest/read_stage.py) reads an image's bytes, hashes what would be embedded and,
+only when the hash changed, prepares the model's input; it runs in worker processes, several
+batches ahead of the model. ``sort_batch`` splits a batch into new or changed products,
+payload-only updates and unchanged ones. ``embed_items`` (ingest/embed_stage.py) runs both towers
+on the model's device. The write stage upserts on its own thread while the next batch is embedded.
+``ingest_catalog`` is the runner: it times each stage (``IngestReport.stage_seconds``).
 
 Each product's point id is derived from its catalog id and its payload carries a content hash of
 what was embedded (model, text, image bytes), so a re-run embeds only new or changed products and
@@ -21,6 +22,8 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,12 +32,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from shelfsight.ingest.catalog import Catalog, CatalogRow, Columns, RowError, read_catalog
+from shelfsight.ingest.embed_stage import PinnedBuffer, embed_items
+from shelfsight.ingest.gpu_decode import gpu_decoding_available, require_gpu_decoding
+from shelfsight.ingest.read_stage import ReadContext, ReadItem, ReadJob, ReadPool, read_in_threads
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import IncompatibleCollectionError
-from shelfsight.search.images import ImageError, ImagePolicy, decode_image, read_image_bytes
-from shelfsight.search.indexing import EmbeddedBatch, content_hash, embed_points, keep_derived, product_payload
+from shelfsight.search.images import ImagePolicy
+from shelfsight.search.indexing import EmbeddedBatch, keep_derived
 from shelfsight.search.lexical import BM25, product_words
 from shelfsight.search.records import point_id
 from shelfsight.search.relevance import calibrate
@@ -44,11 +49,28 @@ from shelfsight.search.store.base import CollectionMeta, PointRecord, VectorStor
 log = logging.getLogger(__name__)
 
 
+# Rows per batch when ``IngestOptions.batch_size`` is None: a batch that keeps a GPU busy, and
+# on a CPU one that gains nothing from being larger (32 images are 1.1x faster than 1 at a time).
+GPU_BATCH = 256
+CPU_BATCH = 32
+# Threads reading images when the read stage runs in this process (small catalogs, --workers 0).
+READ_THREADS = 2
+# Worker processes start (about a second) only for catalogs with images for more batches than this.
+PROCESS_MIN_BATCHES = 4
+
+
 @dataclass(frozen=True)
 class IngestOptions:
+    """``batch_size`` and ``workers`` None: chosen for the machine (``plan_reading``); ``workers`` 0:
+    no worker processes, images are read in threads of this process. ``decode``:
+    'cpu' (Pillow in worker processes), 'gpu' (nvJPEG; fails without it) or 'auto' (the GPU where
+    it can). ``processes``: read in worker processes (True), threads (False) or by catalog size (None)."""
+
     collection: str = DEFAULT_COLLECTION
-    batch_size: int = 32
-    workers: int = 2
+    batch_size: int | None = None
+    workers: int | None = None
+    decode: str = "auto"
+    processes: bool | None = None
     reindex: bool = False
     prune: bool = False  # delete products that are no longer in the catalog
     fused_weight: float | None = None  # image share of the early-fused vector; None: no fused vector
@@ -92,20 +114,6 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
-class ReadItem:
-    """One row after the read stage: its content hash and payload, its decoded image when it must
-    be embedded, or the error that skips it. ``stored`` is the payload in the store (None: new)."""
-
-    row: CatalogRow
-    stored: dict[str, Any] | None
-    content_hash: str = ""
-    payload: dict[str, Any] = field(default_factory=dict)
-    image: Image.Image | None = None
-    error: RowError | None = None
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
 class SortedBatch:
     """A batch split by what each product needs."""
 
@@ -113,13 +121,6 @@ class SortedBatch:
     payload_only: list[ReadItem]  # same vectors, new catalog fields
     unchanged: int
     errors: list[RowError]
-
-
-@dataclass(frozen=True)
-class _ReadContext:
-    base_dir: Path
-    policy: ImagePolicy
-    meta: CollectionMeta
 
 
 def ensure_collection(
@@ -158,24 +159,6 @@ def ensure_collection(
     return meta
 
 
-def read_item(row: CatalogRow, stored: dict[str, Any] | None, ctx: _ReadContext) -> ReadItem:
-    """Read stage: image bytes, content hash, payload; decode only when the hash changed."""
-    started = time.perf_counter()
-    image_bytes = None
-    try:
-        if row.product.image:
-            image_bytes = read_image_bytes(row.product.image, ctx.base_dir, ctx.policy)
-        digest = content_hash(ctx.meta.model, row.product.text, image_bytes, ctx.meta.fused_weight)
-        image = None
-        if image_bytes is not None and (stored is None or stored.get("content_hash") != digest):
-            image = decode_image(image_bytes, ctx.policy, name=row.product.image or "image")
-    except ImageError as exc:
-        error = RowError(row.row, row.product.id, exc.reason, exc.hint)
-        return ReadItem(row, stored, error=error, seconds=time.perf_counter() - started)
-    payload = product_payload(row.product, digest, ctx.base_dir)
-    return ReadItem(row, stored, digest, payload, image, seconds=time.perf_counter() - started)
-
-
 def sort_batch(items: Sequence[ReadItem], meta: CollectionMeta) -> SortedBatch:
     """Which products need embedding, which only a payload update, which nothing."""
     to_embed: list[ReadItem] = []
@@ -196,12 +179,6 @@ def sort_batch(items: Sequence[ReadItem], meta: CollectionMeta) -> SortedBatch:
     return SortedBatch(to_embed, payload_only, unchanged, errors)
 
 
-def embed_batch(items: Sequence[ReadItem], embedder: Embedder, meta: CollectionMeta) -> EmbeddedBatch:
-    """Embed stage: both towers over the batch, the early-fused vector when the collection has one."""
-    products = [item.row.product for item in items]
-    return embed_points(products, [item.image for item in items], [item.payload for item in items], embedder, meta)
-
-
 def ingest_catalog(
     catalog: str | Path | Catalog,
     store: VectorStore,
@@ -215,13 +192,15 @@ def ingest_catalog(
         catalog = read_catalog(catalog, options.columns)
     report = IngestReport(errors=list(catalog.errors))
     meta = ensure_collection(store, embedder, options.collection, catalog.fields, options.fused_weight, options.reindex)
-    ctx = _ReadContext(catalog.base_dir, options.images, meta)
-    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-        for items in _read_ahead(pool, store, options.collection, catalog.rows, options.batch_size, ctx):
+    plan = plan_reading(catalog, embedder, meta, options)
+    lock = threading.Lock()
+    stored: dict[str, dict[str, Any]] = {}
+    jobs = _jobs(store, options.collection, catalog.rows, plan.batch_size, lock, stored)
+    with _Writer(store, lock, on_progress) as writer:
+        for items in plan.read(jobs):
+            items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
             report.time("read", sum(item.seconds for item in items))
-            _embed_and_write(store, embedder, options.collection, meta, items, report)
-            if on_progress:
-                on_progress(len(items))
+            _embed_and_write(writer, embedder, options.collection, meta, items, report, plan.buffer)
     with _timed(report, "finish"):
         _finish(store, options, catalog, report)
     if report.ingested or report.updated or report.pruned or not meta.vocabulary:
@@ -233,54 +212,154 @@ def ingest_catalog(
     return report
 
 
-def _read_ahead(
-    pool: ThreadPoolExecutor,
+@dataclass(frozen=True)
+class ReadPlan:
+    """How this run reads: the context workers get, rows per batch, worker count, and whether in
+    processes (``ReadPool``) or threads."""
+
+    ctx: ReadContext
+    batch_size: int
+    workers: int
+    processes: bool
+    buffer: PinnedBuffer = field(default_factory=PinnedBuffer)
+
+    def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
+        if self.processes:
+            return ReadPool(self.ctx, self.workers).read(jobs)
+        return read_in_threads(jobs, self.ctx, self.workers)
+
+
+def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, options: IngestOptions) -> ReadPlan:
+    """Settle the automatic options for this machine and catalog: the batch (256 on a GPU, 32 on a
+    CPU), the workers (the usable cores), processes once the images fill a few batches, and GPU
+    decoding where ``options.decode`` asks for it or, for 'auto', where the GPU decoder exists."""
+    device = embedder.torch_device
+    on_gpu = device.startswith("cuda")
+    batch_size = options.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
+    embedder.batch_size = batch_size
+    workers = usable_cores() if options.workers is None else options.workers
+    if options.decode == "gpu":
+        require_gpu_decoding(device)
+    spec = embedder.pixel_spec
+    gpu_jpeg = spec is not None and options.decode != "cpu" and gpu_decoding_available(device)
+    ctx = ReadContext(catalog.base_dir, options.images, meta.model, meta.fused_weight, spec, gpu_jpeg)
+    with_images = sum(1 for r in catalog.rows if r.product.image)
+    processes = options.processes if options.processes is not None else with_images > PROCESS_MIN_BATCHES * batch_size
+    if workers == 0:  # asked for no processes: read in threads of this one
+        return ReadPlan(ctx, batch_size, READ_THREADS, False)
+    return ReadPlan(ctx, batch_size, workers, processes)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _jobs(
     store: VectorStore,
     name: str,
     rows: Sequence[CatalogRow],
     size: int,
-    ctx: _ReadContext,
-) -> Iterator[list[ReadItem]]:
-    """Batches of read items; the next batch is read and decoded while this one is embedded."""
+    lock: threading.Lock,
+    stored: dict[str, dict[str, Any]],
+) -> Iterator[ReadJob]:
+    """Batches of rows with the content hashes in the store; their stored payloads go into ``stored``
+    (by product id) for the sort stage, taken out again as each batch comes back."""
+    for start in range(0, len(rows), size):
+        batch = rows[start : start + size]
+        with lock:
+            found = store.retrieve(name, [point_id(r.product.id) for r in batch])
+        for point in found:
+            stored[point.payload.get("product_id")] = point.payload
+        yield ReadJob(batch, [stored.get(r.product.id, {}).get("content_hash") for r in batch])
 
-    def submit(batch: Sequence[CatalogRow]) -> list[Future[ReadItem]]:
-        ids = [point_id(r.product.id) for r in batch]
-        stored = {p.payload.get("product_id"): p.payload for p in store.retrieve(name, ids)}
-        return [pool.submit(read_item, r, stored.get(r.product.id), ctx) for r in batch]
 
-    batches = [rows[start : start + size] for start in range(0, len(rows), size)]
-    pending = submit(batches[0]) if batches else []
-    for index in range(len(batches)):
-        current = pending
-        pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
-        yield [f.result() for f in current]
+class _Writer:
+    """Store writes on their own thread, so writing one batch overlaps embedding the next. At most
+    one write waits (memory stays bounded); ``lock`` keeps the store to one call at a time. What a
+    write counts is added to the report once it has landed."""
+
+    def __init__(self, store: VectorStore, lock: threading.Lock, on_progress: Callable[[int], None] | None):
+        self.store = store
+        self.lock = lock
+        self.on_progress = on_progress
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shelfsight-write")
+        self._pending: tuple[Future[None], Callable[[], None]] | None = None
+
+    def submit(self, write: Callable[[VectorStore], None], landed: Callable[[], None]) -> None:
+        self.wait()
+
+        def locked() -> None:
+            with self.lock:
+                write(self.store)
+
+        self._pending = (self._pool.submit(locked), landed)
+
+    def progress(self, rows: int) -> None:
+        if self.on_progress:
+            self.on_progress(rows)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            future, landed = self._pending
+            self._pending = None
+            future.result()
+            landed()
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _embed_and_write(
-    store: VectorStore,
+    writer: _Writer,
     embedder: Embedder,
     name: str,
     meta: CollectionMeta,
     items: Sequence[ReadItem],
     report: IngestReport,
+    buffer: PinnedBuffer,
 ) -> None:
     batch = sort_batch(items, meta)
     report.errors.extend(batch.errors)
     report.unchanged += batch.unchanged
     if batch.payload_only:
-        with _timed(report, "write"):
-            _write_payloads(store, name, meta, batch.payload_only)
-        report.updated += len(batch.payload_only)
-    if not batch.to_embed:
-        return
-    with _timed(report, "embed"):
-        embedded = embed_batch(batch.to_embed, embedder, meta)
-    with _timed(report, "write"):
-        store.upsert(name, embedded.points)
+        started = time.perf_counter()
+        writer.submit(
+            lambda store: _write_payloads(store, name, meta, batch.payload_only),
+            lambda: _landed_payloads(report, len(batch.payload_only), started),
+        )
+    if batch.to_embed:
+        with _timed(report, "embed"):
+            result = embed_items(batch.to_embed, embedder, meta, buffer)
+        report.errors.extend(result.errors)
+        started = time.perf_counter()
+        writer.submit(
+            lambda store: store.upsert(name, result.batch.points), lambda: _landed(report, result.batch, started)
+        )
+    writer.progress(len(items))
+
+
+def _landed(report: IngestReport, embedded: EmbeddedBatch, submitted: float) -> None:
     report.ingested += len(embedded.points)
     report.truncated += embedded.truncated
     report.text_only += embedded.text_only
+    report.time("write", time.perf_counter() - submitted)
     log.debug("upserted %d products (%d so far)", len(embedded.points), report.ingested)
+
+
+def _landed_payloads(report: IngestReport, count: int, submitted: float) -> None:
+    report.updated += count
+    report.time("write", time.perf_counter() - submitted)
 
 
 def _write_payloads(store: VectorStore, name: str, meta: CollectionMeta, items: Sequence[ReadItem]) -> None:

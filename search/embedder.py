@@ -21,10 +21,13 @@ from urllib.parse import urlparse
 
 import numpy as np
 from shelfsight.search.errors import BadInputError, ModelUnavailableError
+from shelfsight.search.pixels import PixelSpec, normalize_pixels
+from shelfsight.search.precision import MIN_COSINE, autocast, resolve_precision
 from shelfsight.search.settings import DEFAULT_MODEL, MODELS_ROOT_ENV
 from shelfsight.search.settings import models_root as env_models_root
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
     from sentence_transformers import SentenceTransformer
 
@@ -131,7 +134,10 @@ def pick_device(device: str | None = None) -> str:
 
 
 class Embedder:
-    """A CLIP model that embeds images and texts into one space. Loads lazily, thread-safe."""
+    """A CLIP model that embeds images and texts into one space. Loads lazily, thread-safe.
+
+    ``precision`` ('auto', 'fp32', 'fp16', 'bf16'; see search/precision.py) is the number format
+    both towers run in; 'auto' is settled when the model loads and kept only if it matches fp32."""
 
     def __init__(
         self,
@@ -139,11 +145,15 @@ class Embedder:
         device: str | None = None,
         batch_size: int = 32,
         models_root: str | os.PathLike[str] | None = None,
+        precision: str = "auto",
     ):
         self.model_name = str(model)
         self.models_root = Path(models_root) if models_root is not None else env_models_root()
         self.device = device
         self.batch_size = batch_size
+        self.requested_precision = precision
+        resolve_precision(precision, "cuda")  # an unknown name fails here, before any loading
+        self._precision = "fp32"
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
         self._model_id: str | None = None
@@ -182,8 +192,45 @@ class Embedder:
     def model(self) -> SentenceTransformer:
         with self._lock:
             if self._model is None:
-                self._model = self._load()
+                model = self._load()
+                self._precision = self._settle_precision(model)
+                self._model = model
             return self._model
+
+    @property
+    def precision(self) -> str:
+        """The precision the towers run in ('fp32', 'fp16' or 'bf16'); loads the model."""
+        _ = self.model
+        return self._precision
+
+    @property
+    def torch_device(self) -> str:
+        """Where the model runs: 'cpu', 'cuda', 'cuda:1'..."""
+        return str(self.model.device)
+
+    def _settle_precision(self, model: SentenceTransformer) -> str:
+        """The requested precision for this device; what 'auto' picks below fp32 must match fp32 on
+        probe images and texts, or fp32 stays (with a warning)."""
+        device = str(model.device)
+        chosen = resolve_precision(self.requested_precision, device)
+        if self.requested_precision != "auto" or chosen == "fp32":
+            return chosen
+        cosine = _probe_cosine(model, chosen, device)
+        if cosine < MIN_COSINE:
+            log.warning("%s on %s matches fp32 only to cosine %.4f; running fp32", chosen, device, cosine)
+            return "fp32"
+        log.info("running the model in %s on %s (probe cosine to fp32 %.4f)", chosen, device, cosine)
+        return chosen
+
+    @property
+    def pixel_spec(self) -> PixelSpec | None:
+        """The model's preprocessing as plain numbers, for ``encode_pixels``; None when the model's
+        processor does something ``PixelSpec`` cannot express (then use ``encode_images``)."""
+        processor = getattr(self.model[0], "processor", None)
+        image_processor = getattr(processor, "image_processor", None)
+        if image_processor is None or not hasattr(self.model[0].model, "get_image_features"):
+            return None
+        return PixelSpec.from_processor(image_processor)
 
     def _load(self) -> SentenceTransformer:
         name = self.model_path
@@ -250,6 +297,27 @@ class Embedder:
             return np.zeros((0, 0), dtype=np.float32)
         return self._encode(images)
 
+    def encode_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Embed prepared pixels: (n, h, w, 3) uint8 from ``search.pixels.prepare_pixels``, on any
+        device (pinned CPU memory copies without blocking). Normalization runs on the model's device,
+        the vision tower in ``precision``. Returns (n, d) float32 unit rows."""
+        import torch
+
+        spec = self.pixel_spec
+        if spec is None:
+            raise BadInputError(f"model {self.model_name!r} needs its own image processor; use encode_images")
+        inner: Any = self.model[0].model
+        batch = torch.as_tensor(pixels)
+        if len(batch) == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        batch = batch.to(self.torch_device, non_blocking=True)
+        parts = []
+        with torch.inference_mode(), autocast(self.precision, self.torch_device):
+            for start in range(0, len(batch), self.batch_size):
+                values = normalize_pixels(batch[start : start + self.batch_size], spec, torch.float32)
+                parts.append(_features(inner.get_image_features(pixel_values=values)).float())
+        return self._checked(torch.nn.functional.normalize(torch.cat(parts), dim=-1).cpu().numpy())
+
     def _encode(self, items: list[Any]) -> np.ndarray:
         import torch
 
@@ -257,7 +325,7 @@ class Embedder:
         # Texts beyond the position table would crash the text tower; truncate like CLIP does.
         if model.max_seq_length is None or model.max_seq_length > CLIP_MAX_TOKENS:
             model.max_seq_length = CLIP_MAX_TOKENS
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.torch_device):
             vectors = model.encode(
                 items,
                 batch_size=self.batch_size,
@@ -265,7 +333,11 @@ class Embedder:
                 normalize_embeddings=False,
                 show_progress_bar=False,
             )
-        vectors = normalize_rows(vectors)
+        return self._checked(normalize_rows(vectors))
+
+    @staticmethod
+    def _checked(vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
         if not np.isfinite(vectors).all():
             raise BadInputError("the model produced non-finite vectors; check the model weights")
         return vectors
@@ -275,3 +347,31 @@ class Embedder:
         inner = getattr(self.model[0], "model", None)
         scale = getattr(inner, "logit_scale", None)
         return float(scale.exp().item()) if scale is not None else 100.0
+
+
+def _features(out: Any) -> torch.Tensor:
+    """transformers returns projected features as a tensor or as an output's ``pooler_output``."""
+    import torch
+
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _probe_cosine(model: SentenceTransformer, precision: str, device: str) -> float:
+    """The least cosine between fp32 and ``precision`` vectors of a few synthetic images and texts."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 160, dtype=np.float32)
+    images = [
+        Image.fromarray(np.clip(ramp[None, :, None] * w + rng.normal(0, 40, (160, 160, 3)), 0, 255).astype(np.uint8))
+        for w in (0.3, 0.7, 1.0)
+    ]
+    texts = ["red leather bag", "a photo of a blue striped shirt", "wooden kitchen chair"]
+    least = 1.0
+    for items in (images, texts):
+        with autocast("fp32", device):
+            reference = normalize_rows(model.encode(items, convert_to_numpy=True))
+        with autocast(precision, device):
+            lower = normalize_rows(model.encode(items, convert_to_numpy=True))
+        least = min(least, float((reference * lower).sum(axis=1).min()))
+    return least

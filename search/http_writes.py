@@ -223,7 +223,8 @@ class ProductWriter:
                 if changed:  # whole, with its vectors: what the store derives from the payload follows
                     engine.store.upsert(name, [PointRecord(pid, found[0].vectors, payload)])
             else:
-                embedded = embed_points([product], [picture], [payload], engine.embedder, meta)
+                vector = None if picture is None else engine.embedder.encode_images([picture])[0]
+                embedded = embed_points([product], [vector], [payload], engine.embedder, meta)
                 engine.store.upsert(name, embedded.points)
                 truncated = embedded.truncated > 0
             _drop_uploads(engine, product_id, keep=image.upload)

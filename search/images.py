@@ -99,17 +99,23 @@ class ImageError(BadInputError):
         self.hint = hint
 
 
-def decode_image(data: bytes, policy: ImagePolicy = ImagePolicy(), name: str = "image") -> Image.Image:
+def decode_image(
+    data: bytes, policy: ImagePolicy = ImagePolicy(), name: str = "image", min_side: int | None = None
+) -> Image.Image:
     """Decode bytes into an RGB image: type by content, pixel and memory caps, EXIF orientation,
-    first frame; at most ``policy.decode_slots`` at once when that is set."""
+    first frame; at most ``policy.decode_slots`` at once when that is set.
+
+    ``min_side``: the caller needs only this many pixels on the shortest side (a model's input), so a
+    JPEG decodes at the smallest of 1/2, 1/4 or 1/8 scale that keeps it (Pillow's draft mode:
+    a 1000-px photo for a 224-px model decodes at 250 px, several times faster)."""
     slot = _decode_slot(policy)
     if slot is None:
-        return _decode(data, policy, name)
+        return _decode(data, policy, name, min_side)
     with slot:
-        return _decode(data, policy, name)
+        return _decode(data, policy, name, min_side)
 
 
-def _decode(data: bytes, policy: ImagePolicy, name: str) -> Image.Image:
+def _decode(data: bytes, policy: ImagePolicy, name: str, min_side: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -124,7 +130,7 @@ def _decode(data: bytes, policy: ImagePolicy, name: str) -> Image.Image:
                     f"{name} is {width}x{height} pixels, over the {policy.max_pixels}-pixel cap",
                     "downscale the image or raise --max-image-pixels",
                 )
-            _fit_decode_budget(opened, policy, name)
+            _fit_decode_budget(opened, policy, name, min_side)
             opened.seek(0)  # animated images: the first frame stands for the product
             opened.load()
             image = to_rgb(ImageOps.exif_transpose(opened) or opened)
@@ -141,14 +147,16 @@ def _decode(data: bytes, policy: ImagePolicy, name: str) -> Image.Image:
         raise ImageError(f"{name} is broken or truncated: {exc}", "re-export or replace the image") from exc
 
 
-def _fit_decode_budget(opened: Image.Image, policy: ImagePolicy, name: str) -> None:
+def _fit_decode_budget(opened: Image.Image, policy: ImagePolicy, name: str, min_side: int | None = None) -> None:
     """Before any pixel is decoded: JPEGs are set to decode at a reduced scale (1/2 to 1/8) that
-    fits ``max_side`` and the memory budget; other images over the budget are refused."""
+    fits ``max_side``, ``min_side`` and the memory budget; other images over the budget are refused."""
     width, height = opened.size
     if opened.format in ("JPEG", "MPO"):
         want = max(width, height)
         if policy.max_side:
             want = min(want, policy.max_side)
+        if min_side:
+            want = min(want, -(-min_side * max(width, height) // max(1, min(width, height))))
         cost = decode_cost(opened.mode, opened.size)
         if cost > policy.max_decode_bytes:
             # Half the linear scale that would fit, so the power-of-two reduction lands inside the budget.

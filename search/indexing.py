@@ -11,7 +11,8 @@ Example::
 
     digest = content_hash(meta.model, product.text, image_bytes, meta.fused_weight)
     payload = product_payload(product, digest, catalog_dir)
-    batch = embed_points([product], [decode_image(image_bytes)], [payload], embedder, meta)
+    image_vector = embedder.encode_images([decode_image(image_bytes)])[0]
+    batch = embed_points([product], [image_vector], [payload], embedder, meta)
     store.upsert("products", batch.points)
 """
 
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.fusion import early_fuse
@@ -79,15 +79,16 @@ def keep_derived(stored: dict[str, Any], payload: dict[str, Any], meta: Collecti
 
 def embed_points(
     products: Sequence[Product],
-    images: Sequence[Image.Image | None],
+    image_vectors: Sequence[np.ndarray | None],
     payloads: Sequence[dict[str, Any]],
     embedder: Embedder,
     meta: CollectionMeta,
 ) -> EmbeddedBatch:
-    """Both towers over a batch, the early-fused vector when the collection has one; one point each."""
+    """The text tower over a batch, beside the image vectors the caller made (None: no image; ingest
+    prepares pixels in worker processes, the HTTP API decodes one upload), and the early-fused vector
+    when the collection has one; one point each."""
     texts = [p.text for p in products]
     with_text = [i for i, t in enumerate(texts) if t]
-    with_image = [i for i, image in enumerate(images) if image is not None]
     vectors: list[dict[str, np.ndarray]] = [{} for _ in products]
     truncated = 0
     if with_text:
@@ -95,10 +96,9 @@ def embed_points(
         for i, vector in zip(with_text, embedder.encode_texts(batch)):
             vectors[i]["text"] = vector
         truncated = sum(n > embedder.max_tokens for n in embedder.count_tokens(batch))
-    if with_image:
-        pictures = [images[i] for i in with_image]
-        for i, vector in zip(with_image, embedder.encode_images(pictures)):  # type: ignore[arg-type]
-            vectors[i]["image"] = vector
+    for i, image_vector in enumerate(image_vectors):
+        if image_vector is not None:
+            vectors[i]["image"] = image_vector
     if meta.fused_weight is not None:
         for vec in vectors:
             vec["fused"] = early_fuse(vec.get("image"), vec.get("text"), meta.fused_weight)

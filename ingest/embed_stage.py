@@ -1,0 +1,145 @@
+"""The embed stage: a batch of read items into points, both towers on the model's device.
+
+Images arrive in one of three forms (``read_stage.ReadItem``): prepared uint8 pixels, which go to
+the device in one copy from pinned memory (on CUDA) and are normalized there; JPEG bytes, decoded on
+the GPU (``gpu_decode``); or PIL images, for a model whose processor only it can run. A JPEG that
+neither the GPU nor Pillow can decode leaves the batch as a bad row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from shelfsight.ingest.catalog import RowError
+from shelfsight.ingest.read_stage import ReadItem
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.images import ImageError
+from shelfsight.search.indexing import EmbeddedBatch, embed_points
+from shelfsight.search.pixels import PixelSpec, prepare_pixels
+from shelfsight.search.store.base import CollectionMeta
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    batch: EmbeddedBatch
+    errors: list[RowError]
+
+
+class PinnedBuffer:
+    """One reusable page-locked host buffer for pixel batches bound for a GPU (copies from it run
+    without blocking); on a CPU the batch is used where it lies."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def stage(self, arrays: Sequence[np.ndarray], device: str) -> torch.Tensor:
+        import torch
+
+        shape = (len(arrays), *arrays[0].shape)
+        if not device.startswith("cuda"):
+            return torch.from_numpy(np.stack(arrays))
+        if self._buffer is None or self._buffer.shape[1:] != shape[1:] or len(self._buffer) < shape[0]:
+            self._buffer = torch.empty(shape, dtype=torch.uint8).pin_memory()
+        view = self._buffer[: shape[0]]
+        np.stack(arrays, out=view.numpy())
+        return view.to(device, non_blocking=True)
+
+
+def embed_items(
+    items: Sequence[ReadItem], embedder: Embedder, meta: CollectionMeta, buffer: PinnedBuffer | None = None
+) -> EmbedResult:
+    """Both towers over the batch; the early-fused vector when the collection has one."""
+    kept, vectors, errors = image_vectors(items, embedder, buffer or PinnedBuffer())
+    products = [item.row.product for item in kept]
+    batch = embed_points(products, vectors, [item.payload for item in kept], embedder, meta)
+    return EmbedResult(batch, errors)
+
+
+def image_vectors(
+    items: Sequence[ReadItem], embedder: Embedder, buffer: PinnedBuffer
+) -> tuple[list[ReadItem], list[np.ndarray | None], list[RowError]]:
+    """Each item's image vector (None without a picture); items whose JPEG failed to decode are
+    dropped and returned as errors."""
+    with_picture = [i for i, item in enumerate(items) if item.has_picture]
+    vectors: list[np.ndarray | None] = [None] * len(items)
+    if not with_picture:
+        return list(items), vectors, []
+    pictures = [items[i] for i in with_picture]
+    if all(p.image is not None for p in pictures):
+        encoded = embedder.encode_images([p.image for p in pictures])  # type: ignore[misc]
+        bad: set[int] = set()
+    else:
+        encoded, bad = _encode_prepared(pictures, embedder, buffer)
+    good = [i for j, i in enumerate(with_picture) if j not in bad]
+    for position, vector in zip(good, encoded):
+        vectors[position] = vector
+    dropped = {with_picture[j] for j in bad}
+    errors = [_decode_error(items[i]) for i in sorted(dropped)]
+    kept = [(item, v) for i, (item, v) in enumerate(zip(items, vectors)) if i not in dropped]
+    return [k for k, _ in kept], [v for _, v in kept], errors
+
+
+def _encode_prepared(
+    pictures: Sequence[ReadItem], embedder: Embedder, buffer: PinnedBuffer
+) -> tuple[np.ndarray, set[int]]:
+    """Pixels and GPU-decoded JPEGs in one device batch, in order; the positions that failed."""
+    import torch
+
+    spec = embedder.pixel_spec
+    assert spec is not None
+    device = embedder.torch_device
+    jpeg_at = [j for j, p in enumerate(pictures) if p.jpeg is not None]
+    arrays = {j: p.pixels for j, p in enumerate(pictures) if p.pixels is not None}
+    decoded, bad = _gpu_decode(pictures, jpeg_at, spec, device, arrays)
+    cpu_at = sorted(arrays)
+    parts = {}
+    if cpu_at:
+        staged = buffer.stage([arrays[j] for j in cpu_at], device)  # type: ignore[misc]
+        parts.update({j: staged[k] for k, j in enumerate(cpu_at)})
+    parts.update(decoded)
+    order = [j for j in range(len(pictures)) if j not in bad]
+    if not order:
+        return np.zeros((0, 0), dtype=np.float32), bad
+    if not decoded:
+        batch = staged  # already in order: every picture came from the CPU
+    else:
+        batch = torch.stack([parts[j].to(device) for j in order])
+    return embedder.encode_pixels(batch), bad
+
+
+def _gpu_decode(
+    pictures: Sequence[ReadItem], jpeg_at: list[int], spec: PixelSpec, device: str, arrays: dict[int, np.ndarray]
+) -> tuple[dict[int, torch.Tensor], set[int]]:
+    """JPEGs decoded on the GPU; those it rejects are decoded by Pillow into ``arrays``, and those
+    Pillow rejects too are returned as bad."""
+    if not jpeg_at:
+        return {}, set()
+    from shelfsight.ingest.gpu_decode import decode_jpegs
+
+    batch, failed = decode_jpegs([pictures[j].jpeg for j in jpeg_at], spec, device)  # type: ignore[misc]
+    ok = [j for k, j in enumerate(jpeg_at) if k not in set(failed)]
+    decoded = {j: batch[k] for k, j in enumerate(ok)}
+    bad: set[int] = set()
+    for k in failed:
+        j = jpeg_at[k]
+        try:
+            arrays[j] = prepare_pixels(pictures[j].jpeg, spec, name=pictures[j].row.product.image or "image")  # type: ignore[arg-type]
+        except ImageError:
+            bad.add(j)
+    return decoded, bad
+
+
+def _decode_error(item: ReadItem) -> RowError:
+    product = item.row.product
+    return RowError(
+        item.row.row,
+        product.id,
+        f"{product.image} is not a JPEG the GPU or Pillow can decode",
+        "re-export or replace the image",
+    )

@@ -1,0 +1,164 @@
+"""The fast image path of ingest: pixels prepared in worker processes match the model's own
+processor, a worker that dies fails only its row, and the precision is chosen and checked per machine."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+from shelfsight.data.generate import SIZE, as_photo, draw_specs, render
+from shelfsight.ingest import read_stage
+from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
+from shelfsight.ingest.read_stage import CRASH_REASON
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.errors import BadInputError
+from shelfsight.search.images import decode_image
+from shelfsight.search.pixels import PixelSpec, prepare_pixels
+from shelfsight.search.precision import resolve_precision
+from shelfsight.search.records import point_id
+from shelfsight.train.model_init import init_model
+
+FAST_PATH_MIN_COSINE = 0.995
+
+
+def _photos(n: int) -> list[tuple[str, bytes]]:
+    """Shop-like photos: 1000x1000 JPEGs, a 1200x800 one, an EXIF-rotated one, a PNG and a grey JPEG."""
+    out = []
+    for i, spec in enumerate(draw_specs(n, seed=11)):
+        rng = random.Random(i)
+        photo = as_photo(render(spec, rng), 1000, rng)
+        buf = io.BytesIO()
+        if i % 5 == 1:
+            photo.resize((1200, 800)).save(buf, "JPEG", quality=90)
+        elif i % 5 == 2:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # rotated 90 degrees
+            photo.resize((900, 600)).save(buf, "JPEG", quality=90, exif=exif)
+        elif i % 5 == 3:
+            photo.resize((640, 640)).save(buf, "PNG")
+        elif i % 5 == 4:
+            photo.convert("L").save(buf, "JPEG", quality=85)
+        else:
+            photo.save(buf, "JPEG", quality=88)
+        out.append((f"photo{i}", buf.getvalue()))
+    return out
+
+
+def _min_fast_path_cosine(embedder: Embedder, photos: list[tuple[str, bytes]]) -> float:
+    spec = embedder.pixel_spec
+    assert spec is not None
+    fast = embedder.encode_pixels(np.stack([prepare_pixels(data, spec, name=name) for name, data in photos]))
+    reference = embedder.encode_images([decode_image(data, name=name) for name, data in photos])
+    return float((fast * reference).sum(axis=1).min())
+
+
+@pytest.fixture(scope="module")
+def demo_shaped(tmp_path_factory) -> Embedder:
+    """The demo model's shape and processor (96 px input), untrained; the trained one is checked when
+    SHELFSIGHT_DEMO_MODEL names it (``shelfsight demo`` writes it under WORKDIR/models/demo)."""
+    path = os.environ.get("SHELFSIGHT_DEMO_MODEL") or init_model("small", tmp_path_factory.mktemp("small") / "m")
+    return Embedder(str(path), device="cpu", precision="fp32")
+
+
+def test_fast_path_matches_the_models_own_processor_per_image(demo_shaped, embedder):
+    photos = _photos(10)
+    assert _min_fast_path_cosine(demo_shaped, photos) >= FAST_PATH_MIN_COSINE
+    assert _min_fast_path_cosine(embedder, photos) >= FAST_PATH_MIN_COSINE
+
+
+def test_without_draft_decoding_the_pixels_are_the_processors():
+    """A PNG is decoded whole, so the uint8 resize and crop give exactly the processor's pixels."""
+    processor = _tiny_processor()
+    spec = PixelSpec.from_processor(processor)
+    assert spec is not None
+    image = as_photo(render(draw_specs(1, seed=3)[0], random.Random(0)), 300, random.Random(1)).resize((300, 200))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    mine = prepare_pixels(buf.getvalue(), spec).astype(np.float32) * spec.scale
+    mine = (mine - np.array(spec.mean)) / np.array(spec.std)
+    theirs = processor(images=[image], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    assert mine.shape == theirs.shape
+    assert np.abs(mine - theirs).max() < 1e-4
+
+
+def _tiny_processor():
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+
+
+def test_a_worker_killed_on_one_row_fails_that_row_only(store, collection_name, embedder, catalog_dir, monkeypatch):
+    """Workers are forked, so they run this test's patched reader: it kills its own process on one row."""
+    victim = sorted(p.name for p in (catalog_dir / "images").iterdir())[5]
+    real = read_stage.read_row
+
+    def dies_on_victim(row, stored_hash, ctx):
+        if row.product.image and row.product.image.endswith(victim):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(row, stored_hash, ctx)
+
+    monkeypatch.setattr(read_stage, "read_row", dies_on_victim)
+    options = IngestOptions(collection=collection_name, batch_size=4, workers=2, processes=True)
+    report = ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
+    assert [e.reason for e in report.errors] == [CRASH_REASON]
+    assert report.errors[0].hint
+    assert report.ingested == 47 and store.count(collection_name) == 47
+    bad_id = report.errors[0].product_id
+    assert victim.startswith(bad_id or "?")
+    assert not store.retrieve(collection_name, [point_id(bad_id)])
+
+
+def test_processes_and_threads_store_the_same_vectors(embedder, catalog_dir, tmp_path):
+    from shelfsight.search.store.edge import EdgeStore
+
+    vectors = []
+    for processes in (True, False):
+        store = EdgeStore(tmp_path / f"db-{processes}")
+        try:
+            options = IngestOptions(batch_size=8, workers=2, processes=processes, optimize=False)
+            assert ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options).ingested == 48
+            points = store.retrieve(
+                "products", [point_id(f.stem) for f in (catalog_dir / "images").iterdir()], with_vectors=True
+            )
+            vectors.append({p.id: p.vectors["image"] for p in points})
+        finally:
+            store.close()
+    assert vectors[0].keys() == vectors[1].keys() and len(vectors[0]) == 48
+    assert all(np.allclose(vectors[0][k], vectors[1][k], atol=1e-6) for k in vectors[0])
+
+
+def test_precision_is_chosen_per_device_and_refused_where_it_cannot_run():
+    assert resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("auto", "cpu") in ("bf16", "fp32")
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(BadInputError, match="fp16 runs only on a CUDA GPU"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(BadInputError, match="unknown precision"):
+        Embedder("unused", precision="fp8")
+
+
+def test_bf16_on_a_cpu_stays_close_to_fp32(tiny_model_dir):
+    """bf16 runs on any CPU (slowly without native support); ``auto`` picks it only where it is native."""
+    fp32 = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
+    bf16 = Embedder(str(tiny_model_dir), device="cpu", precision="bf16")
+    assert bf16.precision == "bf16"
+    texts = ["red leather bag", "blue striped shirt"]
+    assert float((fp32.encode_texts(texts) * bf16.encode_texts(texts)).sum(axis=1).min()) > 0.98
+    image = as_photo(render(draw_specs(1, seed=2)[0], random.Random(0)), SIZE, random.Random(0))
+    assert float((fp32.encode_images([image]) * bf16.encode_images([image])).sum()) > 0.98
+
+
+def test_decode_gpu_without_a_gpu_is_refused_with_the_fix(embedder, catalog_dir, tmp_path):
+    from shelfsight.search.store.edge import EdgeStore
+
+    store = EdgeStore(tmp_path / "db")
+    try:
+        with pytest.raises(BadInputError, match="--decode gpu needs a CUDA GPU"):
+            ingest_catalog(catalog_dir / "catalog.csv", store, embedder, IngestOptions(decode="gpu"))
+    finally:
+        store.close()
