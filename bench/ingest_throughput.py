@@ -1,39 +1,259 @@
-"""Ingest throughput (products/s) with the tiny and the full-size ViT-B/32 model shapes, side by side.
+"""Ingest throughput against the model's own speed, from one run on one machine.
 
-Random weights: the compute is real, the vectors meaningless. Run: python bench/ingest_throughput.py [--n 200]
+Prints, side by side: the vision tower's pure forward on ready tensors (fp32 and half: fp16 on a
+GPU, bf16 on a CPU), the text tower, preprocessing alone (the model's own processor on one thread,
+and the read stage's worker processes), end-to-end ``ingest_catalog`` (texts, hashing, store writes,
+index build and calibration included) for each decode mode, and the ratio of ingest to the pure fp32
+forward. Also the fast image path's least cosine to the model's own processor, per decode mode.
+
+Random ViT-B/32-shape weights: the compute is real, the vectors meaningless. Every product and
+every forward batch is distinct. Examples::
+
+    python bench/ingest_throughput.py --device cuda --image-size 1000          # GPU machine
+    python bench/ingest_throughput.py --device cpu --image-size 1000 --n 160   # 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
+import platform
 import sys
 import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from shelfsight.data.generate import write_catalog  # noqa: E402
-from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog  # noqa: E402
+from shelfsight.ingest.catalog import read_catalog  # noqa: E402
+from shelfsight.ingest.gpu_decode import decode_jpegs, gpu_decoding_available  # noqa: E402
+from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog, usable_cores  # noqa: E402
+from shelfsight.ingest.read_stage import ReadContext, ReadJob, ReadPool  # noqa: E402
 from shelfsight.search.embedder import Embedder  # noqa: E402
+from shelfsight.search.images import ImagePolicy, decode_image  # noqa: E402
+from shelfsight.search.pixels import prepare_pixels  # noqa: E402
+from shelfsight.search.precision import autocast, cpu_runs_bf16  # noqa: E402
 from shelfsight.search.store.edge import EdgeStore  # noqa: E402
 from shelfsight.train.model_init import init_model  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--presets", default="tiny,vit-b-32")
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="shelfsight-ingest-"))
-    catalog = write_catalog(tmp / "catalog", n=args.n, seed=3)
-    print(f"{'preset':<10}{'products':>9}{'seconds':>9}{'items/s':>9}")
-    for preset in args.presets.split(","):
-        embedder = Embedder(str(init_model(preset, tmp / preset)))
-        embedder.encode_texts(["warm up"])  # load the model outside the timing
-        store = EdgeStore(tmp / f"db-{preset}")
-        report = ingest_catalog(catalog, store, embedder, IngestOptions(batch_size=32))
+def machine(device: str) -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    bf16 = "native bf16" if cpu_runs_bf16() else "no native bf16"
+    return (
+        f"{cpu} ({usable_cores()} usable cores, {bf16}, torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()})"
+        f"{gpu}, Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}"
+    )
+
+
+def _part(args: tuple[Path, int, int, int]) -> Path:
+    out, n, seed, size = args
+    return write_catalog(out, n=n, seed=seed, image_size=size)
+
+
+def make_catalog(out: Path, n: int, image_size: int, workers: int) -> Path:
+    """``n`` distinct products with ``image_size``-px JPEGs, written by ``workers`` processes."""
+    csv_path = out / "catalog.csv"
+    if csv_path.exists():
+        return csv_path
+    parts = max(1, min(workers, n // 32))
+    jobs = [(out / f"part{k}", n // parts + (k < n % parts), 100 + k, image_size) for k in range(parts)]
+    with ProcessPoolExecutor(parts) as pool:
+        written = list(pool.map(_part, jobs))
+    rows: list[dict[str, str]] = []
+    for k, path in enumerate(written):
+        with path.open() as fh:
+            rows += [dict(r, image=f"part{k}/{r['image']}") for r in csv.DictReader(fh)]
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int) -> float:
+    """Images/s of the vision tower alone on distinct ready tensors already on the device."""
+    device = embedder.torch_device
+    inner: Any = embedder.model[0].model
+    size = embedder.pixel_spec.crop  # type: ignore[union-attr]
+    gen = torch.Generator(device=device).manual_seed(0)
+    inputs = [torch.randn((batch, 3, *size), generator=gen, device=device) for _ in range(batches + 1)]
+    with torch.inference_mode(), autocast(precision, device):
+        inner.get_image_features(pixel_values=inputs[-1])  # warm-up (kernels, autotuning)
+        _sync(device)
+        started = time.perf_counter()
+        for x in inputs[:batches]:
+            inner.get_image_features(pixel_values=x)
+        _sync(device)
+    return batch * batches / (time.perf_counter() - started)
+
+
+def text_rate(embedder: Embedder, texts: list[str]) -> float:
+    embedder.encode_texts(texts[:8])
+    started = time.perf_counter()
+    embedder.encode_texts(texts)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def processor_rate(embedder: Embedder, images: list[Any]) -> float:
+    """The model's own image processor on decoded images, one thread."""
+    processor = embedder.model[0].processor.image_processor
+    started = time.perf_counter()
+    for image in images:
+        processor(images=[image], return_tensors="pt")
+    return len(images) / (time.perf_counter() - started)
+
+
+def read_stage_rate(catalog: Path, embedder: Embedder, workers: int, batch: int, gpu_jpeg: bool) -> float:
+    """Rows/s of the read stage alone (read, hash, decode, resize in worker processes), no model."""
+    parsed = read_catalog(catalog)
+    ctx = ReadContext(parsed.base_dir, ImagePolicy(), "bench", None, embedder.pixel_spec, gpu_jpeg)
+    rows = parsed.rows
+    jobs = (ReadJob(rows[i : i + batch], [None] * len(rows[i : i + batch])) for i in range(0, len(rows), batch))
+    started = time.perf_counter()
+    count = sum(len(items) for items in ReadPool(ctx, workers).read(jobs))
+    return count / (time.perf_counter() - started)
+
+
+def fast_path_cosine(embedder: Embedder, catalog: Path, count: int, gpu: bool) -> float:
+    """Least cosine, per image, of the fast path (Pillow draft or nvJPEG) to the model's own processor."""
+    parsed = read_catalog(catalog)
+    data = [(parsed.base_dir / r.product.image).read_bytes() for r in parsed.rows[:count]]  # type: ignore[operator]
+    spec = embedder.pixel_spec
+    assert spec is not None
+    if gpu:
+        pixels, failed = decode_jpegs(data, spec, embedder.torch_device)
+        assert not failed, f"nvJPEG failed on {failed}"
+        fast = embedder.encode_pixels(pixels)
+    else:
+        fast = embedder.encode_pixels(np.stack([prepare_pixels(d, spec) for d in data]))
+    reference = embedder.encode_images([decode_image(d) for d in data])
+    return float((fast * reference).sum(axis=1).min())
+
+
+def ingest_rate(catalog: Path, embedder: Embedder, work: Path, decode: str, workers: int | None) -> dict[str, Any]:
+    store = EdgeStore(work / f"db-{catalog.parent.name}-{decode}-{time.monotonic_ns()}")
+    try:
+        report = ingest_catalog(catalog, store, embedder, IngestOptions(decode=decode, workers=workers))
+    finally:
         store.close()
-        print(f"{preset:<10}{report.ingested:>9}{report.seconds:>9.1f}{report.ingested / report.seconds:>9.1f}")
+    once = report.stage_seconds.get("finish", 0.0) + report.stage_seconds.get("calibrate", 0.0)
+    return {
+        "items": report.ingested,
+        "errors": [e.to_dict() for e in report.errors[:3]],
+        "items_per_s": report.ingested / report.seconds,
+        # without the once-per-run index build and calibration, which do not grow with the GPU's speed
+        "pipeline_items_per_s": report.ingested / (report.seconds - once),
+        "stage_seconds": {k: round(v, 2) for k, v in report.stage_seconds.items()},
+        "seconds": round(report.seconds, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--image-size", type=int, default=1000)
+    parser.add_argument(
+        "--n", type=int, default=None, help="products per catalog (default 4096 on a GPU, 160 on a CPU)"
+    )
+    parser.add_argument("--preset", default="vit-b-32")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep and reuse the model and catalogs here")
+    parser.add_argument("--workers", type=int, default=None, help="read-stage processes (default: usable cores)")
+    parser.add_argument("--also-224", action="store_true", help="also ingest a catalog of 224-px JPEGs")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    args = parser.parse_args()
+    on_gpu = args.device.startswith("cuda")
+    n = args.n or (4096 if on_gpu else 160)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="shelfsight-ingest-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    workers = args.workers or usable_cores()
+    results: dict[str, Any] = {"machine": machine(args.device), "n": n, "image_size": args.image_size}
+    print(results["machine"], flush=True)
+
+    model = work / f"model-{args.preset}"
+    if not (model / "config.json").exists():
+        init_model(args.preset, model)
+    embedder = Embedder(str(model), device=args.device, batch_size=256 if on_gpu else 32)
+    results["precision_auto"] = embedder.precision
+    catalogs = {args.image_size: make_catalog(work / f"catalog-{args.image_size}-{n}", n, args.image_size, workers)}
+    if args.also_224 and args.image_size != 224:
+        catalogs[224] = make_catalog(work / f"catalog-224-{n}", n, 224, workers)
+    measure(results, embedder, catalogs, work, workers, on_gpu)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def measure(
+    results: dict[str, Any], embedder: Embedder, catalogs: dict[int, Path], work: Path, workers: int, on_gpu: bool
+) -> None:
+    half = "fp16" if on_gpu else "bf16"
+    batch, batches = (256, 12) if on_gpu else (32, 3)
+    rates = results.setdefault("rates", {})
+    rates["forward fp32"] = forward_rate(embedder, "fp32", batch, batches)
+    rates[f"forward {half}"] = forward_rate(embedder, half, batch, batches)
+    print(f"forward: {rates['forward fp32']:.1f} fp32, {rates[f'forward {half}']:.1f} {half} images/s", flush=True)
+    size, catalog = next(iter(catalogs.items()))
+    parsed = read_catalog(catalog)
+    rates[f"texts ({embedder.precision})"] = text_rate(embedder, [r.product.text for r in parsed.rows[:1024]])
+    sample = [decode_image((parsed.base_dir / r.product.image).read_bytes()) for r in parsed.rows[:64]]  # type: ignore[operator]
+    rates["model's processor, 1 thread"] = processor_rate(embedder, sample)
+    rates[f"read stage, {workers} processes, Pillow"] = read_stage_rate(
+        catalog, embedder, workers, 256 if on_gpu else 32, False
+    )
+    decodes = ["cpu"] + (["gpu"] if gpu_decoding_available(embedder.torch_device) else [])
+    results["cosine"] = {}
+    for d in decodes:
+        try:
+            results["cosine"][d] = fast_path_cosine(embedder, catalog, 32, d == "gpu")
+        except Exception as exc:
+            print(f"fast path cosine ({d}) failed: {type(exc).__name__}: {exc}", flush=True)
+    print(f"fast path least cosine to the model's processor: {results['cosine']}", flush=True)
+    ingests = results.setdefault("ingest", {})
+    for px, cat in catalogs.items():
+        for decode in decodes:
+            key = f"ingest {px}-px, decode {decode}"
+            try:
+                ingests[key] = ingest_rate(cat, embedder, work, decode, None)
+            except Exception as exc:  # one failed mode must not lose the others' figures
+                print(f"{key} failed: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            print(key, ingests[key], flush=True)
+    results["ratio"] = {k: v["items_per_s"] / rates["forward fp32"] for k, v in ingests.items()}
+    results["ratio_half"] = {k: v["items_per_s"] / rates[f"forward {half}"] for k, v in ingests.items()}
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"\n{results['machine']}\n{results['n']} products, auto precision {results['precision_auto']}\n")
+    print(f"| {'what':<44} | {'items/s':>9} |\n|{'-' * 46}|{'-' * 11}|")
+    for what, rate in results["rates"].items():
+        print(f"| {what:<44} | {rate:>9.1f} |")
+    for what, run in results["ingest"].items():
+        print(f"| {what:<44} | {run['items_per_s']:>9.1f} |")
+        print(f"| {what + ' (no index build/calibrate)':<44} | {run['pipeline_items_per_s']:>9.1f} |")
+    print()
+    for what, ratio in results["ratio"].items():
+        print(f"{what}: {ratio:.2f}x the pure fp32 forward, {results['ratio_half'][what]:.2f}x the half-precision one")
+    for what, run in results["ingest"].items():
+        print(f"{what}: stage seconds {run['stage_seconds']} of {run['seconds']} s")
+    print(f"fast path least cosine: {results['cosine']}")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ than it saves below a few batches.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import multiprocessing
+import os
+import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +44,7 @@ from shelfsight.search.pixels import PixelSpec, prepare_pixels
 # that memory stays bounded (a 256-row job of 224-px pixels is 38 MB).
 JOBS_AHEAD_PER_WORKER = 2
 PING_TIMEOUT_S = 60.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CRASH_REASON = "reading or decoding this image crashed the worker process"
 CRASH_HINT = "re-export the image as a plain JPEG or PNG, or remove it from the catalog"
 
@@ -139,9 +144,21 @@ def read_job(job: ReadJob, ctx: ReadContext) -> list[ReadItem]:
 _WORKER_CONTEXT: ReadContext | None = None
 
 
-def _init_worker(ctx: ReadContext) -> None:
+def _init_worker(ctx: ReadContext, parent: int) -> None:
     global _WORKER_CONTEXT
     _WORKER_CONTEXT = ctx
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """A forked worker holds copies of the parent's files, the store's lock among them: if the
+    parent is killed, the worker must not outlive it and keep the store locked. On Linux the kernel
+    kills it (PR_SET_PDEATHSIG); a parent already gone by now means exit at once."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _read_in_worker(job: ReadJob) -> list[ReadItem]:
@@ -159,7 +176,10 @@ def _process_pool(ctx: ReadContext, workers: int) -> ProcessPoolExecutor:
     so the parent's threads and locks do not matter to them. A pool that cannot even answer a ping
     is an environment problem, raised, not a bad row."""
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker, initargs=(ctx,)
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_worker,
+        initargs=(ctx, os.getpid()),
     )
     try:
         pool.submit(_ping).result(timeout=PING_TIMEOUT_S)

@@ -69,7 +69,7 @@ class PixelSpec:
             crop=crop_hw,
             mean=tuple(float(m) for m in processor.image_mean),
             std=tuple(float(s) for s in processor.image_std),
-            resample=int(getattr(processor, "resample", Image.Resampling.BICUBIC)),
+            resample=_pil_resample(getattr(processor, "resample", None)),
             scale=float(processor.rescale_factor),
         )
         if size.get("shortest_edge") and not size.get("longest_edge"):
@@ -79,6 +79,16 @@ class PixelSpec:
         if size.get("height") and size.get("width"):
             return cls(resize_to=(int(size["height"]), int(size["width"])), **common)  # type: ignore[arg-type]
         return None
+
+
+def _pil_resample(value: Any) -> int:
+    """Pillow's filter number for a processor's ``resample`` (a Pillow number or, for processors
+    backed by torchvision, an ``InterpolationMode``); bicubic when unknown, as CLIP uses."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        name = str(getattr(value, "value", value)).lower()
+        return {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}.get(name, 3)
 
 
 def _get(size: Any) -> dict[str, Any]:
