@@ -20,28 +20,25 @@ import csv
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from shelfsight.data.generate import write_catalog  # noqa: E402
-from shelfsight.ingest.catalog import read_catalog  # noqa: E402
-from shelfsight.ingest.gpu_decode import decode_jpegs, gpu_decoding_available  # noqa: E402
-from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog, usable_cores  # noqa: E402
-from shelfsight.ingest.read_stage import ReadContext, ReadJob, ReadPool  # noqa: E402
-from shelfsight.search.embedder import Embedder  # noqa: E402
-from shelfsight.search.images import ImagePolicy, decode_image  # noqa: E402
-from shelfsight.search.pixels import prepare_pixels  # noqa: E402
-from shelfsight.search.precision import autocast, cpu_runs_bf16  # noqa: E402
-from shelfsight.search.store.edge import EdgeStore  # noqa: E402
-from shelfsight.train.model_init import init_model  # noqa: E402
+import numpy as np
+import torch
+from shelfsight.data.generate import write_catalog
+from shelfsight.ingest.catalog import read_catalog
+from shelfsight.ingest.gpu_decode import decode_jpegs, gpu_decoding_available
+from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog, usable_cores
+from shelfsight.ingest.read_stage import ReadContext, ReadJob, ReadPool
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.images import ImagePolicy, decode_image
+from shelfsight.search.pixels import prepare_pixels
+from shelfsight.search.precision import autocast, cpu_runs_bf16
+from shelfsight.search.store.edge import EdgeStore
+from shelfsight.train.model_init import init_model
 
 
 def machine(device: str) -> str:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from shelfsight.ingest.catalog import RowError
-from shelfsight.ingest.read_stage import ReadItem
+from shelfsight.ingest.read_stage import ReadItem, pixel_block
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.images import ImageError
-from shelfsight.search.indexing import EmbeddedBatch, embed_points
+from shelfsight.search.indexing import EmbeddedBatch, TextVectors, embed_points
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
 from shelfsight.search.store.base import CollectionMeta
 
@@ -33,7 +33,8 @@ class EmbedResult:
 
 class PinnedBuffer:
     """One reusable page-locked host buffer for pixel batches bound for a GPU (copies from it run
-    without blocking); on a CPU the batch is used where it lies."""
+    without blocking); on a CPU the batch is used where it lies, and a worker's whole block goes to
+    the device as it is."""
 
     def __init__(self) -> None:
         self._buffer: torch.Tensor | None = None
@@ -42,6 +43,9 @@ class PinnedBuffer:
         import torch
 
         shape = (len(arrays), *arrays[0].shape)
+        block = pixel_block(arrays)
+        if block is not None:  # a worker's block, whole and in order: one copy to the device
+            return torch.from_numpy(block).to(device)
         if not device.startswith("cuda"):
             return torch.from_numpy(np.stack(arrays))
         if self._buffer is None or self._buffer.shape[1:] != shape[1:] or len(self._buffer) < shape[0]:
@@ -57,8 +61,23 @@ def embed_items(
     """Both towers over the batch; the early-fused vector when the collection has one."""
     kept, vectors, errors = image_vectors(items, embedder, buffer or PinnedBuffer())
     products = [item.row.product for item in kept]
-    batch = embed_points(products, vectors, [item.payload for item in kept], embedder, meta)
+    batch = embed_points(
+        products, vectors, [item.payload for item in kept], embedder, meta, tokenized_texts(kept, embedder)
+    )
     return EmbedResult(batch, errors)
+
+
+def tokenized_texts(items: Sequence[ReadItem], embedder: Embedder) -> TextVectors | None:
+    """The text vectors of items the read stage tokenized; None when it did not (the texts are
+    then encoded from strings)."""
+    with_text = [i for i, item in enumerate(items) if item.row.product.text]
+    if any(items[i].text_ids is None for i in with_text):
+        return None
+    vectors: list[np.ndarray | None] = [None] * len(items)
+    encoded = embedder.encode_token_ids([items[i].text_ids for i in with_text])  # type: ignore[misc]
+    for i, vector in zip(with_text, encoded):
+        vectors[i] = vector
+    return TextVectors(vectors, sum(items[i].text_truncated for i in with_text))
 
 
 def image_vectors(

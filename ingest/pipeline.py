@@ -242,7 +242,16 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
         require_gpu_decoding(device)
     spec = embedder.pixel_spec
     gpu_jpeg = spec is not None and options.decode != "cpu" and gpu_decoding_available(device)
-    ctx = ReadContext(catalog.base_dir, options.images, meta.model, meta.fused_weight, spec, gpu_jpeg)
+    ctx = ReadContext(
+        catalog.base_dir,
+        options.images,
+        meta.model,
+        meta.fused_weight,
+        spec,
+        gpu_jpeg,
+        embedder.tokenizer_json,
+        embedder.max_tokens,
+    )
     with_images = sum(1 for r in catalog.rows if r.product.image)
     processes = options.processes if options.processes is not None else with_images > PROCESS_MIN_BATCHES * batch_size
     if workers == 0:  # asked for no processes: read in threads of this one

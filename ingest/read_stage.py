@@ -28,7 +28,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,8 @@ class ReadContext:
     fused_weight: float | None
     spec: PixelSpec | None = None  # None: decode to a PIL image for the model's own processor
     gpu_jpeg: bool = False  # hand plain JPEGs over as bytes, for decoding on the GPU
+    tokenizer_json: str | None = None  # tokenize texts here too (None: the model's process does)
+    max_tokens: int = 77
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ class ReadItem:
     pixels: np.ndarray | None = None  # (h, w, 3) uint8, the model's input
     jpeg: bytes | None = None  # for the GPU decoder
     image: Image.Image | None = None  # for the model's own processor
+    text_ids: np.ndarray | None = None  # the text's token ids, when the reader tokenizes
+    text_truncated: bool = False  # the text was longer than the text tower reads
+    pixel_row: int = -1  # in transit between processes: the pixels' row in the job's block
     error: RowError | None = None
     seconds: float = 0.0
 
@@ -108,7 +114,26 @@ def read_row(row: CatalogRow, stored_hash: str | None, ctx: ReadContext) -> Read
         error = RowError(row.row, row.product.id, exc.reason, exc.hint)
         return ReadItem(row, None, error=error, seconds=time.perf_counter() - started)
     payload = product_payload(row.product, digest, ctx.base_dir)
+    if stored_hash != digest and row.product.text and ctx.tokenizer_json:
+        picture.update(_tokenize(row.product.text, ctx))
     return ReadItem(row, None, digest, payload, **picture, seconds=time.perf_counter() - started)
+
+
+def _tokenize(text: str, ctx: ReadContext) -> dict[str, Any]:
+    encoding = _tokenizer(ctx.tokenizer_json, ctx.max_tokens).encode(text)  # type: ignore[arg-type]
+    return {"text_ids": np.asarray(encoding.ids, dtype=np.int32), "text_truncated": bool(encoding.overflowing)}
+
+
+@lru_cache(maxsize=2)
+def _tokenizer(spec: str, max_tokens: int) -> Any:
+    """The model's tokenizer rebuilt from its JSON, cutting at ``max_tokens`` (markers included),
+    unpadded: the model's process pads each batch."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(spec)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_tokens)
+    return tokenizer
 
 
 def _prepare(data: bytes, name: str, ctx: ReadContext) -> dict[str, Any]:
@@ -161,9 +186,41 @@ def _die_with(parent: int) -> None:
         os._exit(0)
 
 
-def _read_in_worker(job: ReadJob) -> list[ReadItem]:
+def _read_in_worker(job: ReadJob) -> tuple[list[ReadItem], np.ndarray | None]:
     assert _WORKER_CONTEXT is not None
-    return read_job(job, _WORKER_CONTEXT)
+    return _pack(read_job(job, _WORKER_CONTEXT))
+
+
+def _pack(items: list[ReadItem]) -> tuple[list[ReadItem], np.ndarray | None]:
+    """The job's pixels in one (k, h, w, 3) block to cross the process boundary: one buffer to
+    send and receive, and one copy to the GPU at the other end, instead of one per image."""
+    rows = [i for i, item in enumerate(items) if item.pixels is not None]
+    if not rows:
+        return items, None
+    block = np.stack([items[i].pixels for i in rows])  # type: ignore[misc]
+    packed = list(items)
+    for k, i in enumerate(rows):
+        packed[i] = replace(items[i], pixels=None, pixel_row=k)
+    return packed, block
+
+
+def _unpack(result: tuple[list[ReadItem], np.ndarray | None]) -> list[ReadItem]:
+    """Each item's pixels again, as a view into the block (``pixel_rows`` finds the block)."""
+    items, block = result
+    if block is None:
+        return items
+    return [replace(item, pixels=block[item.pixel_row]) if item.pixel_row >= 0 else item for item in items]
+
+
+def pixel_block(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The block ``arrays`` are, in order, the whole of; None when they are anything else."""
+    base = arrays[0].base if arrays else None
+    if not isinstance(base, np.ndarray) or len(base) != len(arrays) or not base.flags.c_contiguous:
+        return None
+    start, step = base.ctypes.data, base[0].nbytes
+    if all(a.base is base and a.ctypes.data == start + k * step for k, a in enumerate(arrays)):
+        return base
+    return None
 
 
 def _ping() -> bool:
@@ -209,7 +266,7 @@ class ReadPool:
                     self._fill(pool, in_flight, jobs)
                     if not in_flight:
                         return
-                    items = in_flight[0][1].result()  # type: ignore[union-attr]
+                    items = _unpack(in_flight[0][1].result())  # type: ignore[union-attr]
                 except BrokenProcessPool:  # a worker died: every job in flight is read again, row by row
                     pool.shutdown(wait=True, cancel_futures=True)
                     suspects = [job for job, _ in in_flight]
@@ -240,7 +297,7 @@ class ReadPool:
         try:
             for row, stored in zip(job.rows, job.stored_hashes):
                 try:
-                    items += pool.submit(_read_in_worker, ReadJob([row], [stored])).result()
+                    items += _unpack(pool.submit(_read_in_worker, ReadJob([row], [stored])).result())
                 except BrokenProcessPool:
                     pool.shutdown(wait=True)
                     items.append(ReadItem(row, None, error=RowError(row.row, row.product.id, CRASH_REASON, CRASH_HINT)))

@@ -318,6 +318,31 @@ class Embedder:
                 parts.append(_features(inner.get_image_features(pixel_values=values)).float())
         return self._checked(torch.nn.functional.normalize(torch.cat(parts), dim=-1).cpu().numpy())
 
+    @property
+    def tokenizer_json(self) -> str | None:
+        """The text tokenizer as JSON (Hugging Face ``tokenizers``), so worker processes can tokenize
+        without loading the model; None when the model's tokenizer is not a fast one."""
+        backend = getattr(self.model.tokenizer, "backend_tokenizer", None)
+        return backend.to_str() if backend is not None else None
+
+    def encode_token_ids(self, token_ids: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed texts tokenized elsewhere (``tokenizer_json``, with start and end markers, at most
+        ``max_tokens``): padded per batch here, the text tower in ``precision``. (n, d) float32 unit rows."""
+        import torch
+
+        if not token_ids:
+            return np.zeros((0, 0), dtype=np.float32)
+        pad = self.model.tokenizer.pad_token_id or 0
+        inner: Any = self.model[0].model
+        parts = []
+        with torch.inference_mode(), autocast(self.precision, self.torch_device):
+            for start in range(0, len(token_ids), self.batch_size):
+                ids, mask = _padded(token_ids[start : start + self.batch_size], pad)
+                ids_t = torch.from_numpy(ids).to(self.torch_device, non_blocking=True)
+                mask_t = torch.from_numpy(mask).to(self.torch_device, non_blocking=True)
+                parts.append(_features(inner.get_text_features(input_ids=ids_t, attention_mask=mask_t)).float())
+        return self._checked(torch.nn.functional.normalize(torch.cat(parts), dim=-1).cpu().numpy())
+
     def _encode(self, items: list[Any]) -> np.ndarray:
         import torch
 
@@ -347,6 +372,17 @@ class Embedder:
         inner = getattr(self.model[0], "model", None)
         scale = getattr(inner, "logit_scale", None)
         return float(scale.exp().item()) if scale is not None else 100.0
+
+
+def _padded(token_ids: Sequence[np.ndarray], pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token id rows padded to the longest: (ids, attention mask), both (n, longest) int64."""
+    width = max(len(t) for t in token_ids)
+    ids = np.full((len(token_ids), width), pad, dtype=np.int64)
+    mask = np.zeros((len(token_ids), width), dtype=np.int64)
+    for row, tokens in enumerate(token_ids):
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+    return ids, mask
 
 
 def _features(out: Any) -> torch.Tensor:

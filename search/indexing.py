@@ -77,25 +77,45 @@ def keep_derived(stored: dict[str, Any], payload: dict[str, Any], meta: Collecti
     return {**payload, **kept}
 
 
+@dataclass(frozen=True)
+class TextVectors:
+    """Text vectors a caller already has (ingest tokenizes in worker processes): one per product,
+    None where it has no text, and how many texts were cut at the token limit."""
+
+    vectors: Sequence[np.ndarray | None]
+    truncated: int
+
+
+def encode_texts(products: Sequence[Product], embedder: Embedder) -> TextVectors:
+    """The text tower over the products that have text."""
+    texts = [p.text for p in products]
+    with_text = [i for i, t in enumerate(texts) if t]
+    vectors: list[np.ndarray | None] = [None] * len(products)
+    if not with_text:
+        return TextVectors(vectors, 0)
+    batch = [texts[i] for i in with_text]
+    for i, vector in zip(with_text, embedder.encode_texts(batch)):
+        vectors[i] = vector
+    return TextVectors(vectors, sum(n > embedder.max_tokens for n in embedder.count_tokens(batch)))
+
+
 def embed_points(
     products: Sequence[Product],
     image_vectors: Sequence[np.ndarray | None],
     payloads: Sequence[dict[str, Any]],
     embedder: Embedder,
     meta: CollectionMeta,
+    texts: TextVectors | None = None,
 ) -> EmbeddedBatch:
-    """The text tower over a batch, beside the image vectors the caller made (None: no image; ingest
-    prepares pixels in worker processes, the HTTP API decodes one upload), and the early-fused vector
-    when the collection has one; one point each."""
-    texts = [p.text for p in products]
-    with_text = [i for i, t in enumerate(texts) if t]
+    """Points from the image vectors the caller made (None: no image; ingest prepares pixels in
+    worker processes, the HTTP API decodes one upload) and the text vectors (``texts``, or the text
+    tower here), with the early-fused vector when the collection has one."""
+    texts = texts or encode_texts(products, embedder)
     vectors: list[dict[str, np.ndarray]] = [{} for _ in products]
-    truncated = 0
-    if with_text:
-        batch = [texts[i] for i in with_text]
-        for i, vector in zip(with_text, embedder.encode_texts(batch)):
-            vectors[i]["text"] = vector
-        truncated = sum(n > embedder.max_tokens for n in embedder.count_tokens(batch))
+    truncated = texts.truncated
+    for i, text_vector in enumerate(texts.vectors):
+        if text_vector is not None:
+            vectors[i]["text"] = text_vector
     for i, image_vector in enumerate(image_vectors):
         if image_vector is not None:
             vectors[i]["image"] = image_vector

@@ -7,6 +7,7 @@ import io
 import os
 import random
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +15,10 @@ from PIL import Image
 from shelfsight.data.generate import SIZE, as_photo, draw_specs, render
 from shelfsight.ingest import read_stage
 from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
-from shelfsight.ingest.read_stage import CRASH_REASON
+from shelfsight.ingest.read_stage import CRASH_REASON, ReadContext
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import BadInputError
-from shelfsight.search.images import decode_image
+from shelfsight.search.images import ImagePolicy, decode_image
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
 from shelfsight.search.precision import resolve_precision
 from shelfsight.search.records import point_id
@@ -162,3 +163,18 @@ def test_decode_gpu_without_a_gpu_is_refused_with_the_fix(embedder, catalog_dir,
             ingest_catalog(catalog_dir / "catalog.csv", store, embedder, IngestOptions(decode="gpu"))
     finally:
         store.close()
+
+
+def test_texts_tokenized_by_the_readers_embed_as_the_model_does(embedder):
+    """Workers tokenize with the model's tokenizer rebuilt from its JSON; the model's process only
+    pads and runs the tower. Same vectors and the same truncation count as from strings."""
+    texts = ["red leather bag", "striped " * 120, "Café crème — 20% off! 🛍️ size XL", "x"]
+    ctx = ReadContext(
+        Path("."), ImagePolicy(), "m", None, tokenizer_json=embedder.tokenizer_json, max_tokens=embedder.max_tokens
+    )
+    tokenized = [read_stage._tokenize(text, ctx) for text in texts]
+    fast = embedder.encode_token_ids([t["text_ids"] for t in tokenized])
+    reference = embedder.encode_texts(texts)
+    assert float((fast * reference).sum(axis=1).min()) > 0.9999
+    assert [t["text_truncated"] for t in tokenized] == [n > embedder.max_tokens for n in embedder.count_tokens(texts)]
+    assert [t["text_truncated"] for t in tokenized] == [False, True, False, False]
