@@ -7,7 +7,9 @@ rest of the catalog goes on. Only an unreadable file or a missing id column stop
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,41 +54,101 @@ class CatalogRow:
     product: Product
 
 
-@dataclass(frozen=True)
-class Catalog:
-    """A read catalog: good rows, bad rows, and the payload fields with their index kinds."""
+# Data rows read from the file at a time: memory stays bounded however long the catalog is.
+READ_CHUNK = 4096
 
-    path: Path
-    rows: list[CatalogRow]
-    errors: list[RowError]
-    fields: dict[str, str]  # field -> "keyword" | "float"
+
+class Catalog:
+    """A catalog file, scanned once for its columns, their kinds and its size; its rows are read
+    again in chunks (``stream``) as the ingest goes, so memory does not grow with the catalog.
+    ``rows`` and ``errors`` read the whole file into lists, for small catalogs and tests."""
+
+    def __init__(self, path: Path, schema: _Schema, total: int, with_images: int):
+        self.path = path
+        self.schema = schema
+        self.total = total  # data rows in the file, bad ones included
+        self.with_images = with_images  # data rows with an image reference
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Payload fields and their index kinds: field -> "keyword" | "float"."""
+        return self.schema.fields
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
 
+    def stream(self, size: int = READ_CHUNK) -> Iterator[tuple[list[CatalogRow], list[RowError]]]:
+        """The file again, ``size`` data rows at a time: each chunk's good rows and bad rows."""
+        first_seen: dict[str, int] = {}
+        number = 0
+        for frame in read_frames(self.path, size):
+            rows: list[CatalogRow] = []
+            errors: list[RowError] = []
+            for record in frame.to_dict(orient="records"):
+                number += 1
+                result = _read_row(number, record, self.schema, first_seen)
+                (errors if isinstance(result, RowError) else rows).append(result)  # type: ignore[arg-type]
+            yield rows, errors
 
-def read_frame(path: Path) -> pd.DataFrame:
-    """Load a catalog file into a DataFrame, choosing the reader by extension."""
+    @cached_property
+    def _whole(self) -> tuple[list[CatalogRow], list[RowError]]:
+        rows: list[CatalogRow] = []
+        errors: list[RowError] = []
+        for chunk_rows, chunk_errors in self.stream():
+            rows += chunk_rows
+            errors += chunk_errors
+        return rows, errors
+
+    @property
+    def rows(self) -> list[CatalogRow]:
+        return self._whole[0]
+
+    @property
+    def errors(self) -> list[RowError]:
+        return self._whole[1]
+
+
+def read_frames(path: Path, size: int = READ_CHUNK) -> Iterator[pd.DataFrame]:
+    """The catalog file as DataFrames of at most ``size`` rows, the reader chosen by extension
+    (CSV, TSV and JSONL are parsed chunk by chunk, Parquet by record batch; a JSON array is read
+    whole, as its format requires)."""
     if not path.is_file():
         raise CatalogError(f"catalog not found: {path}")
-    name = path.name.lower().removesuffix(".gz")
     try:
-        if name.endswith(".csv"):
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
-        if name.endswith(".tsv"):
-            return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-        if name.endswith((".jsonl", ".ndjson")):
-            return pd.read_json(path, lines=True, dtype=False)
-        if name.endswith(".json"):
-            return pd.read_json(path, dtype=False)
-        if name.endswith((".parquet", ".pq")):
-            return pd.read_parquet(path)
+        yield from _frames(path, size)
+    except CatalogError:
+        raise
     except Exception as exc:  # pandas raises many parser errors; all mean "unreadable file"
         raise CatalogError(f"cannot read catalog {path}: {type(exc).__name__}: {exc}") from exc
-    raise CatalogError(
-        f"unknown catalog format: {path.name}; use .csv, .tsv, .jsonl, .json or .parquet (optionally .gz)"
-    )
+
+
+def _frames(path: Path, size: int) -> Iterator[pd.DataFrame]:
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".csv", ".tsv")):
+        sep = "\t" if name.endswith(".tsv") else ","
+        with pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=size) as chunks:
+            empty = True
+            for chunk in chunks:
+                empty = False
+                yield chunk
+        if empty:  # a header and no rows: still one (empty) frame, so the columns are checked
+            yield pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, nrows=0)
+    elif name.endswith((".jsonl", ".ndjson")):
+        with pd.read_json(path, lines=True, dtype=False, chunksize=size) as chunks:
+            yield from chunks
+    elif name.endswith(".json"):
+        frame = pd.read_json(path, dtype=False)
+        yield from (frame.iloc[start : start + size] for start in range(0, max(len(frame), 1), size))
+    elif name.endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+            yield batch.to_pandas()
+    else:
+        raise CatalogError(
+            f"unknown catalog format: {path.name}; use .csv, .tsv, .jsonl, .json or .parquet (optionally .gz)"
+        )
 
 
 def _clean(value: Any) -> Any:
@@ -107,16 +169,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _numeric_columns(frame: pd.DataFrame, candidates: list[str]) -> set[str]:
-    numeric = set()
+def _numeric_counts(frame: pd.DataFrame, candidates: list[str], counts: dict[str, list[int]]) -> None:
+    """Add each candidate column's non-empty cells and the share of them that parse as numbers."""
     for col in candidates:
-        cells = [c for c in map(_clean, frame[col].tolist()) if c is not None]
-        if not cells:
-            continue
-        parsed = pd.to_numeric(pd.Series(cells, dtype=object), errors="coerce")
-        if parsed.notna().mean() >= _NUMERIC_SHARE:
-            numeric.add(col)
-    return numeric
+        cells = [c for c in map(_clean, frame[col].tolist()) if c is not None] if col in frame.columns else []
+        if cells:
+            parsed = pd.to_numeric(pd.Series(cells, dtype=object), errors="coerce")
+            counts[col][0] += len(cells)
+            counts[col][1] += int(parsed.notna().sum())
 
 
 @dataclass(frozen=True)
@@ -133,23 +193,25 @@ class _Schema:
 
 
 def read_catalog(path: str | Path, columns: Columns = Columns()) -> Catalog:
-    """Read and validate a catalog. Raises CatalogError only when nothing can be read."""
+    """Scan a catalog: its columns, which hold numbers, how many rows. Raises CatalogError only when
+    nothing can be read; bad rows come out as the rows are streamed (``Catalog.stream``)."""
     path = Path(path)
-    frame = read_frame(path)
-    schema = _schema(frame, columns, path)
-    rows: list[CatalogRow] = []
-    errors: list[RowError] = []
-    first_seen: dict[str, int] = {}
-    for number, record in enumerate(frame.to_dict(orient="records"), start=1):
-        result = _read_row(number, record, schema, first_seen)
-        if isinstance(result, RowError):
-            errors.append(result)
-        else:
-            rows.append(result)
-    return Catalog(path=path, rows=rows, errors=errors, fields=schema.fields)
+    extra: list[str] | None = None
+    counts: dict[str, list[int]] = {}
+    total = with_images = 0
+    for frame in read_frames(path):
+        if extra is None:
+            extra = _payload_columns(frame, columns, path)
+            counts = {c: [0, 0] for c in extra}
+        _numeric_counts(frame, extra, counts)
+        total += len(frame)
+        if columns.image in frame.columns:
+            with_images += sum(_clean(v) is not None for v in frame[columns.image].tolist())
+    numeric = {c for c, (cells, numbers) in counts.items() if cells and numbers / cells >= _NUMERIC_SHARE}
+    return Catalog(path, _Schema(columns, extra or [], numeric), total, with_images)
 
 
-def _schema(frame: pd.DataFrame, columns: Columns, path: Path) -> _Schema:
+def _payload_columns(frame: pd.DataFrame, columns: Columns, path: Path) -> list[str]:
     if columns.id not in frame.columns:
         raise CatalogError(
             f"catalog {path} has no id column {columns.id!r} (columns: {', '.join(map(str, frame.columns))}); "
@@ -160,7 +222,7 @@ def _schema(frame: pd.DataFrame, columns: Columns, path: Path) -> _Schema:
     clashes = [c for c in extra if c in RESERVED_FIELDS]
     if clashes:
         raise CatalogError(f"catalog columns {clashes} clash with fields Shelfsight stores itself; rename them")
-    return _Schema(columns, extra, _numeric_columns(frame, extra))
+    return extra
 
 
 def _read_row(

@@ -152,7 +152,7 @@ def _ingest_into(store: VectorStore, args: argparse.Namespace, catalog: Catalog,
         columns=catalog_columns(args),
         images=_image_policy(args),
     )
-    bar = _progress_bar(len(catalog.rows))
+    bar = _progress_bar(catalog.total)
     try:
         return ingest_catalog(catalog, store, embedder, options, on_progress=bar.update if bar else None)
     finally:
@@ -236,7 +236,7 @@ def _ingest_via_api(args: argparse.Namespace, catalog: Catalog, settings: Settin
     if args.collection and args.collection != served:
         raise BadInputError(f"the server at {target.url} serves collection {served!r}, not {args.collection!r}")
     options = IngestOptions(batch_size=args.batch_size, workers=args.workers, images=_image_policy(args))
-    bar = _progress_bar(len(catalog.rows))
+    bar = _progress_bar(catalog.total)
     try:
         return ingest_through_api(catalog, target, options, on_progress=bar.update if bar else None)
     finally:

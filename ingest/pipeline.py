@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shelfsight.ingest.catalog import Catalog, CatalogRow, Columns, RowError, read_catalog
+from shelfsight.ingest.catalog import Catalog, Columns, RowError, read_catalog
 from shelfsight.ingest.embed_stage import PinnedBuffer, embed_items
 from shelfsight.ingest.gpu_decode import gpu_decoding_available, require_gpu_decoding
 from shelfsight.ingest.read_stage import ReadContext, ReadItem, ReadJob, ReadPool, read_in_threads
@@ -190,13 +190,13 @@ def ingest_catalog(
     started = time.perf_counter()
     if not isinstance(catalog, Catalog):
         catalog = read_catalog(catalog, options.columns)
-    report = IngestReport(errors=list(catalog.errors))
+    report = IngestReport()
     meta = ensure_collection(store, embedder, options.collection, catalog.fields, options.fused_weight, options.reindex)
     plan = plan_reading(catalog, embedder, meta, options)
     lock = threading.Lock()
     stored: dict[str, dict[str, Any]] = {}
-    jobs = _jobs(store, options.collection, catalog.rows, plan.batch_size, lock, stored)
     with _Writer(store, lock, on_progress) as writer:
+        jobs = _jobs(store, options.collection, catalog, plan.batch_size, lock, stored, report, writer)
         for items in plan.read(jobs):
             items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
             report.time("read", sum(item.seconds for item in items))
@@ -252,8 +252,9 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
         embedder.tokenizer_json,
         embedder.max_tokens,
     )
-    with_images = sum(1 for r in catalog.rows if r.product.image)
-    processes = options.processes if options.processes is not None else with_images > PROCESS_MIN_BATCHES * batch_size
+    processes = options.processes
+    if processes is None:
+        processes = catalog.with_images > PROCESS_MIN_BATCHES * batch_size
     if workers == 0:  # asked for no processes: read in threads of this one
         return ReadPlan(ctx, batch_size, READ_THREADS, False)
     return ReadPlan(ctx, batch_size, workers, processes)
@@ -270,20 +271,26 @@ def usable_cores() -> int:
 def _jobs(
     store: VectorStore,
     name: str,
-    rows: Sequence[CatalogRow],
+    catalog: Catalog,
     size: int,
     lock: threading.Lock,
     stored: dict[str, dict[str, Any]],
+    report: IngestReport,
+    writer: _Writer,
 ) -> Iterator[ReadJob]:
-    """Batches of rows with the content hashes in the store; their stored payloads go into ``stored``
-    (by product id) for the sort stage, taken out again as each batch comes back."""
-    for start in range(0, len(rows), size):
-        batch = rows[start : start + size]
+    """The catalog streamed in batches of rows, each with the content hashes in the store; their
+    stored payloads go into ``stored`` (by product id) for the sort stage, taken out again as each
+    batch comes back. The catalog's bad rows go straight into the report."""
+    for rows, errors in catalog.stream(size):
+        report.errors.extend(errors)
+        writer.progress(len(errors))
+        if not rows:
+            continue
         with lock:
-            found = store.retrieve(name, [point_id(r.product.id) for r in batch])
+            found = store.retrieve(name, [point_id(r.product.id) for r in rows])
         for point in found:
             stored[point.payload.get("product_id")] = point.payload
-        yield ReadJob(batch, [stored.get(r.product.id, {}).get("content_hash") for r in batch])
+        yield ReadJob(rows, [stored.get(r.product.id, {}).get("content_hash") for r in rows])
 
 
 class _Writer:
@@ -393,7 +400,7 @@ def _finish(store: VectorStore, options: IngestOptions, catalog: Catalog, report
     """Prune products gone from the catalog, then build the index once for the whole run."""
     name = options.collection
     if options.prune:
-        keep = {point_id(r.product.id) for r in catalog.rows}
+        keep = {point_id(r.product.id) for rows, _ in catalog.stream() for r in rows}
         gone = [p.id for p in store.scroll(name) if p.id not in keep]
         store.delete(name, gone)
         report.pruned = len(gone)
