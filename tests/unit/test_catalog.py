@@ -80,3 +80,35 @@ def test_unreadable_catalogs(tmp_path, name, content, message):
         path.write_text(content)
     with pytest.raises(CatalogError, match=message):
         read_catalog(path)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_streamed_in_small_chunks_the_catalog_reads_as_whole(tmp_path, fmt):
+    """Rows stream chunk by chunk; a duplicate id across chunks, row numbers and the numeric kind of
+    a column (decided over the whole file, not its first chunk) come out as if read at once."""
+    records = [{"id": str(i), "title": f"Item {i}", "price": "n/a" if i == 1 else f"{i}.5"} for i in range(1, 12)]
+    records.append({"id": "2", "title": "Again", "price": "3"})  # duplicate of a row in the first chunk
+    frame = pd.DataFrame(records)
+    path = tmp_path / f"catalog.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path)
+    cat = read_catalog(path)
+    assert cat.total == 12 and cat.fields == {"price": "float"}
+    chunks = list(cat.stream(size=5))
+    assert len(chunks) == 3
+    rows = [r for chunk_rows, _ in chunks for r in chunk_rows]
+    errors = [e for _, chunk_errors in chunks for e in chunk_errors]
+    assert [r.product.id for r in rows] == [str(i) for i in range(2, 12)]
+    assert [(e.row, e.product_id) for e in errors] == [(1, "1"), (12, "2")]
+    assert "duplicate id, first seen at row 2" in errors[1].reason
+    assert [r.product.id for r in cat.rows] == [r.product.id for r in rows] and cat.errors == errors
+
+
+def test_header_only_catalog_is_checked_for_its_id_column(tmp_path):
+    with pytest.raises(CatalogError, match="no id column"):
+        read_catalog(_csv(tmp_path, "sku,title\n"))
+    assert read_catalog(_csv(tmp_path, "id,title\n")).rows == []

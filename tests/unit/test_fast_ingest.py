@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from shelfsight.data.generate import SIZE, as_photo, draw_specs, render
 from shelfsight.ingest import read_stage
+from shelfsight.ingest.catalog import Catalog
 from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
 from shelfsight.ingest.read_stage import CRASH_REASON, ReadContext
 from shelfsight.search.embedder import Embedder
@@ -178,3 +179,13 @@ def test_texts_tokenized_by_the_readers_embed_as_the_model_does(embedder):
     assert float((fast * reference).sum(axis=1).min()) > 0.9999
     assert [t["text_truncated"] for t in tokenized] == [n > embedder.max_tokens for n in embedder.count_tokens(texts)]
     assert [t["text_truncated"] for t in tokenized] == [False, True, False, False]
+
+
+def test_ingest_streams_the_catalog_never_holding_it_whole(store, collection_name, embedder, catalog_dir, monkeypatch):
+    def whole(self):
+        raise AssertionError("the ingest read the whole catalog into memory")
+
+    monkeypatch.setattr(Catalog, "_whole", property(whole))
+    options = IngestOptions(collection=collection_name, batch_size=8, prune=True)
+    report = ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
+    assert report.ingested == 48 and not report.errors
