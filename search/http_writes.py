@@ -45,12 +45,18 @@ from shelfsight.search.http_guard import ErrorBody
 from shelfsight.search.images import (
     QUERY_POLICY,
     ImagePolicy,
-    decode_image,
     image_from_base64,
     is_url,
     read_image_bytes,
 )
-from shelfsight.search.indexing import check_fields, content_hash, embed_points, keep_derived, product_payload
+from shelfsight.search.indexing import (
+    check_fields,
+    content_hash,
+    embed_points,
+    image_vector,
+    keep_derived,
+    product_payload,
+)
 from shelfsight.search.records import Product, point_id
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
 from shelfsight.search.store.base import PointRecord
@@ -214,7 +220,7 @@ class ProductWriter:
             payload = product_payload(product, digest, Path.cwd())
             same = stored is not None and stored.get("content_hash") == digest
             changed, truncated = not same, False
-            picture = None if same or image.data is None else decode_image(image.data, WRITE_POLICY, name="image")
+            vector = None if same or image.data is None else image_vector(image.data, engine.embedder, WRITE_POLICY)
             if image.upload is not None and image.data is not None:
                 _keep(image.upload, image.data)
             if stored is not None and same:
@@ -223,7 +229,6 @@ class ProductWriter:
                 if changed:  # whole, with its vectors: what the store derives from the payload follows
                     engine.store.upsert(name, [PointRecord(pid, found[0].vectors, payload)])
             else:
-                vector = None if picture is None else engine.embedder.encode_images([picture])[0]
                 embedded = embed_points([product], [vector], [payload], engine.embedder, meta)
                 engine.store.upsert(name, embedded.points)
                 truncated = embedded.truncated > 0

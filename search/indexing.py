@@ -11,8 +11,7 @@ Example::
 
     digest = content_hash(meta.model, product.text, image_bytes, meta.fused_weight)
     payload = product_payload(product, digest, catalog_dir)
-    image_vector = embedder.encode_images([decode_image(image_bytes)])[0]
-    batch = embed_points([product], [image_vector], [payload], embedder, meta)
+    batch = embed_points([product], [image_vector(image_bytes, embedder)], [payload], embedder, meta)
     store.upsert("products", batch.points)
 """
 
@@ -29,7 +28,8 @@ import numpy as np
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.fusion import early_fuse
-from shelfsight.search.images import is_url
+from shelfsight.search.images import ImagePolicy, decode_image, is_url
+from shelfsight.search.pixels import prepare_pixels
 from shelfsight.search.records import RESERVED_FIELDS, Product, point_id
 from shelfsight.search.store.base import CollectionMeta, PointRecord
 
@@ -42,6 +42,18 @@ class EmbeddedBatch:
     points: list[PointRecord]
     truncated: int  # texts longer than the text tower reads
     text_only: int  # products without an image vector
+
+
+def image_vector(
+    data: bytes, embedder: Embedder, policy: ImagePolicy = ImagePolicy(), name: str = "image"
+) -> np.ndarray:
+    """One image's vector made as ingest makes it: the fast pixel path (``search/pixels.py``) where
+    the model's processor allows, else the processor itself. So a product written one at a time
+    (``PUT /products/{id}``) gets the vectors an ingest of the same row gives it."""
+    spec = embedder.pixel_spec
+    if spec is None:
+        return embedder.encode_images([decode_image(data, policy, name)])[0]
+    return embedder.encode_pixels(prepare_pixels(data, spec, policy, name)[None])[0]
 
 
 def content_hash(model_id: str, text: str, image_bytes: bytes | None, fused_weight: float | None) -> str:

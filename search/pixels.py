@@ -113,7 +113,7 @@ def resize_and_crop(image: Image.Image, spec: PixelSpec) -> np.ndarray:
     pixels = np.asarray(image, dtype=np.uint8)
     top = (pixels.shape[0] - spec.crop[0]) // 2
     left = (pixels.shape[1] - spec.crop[1]) // 2
-    return np.ascontiguousarray(pixels[top : top + spec.crop[0], left : left + spec.crop[1]])
+    return pixels[top : top + spec.crop[0], left : left + spec.crop[1]].copy()  # writable, contiguous
 
 
 def prepare_pixels(

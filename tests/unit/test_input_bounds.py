@@ -97,13 +97,13 @@ def test_decode_slots_let_only_that_many_images_decode_at_once(monkeypatch):
     running, peak, lock = [0], [0], threading.Lock()
     real = images._decode
 
-    def counting(data, policy, name):
+    def counting(data, policy, name, *rest):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
         try:
             time.sleep(0.05)
-            return real(data, policy, name)
+            return real(data, policy, name, *rest)
         finally:
             with lock:
                 running[0] -= 1
