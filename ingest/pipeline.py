@@ -303,14 +303,18 @@ class _Writer:
         self.lock = lock
         self.on_progress = on_progress
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shelfsight-write")
-        self._pending: tuple[Future[None], Callable[[], None]] | None = None
+        self._pending: tuple[Future[float], Callable[[float], None]] | None = None
 
-    def submit(self, write: Callable[[VectorStore], None], landed: Callable[[], None]) -> None:
+    def submit(self, write: Callable[[VectorStore], None], landed: Callable[[float], None]) -> None:
+        """Run ``write`` on the writer thread once the previous write has landed; ``landed`` gets
+        the seconds the write itself took (not the time it waited in line)."""
         self.wait()
 
-        def locked() -> None:
+        def locked() -> float:
             with self.lock:
+                started = time.perf_counter()
                 write(self.store)
+                return time.perf_counter() - started
 
         self._pending = (self._pool.submit(locked), landed)
 
@@ -322,8 +326,7 @@ class _Writer:
         if self._pending is not None:
             future, landed = self._pending
             self._pending = None
-            future.result()
-            landed()
+            landed(future.result())
 
     def __enter__(self) -> _Writer:
         return self
@@ -349,33 +352,32 @@ def _embed_and_write(
     report.errors.extend(batch.errors)
     report.unchanged += batch.unchanged
     if batch.payload_only:
-        started = time.perf_counter()
         writer.submit(
             lambda store: _write_payloads(store, name, meta, batch.payload_only),
-            lambda: _landed_payloads(report, len(batch.payload_only), started),
+            lambda seconds: _landed_payloads(report, len(batch.payload_only), seconds),
         )
     if batch.to_embed:
         with _timed(report, "embed"):
             result = embed_items(batch.to_embed, embedder, meta, buffer)
         report.errors.extend(result.errors)
-        started = time.perf_counter()
         writer.submit(
-            lambda store: store.upsert(name, result.batch.points), lambda: _landed(report, result.batch, started)
+            lambda store: store.upsert(name, result.batch.points),
+            lambda seconds: _landed(report, result.batch, seconds),
         )
     writer.progress(len(items))
 
 
-def _landed(report: IngestReport, embedded: EmbeddedBatch, submitted: float) -> None:
+def _landed(report: IngestReport, embedded: EmbeddedBatch, seconds: float) -> None:
     report.ingested += len(embedded.points)
     report.truncated += embedded.truncated
     report.text_only += embedded.text_only
-    report.time("write", time.perf_counter() - submitted)
+    report.time("write", seconds)
     log.debug("upserted %d products (%d so far)", len(embedded.points), report.ingested)
 
 
-def _landed_payloads(report: IngestReport, count: int, submitted: float) -> None:
+def _landed_payloads(report: IngestReport, count: int, seconds: float) -> None:
     report.updated += count
-    report.time("write", time.perf_counter() - submitted)
+    report.time("write", seconds)
 
 
 def _write_payloads(store: VectorStore, name: str, meta: CollectionMeta, items: Sequence[ReadItem]) -> None:

@@ -52,8 +52,11 @@ def image_vector(
     (``PUT /products/{id}``) gets the vectors an ingest of the same row gives it."""
     spec = embedder.pixel_spec
     if spec is None:
-        return embedder.encode_images([decode_image(data, policy, name)])[0]
-    return embedder.encode_pixels(prepare_pixels(data, spec, policy, name)[None])[0]
+        vectors = embedder.encode_images([decode_image(data, policy, name)])
+    else:
+        vectors = embedder.encode_pixels(prepare_pixels(data, spec, policy, name)[None])
+    vector: np.ndarray = vectors[0]
+    return vector
 
 
 def content_hash(model_id: str, text: str, image_bytes: bytes | None, fused_weight: float | None) -> str:
