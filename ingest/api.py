@@ -86,21 +86,21 @@ def ingest_through_api(
     """Send every good row of ``catalog`` to the server; bad rows are reported, never raised.
     Raises ``ShelfsightError`` when the server refuses the whole run (key, model, failure)."""
     started = time.perf_counter()
-    report = IngestReport(errors=list(catalog.errors))
+    report = IngestReport()
     check_fields(catalog, call(target, "GET", "/catalog"), target.url)
     # Each worker keeps one request in flight: the next rows' images are read and encoded while
     # the server embeds (it writes one product at a time).
     size = options.batch_size or API_BATCH
     with ThreadPoolExecutor(max_workers=options.workers or API_WORKERS) as pool:
-        for start in range(0, len(catalog.rows), size):
-            batch = catalog.rows[start : start + size]
+        for batch, errors in catalog.stream(size):  # rows stream: memory does not grow with the catalog
+            report.errors.extend(errors)
             sent = time.perf_counter()
             outcomes = list(pool.map(lambda row: send_row(row, catalog, target, options), batch))
             report.time("write", time.perf_counter() - sent)
             for outcome in outcomes:
                 _tally(report, outcome)
             if on_progress:
-                on_progress(len(batch))
+                on_progress(len(batch) + len(errors))
     report.skipped = len(report.errors)
     report.errors.sort(key=lambda e: e.row)
     report.seconds = time.perf_counter() - started

@@ -16,7 +16,7 @@ import numpy as np
 from shelfsight.ingest.catalog import RowError
 from shelfsight.ingest.read_stage import ReadItem, pixel_block
 from shelfsight.search.embedder import Embedder
-from shelfsight.search.images import ImageError
+from shelfsight.search.images import ImageError, ImagePolicy
 from shelfsight.search.indexing import EmbeddedBatch, TextVectors, embed_points
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
 from shelfsight.search.store.base import CollectionMeta
@@ -56,10 +56,15 @@ class PinnedBuffer:
 
 
 def embed_items(
-    items: Sequence[ReadItem], embedder: Embedder, meta: CollectionMeta, buffer: PinnedBuffer | None = None
+    items: Sequence[ReadItem],
+    embedder: Embedder,
+    meta: CollectionMeta,
+    buffer: PinnedBuffer | None = None,
+    policy: ImagePolicy = ImagePolicy(),
 ) -> EmbedResult:
-    """Both towers over the batch; the early-fused vector when the collection has one."""
-    kept, vectors, errors = image_vectors(items, embedder, buffer or PinnedBuffer())
+    """Both towers over the batch; the early-fused vector when the collection has one. ``policy``
+    is the ingest's image limits, for a JPEG the GPU rejects and Pillow decodes here instead."""
+    kept, vectors, errors = image_vectors(items, embedder, buffer or PinnedBuffer(), policy)
     products = [item.row.product for item in kept]
     batch = embed_points(
         products, vectors, [item.payload for item in kept], embedder, meta, tokenized_texts(kept, embedder)
@@ -81,7 +86,7 @@ def tokenized_texts(items: Sequence[ReadItem], embedder: Embedder) -> TextVector
 
 
 def image_vectors(
-    items: Sequence[ReadItem], embedder: Embedder, buffer: PinnedBuffer
+    items: Sequence[ReadItem], embedder: Embedder, buffer: PinnedBuffer, policy: ImagePolicy = ImagePolicy()
 ) -> tuple[list[ReadItem], list[np.ndarray | None], list[RowError]]:
     """Each item's image vector (None without a picture); items whose JPEG failed to decode are
     dropped and returned as errors."""
@@ -94,7 +99,7 @@ def image_vectors(
         encoded = embedder.encode_images([p.image for p in pictures])  # type: ignore[misc]
         bad: set[int] = set()
     else:
-        encoded, bad = _encode_prepared(pictures, embedder, buffer)
+        encoded, bad = _encode_prepared(pictures, embedder, buffer, policy)
     good = [i for j, i in enumerate(with_picture) if j not in bad]
     for position, vector in zip(good, encoded):
         vectors[position] = vector
@@ -105,7 +110,7 @@ def image_vectors(
 
 
 def _encode_prepared(
-    pictures: Sequence[ReadItem], embedder: Embedder, buffer: PinnedBuffer
+    pictures: Sequence[ReadItem], embedder: Embedder, buffer: PinnedBuffer, policy: ImagePolicy
 ) -> tuple[np.ndarray, set[int]]:
     """Pixels and GPU-decoded JPEGs in one device batch, in order; the positions that failed."""
     import torch
@@ -115,7 +120,7 @@ def _encode_prepared(
     device = embedder.torch_device
     jpeg_at = [j for j, p in enumerate(pictures) if p.jpeg is not None]
     arrays = {j: p.pixels for j, p in enumerate(pictures) if p.pixels is not None}
-    decoded, bad = _gpu_decode(pictures, jpeg_at, spec, device, arrays)
+    decoded, bad = _gpu_decode(pictures, jpeg_at, spec, device, arrays, policy)
     cpu_at = sorted(arrays)
     parts = {}
     if cpu_at:
@@ -133,7 +138,12 @@ def _encode_prepared(
 
 
 def _gpu_decode(
-    pictures: Sequence[ReadItem], jpeg_at: list[int], spec: PixelSpec, device: str, arrays: dict[int, np.ndarray]
+    pictures: Sequence[ReadItem],
+    jpeg_at: list[int],
+    spec: PixelSpec,
+    device: str,
+    arrays: dict[int, np.ndarray],
+    policy: ImagePolicy,
 ) -> tuple[dict[int, torch.Tensor], set[int]]:
     """JPEGs decoded on the GPU; those it rejects are decoded by Pillow into ``arrays``, and those
     Pillow rejects too are returned as bad."""
@@ -148,7 +158,8 @@ def _gpu_decode(
     for k in failed:
         j = jpeg_at[k]
         try:
-            arrays[j] = prepare_pixels(pictures[j].jpeg, spec, name=pictures[j].row.product.image or "image")  # type: ignore[arg-type]
+            name = pictures[j].row.product.image or "image"
+            arrays[j] = prepare_pixels(pictures[j].jpeg, spec, policy, name)  # type: ignore[arg-type]
         except ImageError:
             bad.add(j)
     return decoded, bad

@@ -200,7 +200,7 @@ def ingest_catalog(
         for items in plan.read(jobs):
             items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
             report.time("read", sum(item.seconds for item in items))
-            _embed_and_write(writer, embedder, options.collection, meta, items, report, plan.buffer)
+            _embed_and_write(writer, embedder, options.collection, meta, items, report, plan)
     with _timed(report, "finish"):
         _finish(store, options, catalog, report)
     if report.ingested or report.updated or report.pruned or not meta.vocabulary:
@@ -346,7 +346,7 @@ def _embed_and_write(
     meta: CollectionMeta,
     items: Sequence[ReadItem],
     report: IngestReport,
-    buffer: PinnedBuffer,
+    plan: ReadPlan,
 ) -> None:
     batch = sort_batch(items, meta)
     report.errors.extend(batch.errors)
@@ -358,7 +358,7 @@ def _embed_and_write(
         )
     if batch.to_embed:
         with _timed(report, "embed"):
-            result = embed_items(batch.to_embed, embedder, meta, buffer)
+            result = embed_items(batch.to_embed, embedder, meta, plan.buffer, plan.ctx.policy)
         report.errors.extend(result.errors)
         writer.submit(
             lambda store: store.upsert(name, result.batch.points),
