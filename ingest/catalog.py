@@ -34,6 +34,11 @@ class Columns:
     description: str = "description"
     image: str = "image"
 
+    @property
+    def roles(self) -> set[str]:
+        """The columns that play a role (not payload)."""
+        return {self.id, self.title, self.description, self.image}
+
 
 @dataclass(frozen=True)
 class RowError:
@@ -169,14 +174,18 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _numeric_counts(frame: pd.DataFrame, candidates: list[str], counts: dict[str, list[int]]) -> None:
-    """Add each candidate column's non-empty cells and the share of them that parse as numbers."""
-    for col in candidates:
-        cells = [c for c in map(_clean, frame[col].tolist()) if c is not None] if col in frame.columns else []
+def _numeric_counts(frame: pd.DataFrame, roles: set[str], counts: dict[str, list[int]]) -> None:
+    """Add, for each of the frame's columns that plays no role, its non-empty cells and how many of
+    them parse as numbers (``counts[column] = [cells, numbers]``)."""
+    for col in frame.columns:
+        if str(col) in roles:
+            continue
+        cells = [c for c in map(_clean, frame[col].tolist()) if c is not None]
+        total = counts.setdefault(str(col), [0, 0])
         if cells:
             parsed = pd.to_numeric(pd.Series(cells, dtype=object), errors="coerce")
-            counts[col][0] += len(cells)
-            counts[col][1] += int(parsed.notna().sum())
+            total[0] += len(cells)
+            total[1] += int(parsed.notna().sum())
 
 
 @dataclass(frozen=True)
@@ -194,31 +203,31 @@ class _Schema:
 
 def read_catalog(path: str | Path, columns: Columns = Columns()) -> Catalog:
     """Scan a catalog: its columns, which hold numbers, how many rows. Raises CatalogError only when
-    nothing can be read; bad rows come out as the rows are streamed (``Catalog.stream``)."""
+    nothing can be read; bad rows come out as the rows are streamed (``Catalog.stream``).
+
+    The columns are those of every chunk together, in the order first seen: a JSONL record far down
+    the file may bring a field the first records lack."""
     path = Path(path)
-    extra: list[str] | None = None
+    seen: dict[str, None] = {}
     counts: dict[str, list[int]] = {}
     total = with_images = 0
     for frame in read_frames(path):
-        if extra is None:
-            extra = _payload_columns(frame, columns, path)
-            counts = {c: [0, 0] for c in extra}
-        _numeric_counts(frame, extra, counts)
+        seen.update(dict.fromkeys(map(str, frame.columns)))
+        _numeric_counts(frame, columns.roles, counts)
         total += len(frame)
         if columns.image in frame.columns:
             with_images += sum(_clean(v) is not None for v in frame[columns.image].tolist())
-    numeric = {c for c, (cells, numbers) in counts.items() if cells and numbers / cells >= _NUMERIC_SHARE}
-    return Catalog(path, _Schema(columns, extra or [], numeric), total, with_images)
+    extra = _payload_columns(list(seen), columns, path)
+    numeric = {c for c in extra if counts[c][0] and counts[c][1] / counts[c][0] >= _NUMERIC_SHARE}
+    return Catalog(path, _Schema(columns, extra, numeric), total, with_images)
 
 
-def _payload_columns(frame: pd.DataFrame, columns: Columns, path: Path) -> list[str]:
-    if columns.id not in frame.columns:
+def _payload_columns(names: list[str], columns: Columns, path: Path) -> list[str]:
+    if columns.id not in names:
         raise CatalogError(
-            f"catalog {path} has no id column {columns.id!r} (columns: {', '.join(map(str, frame.columns))}); "
-            "pass --id-column NAME"
+            f"catalog {path} has no id column {columns.id!r} (columns: {', '.join(names)}); pass --id-column NAME"
         )
-    roles = {columns.id, columns.title, columns.description, columns.image}
-    extra = [str(c) for c in frame.columns if c not in roles]
+    extra = [c for c in names if c not in columns.roles]
     clashes = [c for c in extra if c in RESERVED_FIELDS]
     if clashes:
         raise CatalogError(f"catalog columns {clashes} clash with fields Shelfsight stores itself; rename them")

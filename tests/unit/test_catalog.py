@@ -112,3 +112,16 @@ def test_header_only_catalog_is_checked_for_its_id_column(tmp_path):
     with pytest.raises(CatalogError, match="no id column"):
         read_catalog(_csv(tmp_path, "sku,title\n"))
     assert read_catalog(_csv(tmp_path, "id,title\n")).rows == []
+
+
+def test_a_field_first_seen_far_down_a_jsonl_catalog_is_kept(tmp_path):
+    """The scan reads the file in chunks; a column that only later records bring (past the first
+    chunk) is a payload field all the same, typed over all its cells."""
+    path = tmp_path / "catalog.jsonl"
+    lines = [json.dumps({"id": str(i), "title": f"Item {i}"}) for i in range(5000)]
+    lines.append(json.dumps({"id": "late", "title": "Late item", "weight": 2.5, "brand": "Acme"}))
+    path.write_text("\n".join(lines) + "\n")
+    cat = read_catalog(path)
+    assert cat.fields == {"weight": "float", "brand": "keyword"}
+    last = [r for rows, _ in cat.stream() for r in rows][-1].product
+    assert last.id == "late" and last.fields == {"weight": 2.5, "brand": "Acme"}
