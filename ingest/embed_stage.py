@@ -121,20 +121,14 @@ def _encode_prepared(
     jpeg_at = [j for j, p in enumerate(pictures) if p.jpeg is not None]
     arrays = {j: p.pixels for j, p in enumerate(pictures) if p.pixels is not None}
     decoded, bad = _gpu_decode(pictures, jpeg_at, spec, device, arrays, policy)
-    cpu_at = sorted(arrays)
-    parts = {}
-    if cpu_at:
-        staged = buffer.stage([arrays[j] for j in cpu_at], device)  # type: ignore[misc]
-        parts.update({j: staged[k] for k, j in enumerate(cpu_at)})
-    parts.update(decoded)
-    order = [j for j in range(len(pictures)) if j not in bad]
-    if not order:
+    if len(bad) == len(pictures):
         return np.zeros((0, 0), dtype=np.float32), bad
+    cpu_at = sorted(arrays)
+    staged = buffer.stage([arrays[j] for j in cpu_at], device) if cpu_at else None  # type: ignore[misc]
     if not decoded:
-        batch = staged  # already in order: every picture came from the CPU
-    else:
-        batch = torch.stack([parts[j].to(device) for j in order])
-    return embedder.encode_pixels(batch), bad
+        return embedder.encode_pixels(staged), bad  # every picture came from the CPU, in order
+    parts = decoded | {j: staged[k] for k, j in enumerate(cpu_at)}  # type: ignore[index]
+    return embedder.encode_pixels(torch.stack([parts[j] for j in sorted(parts)])), bad
 
 
 def _gpu_decode(

@@ -79,16 +79,11 @@ def _resize_and_crop(batch: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     import torch
 
     height, width = batch.shape[2], batch.shape[3]
-    if spec.short_side:
-        short, long = min(height, width), max(height, width)
-        new_long = int(spec.short_side * long / short)
-        size = (spec.short_side, new_long) if height <= width else (new_long, spec.short_side)
-    else:
-        size = spec.resize_to or (height, width)
+    size = spec.resized(height, width)
     if size != (height, width):
         floats = torch.nn.functional.interpolate(
             batch.float(), size=size, mode="bicubic", antialias=True, align_corners=False
         )
         batch = floats.round_().clamp_(0, 255).to(torch.uint8)
-    top, left = (size[0] - spec.crop[0]) // 2, (size[1] - spec.crop[1]) // 2
+    top, left = spec.crop_origin(*size)
     return batch[:, :, top : top + spec.crop[0], left : left + spec.crop[1]].permute(0, 2, 3, 1)

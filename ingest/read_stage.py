@@ -25,8 +25,8 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -107,16 +107,16 @@ def read_row(row: CatalogRow, stored_hash: str | None, ctx: ReadContext) -> Read
     try:
         image_bytes = read_image_bytes(row.product.image, ctx.base_dir, ctx.policy) if row.product.image else None
         digest = content_hash(ctx.model_id, row.product.text, image_bytes, ctx.fused_weight)
-        picture: dict[str, Any] = {}
+        prepared: dict[str, Any] = {}  # what the embed stage needs, for new or changed products
         if image_bytes is not None and stored_hash != digest:
-            picture = _prepare(image_bytes, row.product.image or "image", ctx)
+            prepared = _prepare(image_bytes, row.product.image or "image", ctx)
     except ImageError as exc:
         error = RowError(row.row, row.product.id, exc.reason, exc.hint)
         return ReadItem(row, None, error=error, seconds=time.perf_counter() - started)
     payload = product_payload(row.product, digest, ctx.base_dir)
     if stored_hash != digest and row.product.text and ctx.tokenizer_json:
-        picture.update(_tokenize(row.product.text, ctx))
-    return ReadItem(row, None, digest, payload, **picture, seconds=time.perf_counter() - started)
+        prepared.update(_tokenize(row.product.text, ctx))
+    return ReadItem(row, None, digest, payload, **prepared, seconds=time.perf_counter() - started)
 
 
 def _tokenize(text: str, ctx: ReadContext) -> dict[str, Any]:
@@ -186,12 +186,16 @@ def _die_with(parent: int) -> None:
         os._exit(0)
 
 
-def _read_in_worker(job: ReadJob) -> tuple[list[ReadItem], np.ndarray | None]:
+# A job's items as they cross from a worker: pixels moved into one block (``_pack``).
+Packed = tuple[list[ReadItem], "np.ndarray | None"]
+
+
+def _read_in_worker(job: ReadJob) -> Packed:
     assert _WORKER_CONTEXT is not None
     return _pack(read_job(job, _WORKER_CONTEXT))
 
 
-def _pack(items: list[ReadItem]) -> tuple[list[ReadItem], np.ndarray | None]:
+def _pack(items: list[ReadItem]) -> Packed:
     """The job's pixels in one (k, h, w, 3) block to cross the process boundary: one buffer to
     send and receive, and one copy to the GPU at the other end, instead of one per image."""
     rows = [i for i, item in enumerate(items) if item.pixels is not None]
@@ -204,8 +208,8 @@ def _pack(items: list[ReadItem]) -> tuple[list[ReadItem], np.ndarray | None]:
     return packed, block
 
 
-def _unpack(result: tuple[list[ReadItem], np.ndarray | None]) -> list[ReadItem]:
-    """Each item's pixels again, as a view into the block (``pixel_rows`` finds the block)."""
+def _unpack(result: Packed) -> list[ReadItem]:
+    """Each item's pixels again, as a view into the block (``pixel_block`` finds the block again)."""
     items, block = result
     if block is None:
         return items
@@ -259,7 +263,7 @@ class ReadPool:
 
     def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
         pool = _process_pool(self.ctx, self.workers)
-        in_flight: deque[tuple[ReadJob, Future[list[ReadItem]] | None]] = deque()
+        in_flight: deque[tuple[ReadJob, Future[Packed] | None]] = deque()
         try:
             while True:
                 try:
@@ -282,7 +286,7 @@ class ReadPool:
     def _fill(
         self,
         pool: ProcessPoolExecutor,
-        in_flight: deque[tuple[ReadJob, Future[list[ReadItem]] | None]],
+        in_flight: deque[tuple[ReadJob, Future[Packed] | None]],
         jobs: Iterator[ReadJob],
     ) -> None:
         while len(in_flight) < self.ahead and (job := next(jobs, None)) is not None:
@@ -310,16 +314,13 @@ class ReadPool:
 def read_in_threads(jobs: Iterator[ReadJob], ctx: ReadContext, workers: int) -> Iterator[list[ReadItem]]:
     """The same stage in threads, one job ahead: for catalogs too small to pay for processes."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        yield from _threaded(pool, jobs, lambda row, stored: read_row(row, stored, ctx))
 
+        def submit(job: ReadJob | None) -> list[Future[ReadItem]]:
+            return (
+                [] if job is None else [pool.submit(read_row, r, s, ctx) for r, s in zip(job.rows, job.stored_hashes)]
+            )
 
-def _threaded(
-    pool: Executor, jobs: Iterator[ReadJob], read: Callable[[CatalogRow, str | None], ReadItem]
-) -> Iterator[list[ReadItem]]:
-    def submit(job: ReadJob | None) -> list[Future[ReadItem]]:
-        return [] if job is None else [pool.submit(read, r, s) for r, s in zip(job.rows, job.stored_hashes)]
-
-    pending = submit(next(jobs, None))
-    while pending:
-        current, pending = pending, submit(next(jobs, None))
-        yield [f.result() for f in current]
+        pending = submit(next(jobs, None))
+        while pending:
+            current, pending = pending, submit(next(jobs, None))
+            yield [f.result() for f in current]

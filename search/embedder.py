@@ -154,6 +154,7 @@ class Embedder:
         self.requested_precision = precision
         resolve_precision(precision, "cuda")  # an unknown name fails here, before any loading
         self._precision = "fp32"
+        self._pixel_spec: PixelSpec | None = None
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
         self._model_id: str | None = None
@@ -194,6 +195,7 @@ class Embedder:
             if self._model is None:
                 model = self._load()
                 self._precision = self._settle_precision(model)
+                self._pixel_spec = _pixel_spec_of(model)
                 self._model = model
             return self._model
 
@@ -225,12 +227,10 @@ class Embedder:
     @property
     def pixel_spec(self) -> PixelSpec | None:
         """The model's preprocessing as plain numbers, for ``encode_pixels``; None when the model's
-        processor does something ``PixelSpec`` cannot express (then use ``encode_images``)."""
-        processor = getattr(self.model[0], "processor", None)
-        image_processor = getattr(processor, "image_processor", None)
-        if image_processor is None or not hasattr(self.model[0].model, "get_image_features"):
-            return None
-        return PixelSpec.from_processor(image_processor)
+        processor does something ``PixelSpec`` cannot express (then use ``encode_images``). Read
+        once, when the model loads."""
+        _ = self.model
+        return self._pixel_spec
 
     def _load(self) -> SentenceTransformer:
         name = self.model_path
@@ -378,6 +378,14 @@ class Embedder:
         inner = getattr(self.model[0], "model", None)
         scale = getattr(inner, "logit_scale", None)
         return float(scale.exp().item()) if scale is not None else 100.0
+
+
+def _pixel_spec_of(model: SentenceTransformer) -> PixelSpec | None:
+    processor = getattr(model[0], "processor", None)
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None or not hasattr(model[0].model, "get_image_features"):
+        return None
+    return PixelSpec.from_processor(image_processor)
 
 
 def _padded(token_ids: Sequence[np.ndarray], pad: int) -> tuple[np.ndarray, np.ndarray]:

@@ -101,7 +101,7 @@ class TextVectors:
     truncated: int
 
 
-def encode_texts(products: Sequence[Product], embedder: Embedder) -> TextVectors:
+def text_vectors(products: Sequence[Product], embedder: Embedder) -> TextVectors:
     """The text tower over the products that have text."""
     texts = [p.text for p in products]
     with_text = [i for i, t in enumerate(texts) if t]
@@ -125,7 +125,7 @@ def embed_points(
     """Points from the image vectors the caller made (None: no image; ingest prepares pixels in
     worker processes, the HTTP API decodes one upload) and the text vectors (``texts``, or the text
     tower here), with the early-fused vector when the collection has one."""
-    texts = texts or encode_texts(products, embedder)
+    texts = texts or text_vectors(products, embedder)
     vectors: list[dict[str, np.ndarray]] = [{} for _ in products]
     truncated = texts.truncated
     for i, text_vector in enumerate(texts.vectors):

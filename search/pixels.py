@@ -52,6 +52,18 @@ class PixelSpec:
         """The fewest pixels on the shortest side that the resize needs (the decode may stop there)."""
         return self.short_side or max(self.resize_to or self.crop)
 
+    def resized(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) an image of this size is resized to before the crop."""
+        if self.short_side:
+            short, long = min(height, width), max(height, width)
+            new_long = int(self.short_side * long / short)
+            return (self.short_side, new_long) if height <= width else (new_long, self.short_side)
+        return self.resize_to or (height, width)
+
+    def crop_origin(self, height: int, width: int) -> tuple[int, int]:
+        """(top, left) of the centre crop in a resized image of this size."""
+        return (height - self.crop[0]) // 2, (width - self.crop[1]) // 2
+
     @classmethod
     def from_processor(cls, processor: Any) -> PixelSpec | None:
         """The spec of a transformers image processor, or None when it does something else (padding,
@@ -101,18 +113,11 @@ def _get(size: Any) -> dict[str, Any]:
 
 def resize_and_crop(image: Image.Image, spec: PixelSpec) -> np.ndarray:
     """An RGB image resized and centre-cropped as ``spec`` says: (height, width, 3) uint8."""
-    width, height = image.size
-    if spec.short_side:
-        short, long = min(width, height), max(width, height)
-        new_long = int(spec.short_side * long / short)
-        size = (spec.short_side, new_long) if width <= height else (new_long, spec.short_side)
-    else:
-        size = (spec.resize_to[1], spec.resize_to[0]) if spec.resize_to else image.size
-    if size != image.size:
-        image = image.resize(size, resample=spec.resample)
+    height, width = spec.resized(image.height, image.width)
+    if (width, height) != image.size:
+        image = image.resize((width, height), resample=spec.resample)
     pixels = np.asarray(image, dtype=np.uint8)
-    top = (pixels.shape[0] - spec.crop[0]) // 2
-    left = (pixels.shape[1] - spec.crop[1]) // 2
+    top, left = spec.crop_origin(height, width)
     return pixels[top : top + spec.crop[0], left : left + spec.crop[1]].copy()  # writable, contiguous
 
 

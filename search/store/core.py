@@ -229,27 +229,29 @@ class QdrantStore(ABC):
     ) -> list[dict[str, Any]]:
         """Each list's request keywords: its vector, depth, floor, filter and search parameters."""
         vectors = [self._query_vector(q, meta) for q in lists]
-        client_filter = self._filter(filter)
-        params: dict[Filter, Any] = {}  # one decision per distinct filter
+        converted: dict[Filter, Any] = {}  # each distinct filter converted and decided once
+        params: dict[Filter, Any] = {}
         for q in lists:
             f = filter + q.filter
             if f not in params:
-                scan = exact or (bool(f) and self._estimate(name, f) <= EXACT_FILTER_MAX_POINTS)
+                converted[f] = self._filter(f)
+                scan = exact or (bool(f) and self._estimate(name, converted[f]) <= EXACT_FILTER_MAX_POINTS)
                 params[f] = self._exact_params() if scan else self._search_params(f, meta.options)
         return [
             self.dialect.nearest(vector, q.using)
             | {
                 "limit": q.limit,
                 "score_threshold": q.score_threshold,
-                "filter": self._filter(filter + q.filter) if q.filter else client_filter,
+                "filter": converted[filter + q.filter],
                 "params": params[filter + q.filter],
             }
             for q, vector in zip(lists, vectors)
         ]
 
     @abstractmethod
-    def _estimate(self, name: str, filter: Filter) -> int:
-        """About how many points pass ``filter`` (the payload indexes' estimate)."""
+    def _estimate(self, name: str, client_filter: Any) -> int:
+        """About how many points pass ``client_filter`` (already in the client's type; the payload
+        indexes' estimate)."""
 
     def _last_stage(self, boosts: Sequence[Boost], diversity: Diversity | None) -> dict[str, Any]:
         if boosts and diversity is not None:

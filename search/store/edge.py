@@ -230,8 +230,8 @@ class EdgeStore(QdrantStore):
     def count(self, name: str, filter: Filter = ()) -> int:
         return int(self._shard(name).count(qe.CountRequest(filter=self._filter(filter), exact=True)))
 
-    def _estimate(self, name: str, filter: Filter) -> int:
-        return int(self._shard(name).count(qe.CountRequest(filter=self._filter(filter), exact=False)))
+    def _estimate(self, name: str, client_filter: Any) -> int:
+        return int(self._shard(name).count(qe.CountRequest(filter=client_filter, exact=False)))
 
     def _scroll_page(
         self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool

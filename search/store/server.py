@@ -169,10 +169,10 @@ class ServerStore(QdrantStore):
         self.get_meta(name)
         return self.client.count(name, count_filter=self._filter(filter), exact=True).count
 
-    def _estimate(self, name: str, filter: Filter) -> int:
+    def _estimate(self, name: str, client_filter: Any) -> int:
         if self.searches_exactly:  # local mode scans every search anyway
             return EXACT_FILTER_MAX_POINTS + 1
-        return self.client.count(name, count_filter=self._filter(filter), exact=False).count
+        return self.client.count(name, count_filter=client_filter, exact=False).count
 
     def _scroll_page(
         self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool
