@@ -126,7 +126,7 @@ def read_stage_rate(catalog: Path, embedder: Embedder, workers: int, batch: int,
     rows = parsed.rows
     jobs = (ReadJob(rows[i : i + batch], [None] * len(rows[i : i + batch])) for i in range(0, len(rows), batch))
     started = time.perf_counter()
-    count = sum(len(items) for items in ReadPool(ctx, workers).read(jobs))
+    count = sum(len(items) for items in ReadPool(ctx, workers, rows=batch).read(jobs))
     return count / (time.perf_counter() - started)
 
 
@@ -146,10 +146,12 @@ def fast_path_cosine(embedder: Embedder, catalog: Path, count: int, gpu: bool) -
     return float((fast * reference).sum(axis=1).min())
 
 
-def upsert_rate(embedder: Embedder, catalog: Path, work: Path, batch: int) -> float:
+def upsert_rate(embedder: Embedder, catalog: Path, work: Path, batch: int, through_process: bool) -> float:
     """Points/s of the store's upserts alone: the catalog's payloads with random unit vectors
-    (image, text, fused), in the ingest's batches, into a fresh embedded store."""
+    (image, text, fused), in the ingest's batches, into a fresh embedded store; in this process,
+    or (``through_process``) through the ingest's write process, pipe and pickling included."""
     from shelfsight.ingest.pipeline import ensure_collection
+    from shelfsight.ingest.write_process import WriteProcess
     from shelfsight.search.indexing import content_hash, product_payload
     from shelfsight.search.records import point_id
     from shelfsight.search.store.base import PointRecord
@@ -168,10 +170,16 @@ def upsert_rate(embedder: Embedder, catalog: Path, work: Path, batch: int) -> fl
             }
             payload = product_payload(row.product, content_hash("m", row.product.text, None, 0.5), parsed.base_dir)
             points.append(PointRecord(point_id(row.product.id), vectors, payload))
+        if through_process:
+            store.release("products")
+        target: Any = WriteProcess(store.root, "products") if through_process else store
         started = time.perf_counter()
         for i in range(0, len(points), batch):
-            store.upsert("products", points[i : i + batch])
-        return len(points) / (time.perf_counter() - started)
+            target.upsert("products", points[i : i + batch])
+        elapsed = time.perf_counter() - started
+        if through_process:
+            target.close()
+        return len(points) / elapsed
     finally:
         store.close()
 
@@ -245,7 +253,11 @@ def measure(
     rates[f"texts ({embedder.precision})"] = text_rate(embedder, [r.product.text for r in parsed.rows[:1024]])
     sample = [decode_image((parsed.base_dir / r.product.image).read_bytes()) for r in parsed.rows[:64]]  # type: ignore[operator]
     rates["model's processor, 1 thread"] = processor_rate(embedder, sample)
-    rates["store upserts alone (3 vectors + payload)"] = upsert_rate(embedder, catalog, work, 256 if on_gpu else 32)
+    for through_process in (False, True):
+        where = "write process" if through_process else "this process"
+        rates[f"store upserts alone, {where}"] = upsert_rate(
+            embedder, catalog, work, 256 if on_gpu else 32, through_process
+        )
     rates[f"read stage, {workers} processes, Pillow"] = read_stage_rate(
         catalog, embedder, workers, 256 if on_gpu else 32, False
     )

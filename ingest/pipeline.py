@@ -6,7 +6,9 @@
 only when the hash changed, prepares the model's input; it runs in worker processes, several
 batches ahead of the model. ``sort_batch`` splits a batch into new or changed products,
 payload-only updates and unchanged ones. ``embed_items`` (ingest/embed_stage.py) runs both towers
-on the model's device. The write stage upserts on its own thread while the next batch is embedded.
+on the model's device. The write stage upserts on its own thread while the next batch is embedded;
+for an embedded store and a catalog read in processes, that thread hands each batch to a write
+process that owns the collection meanwhile (ingest/write_process.py).
 ``ingest_catalog`` is the runner: it times each stage (``IngestReport.stage_seconds``).
 
 Each product's point id is derived from its catalog id and its payload carries a content hash of
@@ -36,6 +38,7 @@ from shelfsight.ingest.catalog import Catalog, Columns, RowError, read_catalog
 from shelfsight.ingest.embed_stage import PinnedBuffer, embed_items
 from shelfsight.ingest.gpu_decode import gpu_decoding_available, require_gpu_decoding
 from shelfsight.ingest.read_stage import ReadContext, ReadItem, ReadJob, ReadPool, read_in_threads
+from shelfsight.ingest.write_process import PointStore, WriteProcess
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import IncompatibleCollectionError
 from shelfsight.search.images import ImagePolicy
@@ -45,6 +48,7 @@ from shelfsight.search.records import point_id
 from shelfsight.search.relevance import calibrate
 from shelfsight.search.settings import DEFAULT_COLLECTION
 from shelfsight.search.store.base import CollectionMeta, PointRecord, VectorStore
+from shelfsight.search.store.edge import EdgeStore
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +199,9 @@ def ingest_catalog(
     plan = plan_reading(catalog, embedder, meta, options)
     lock = threading.Lock()
     stored: dict[str, dict[str, Any]] = {}
-    with _Writer(store, lock, on_progress) as writer:
-        jobs = _jobs(store, options.collection, catalog, plan.batch_size, lock, stored, report, writer)
+    fresh = store.count(options.collection) == 0  # nothing stored: no hashes to look up
+    with _point_store(store, options.collection, plan) as points, _Writer(points, lock, on_progress) as writer:
+        jobs = _jobs(points, options.collection, catalog, plan.batch_size, lock, stored, report, writer, fresh)
         for items in plan.read(jobs):
             items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
             report.time("read", sum(item.seconds for item in items))
@@ -225,7 +230,7 @@ class ReadPlan:
 
     def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
         if self.processes:
-            return ReadPool(self.ctx, self.workers).read(jobs)
+            return ReadPool(self.ctx, self.workers, rows=self.batch_size).read(jobs)
         return read_in_threads(jobs, self.ctx, self.workers)
 
 
@@ -268,8 +273,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+@contextmanager
+def _point_store(store: VectorStore, name: str, plan: ReadPlan) -> Iterator[PointStore]:
+    """Where the loop reads and writes points. An embedded collection moves to a write process of
+    its own for a catalog read in processes (one big enough to pay the second's start), so that
+    building and writing points does not hold this process's GIL; any other store is used here."""
+    if not (isinstance(store, EdgeStore) and plan.processes):
+        yield store
+        return
+    store.release(name)
+    with WriteProcess(store.root, name) as child:
+        yield child
+
+
 def _jobs(
-    store: VectorStore,
+    store: PointStore,
     name: str,
     catalog: Catalog,
     size: int,
@@ -277,14 +295,19 @@ def _jobs(
     stored: dict[str, dict[str, Any]],
     report: IngestReport,
     writer: _Writer,
+    fresh: bool,
 ) -> Iterator[ReadJob]:
-    """The catalog streamed in batches of rows, each with the content hashes in the store; their
-    stored payloads go into ``stored`` (by product id) for the sort stage, taken out again as each
-    batch comes back. The catalog's bad rows go straight into the report."""
+    """The catalog streamed in batches of rows, each with the content hashes in the store (none
+    when the collection was ``fresh``, empty at the start: catalog ids are unique); their stored
+    payloads go into ``stored`` (by product id) for the sort stage, taken out again as each batch
+    comes back. The catalog's bad rows go straight into the report."""
     for rows, errors in catalog.stream(size):
         report.errors.extend(errors)
         writer.progress(len(errors))
         if not rows:
+            continue
+        if fresh:
+            yield ReadJob(rows, [None] * len(rows))
             continue
         with lock:
             found = store.retrieve(name, [point_id(r.product.id) for r in rows])
@@ -298,14 +321,14 @@ class _Writer:
     one write waits (memory stays bounded); ``lock`` keeps the store to one call at a time. What a
     write counts is added to the report once it has landed."""
 
-    def __init__(self, store: VectorStore, lock: threading.Lock, on_progress: Callable[[int], None] | None):
+    def __init__(self, store: PointStore, lock: threading.Lock, on_progress: Callable[[int], None] | None):
         self.store = store
         self.lock = lock
         self.on_progress = on_progress
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shelfsight-write")
         self._pending: tuple[Future[float], Callable[[float], None]] | None = None
 
-    def submit(self, write: Callable[[VectorStore], None], landed: Callable[[float], None]) -> None:
+    def submit(self, write: Callable[[PointStore], None], landed: Callable[[float], None]) -> None:
         """Run ``write`` on the writer thread once the previous write has landed; ``landed`` gets
         the seconds the write itself took (not the time it waited in line)."""
         self.wait()
@@ -380,7 +403,7 @@ def _landed_payloads(report: IngestReport, count: int, seconds: float) -> None:
     report.time("write", seconds)
 
 
-def _write_payloads(store: VectorStore, name: str, meta: CollectionMeta, items: Sequence[ReadItem]) -> None:
+def _write_payloads(store: PointStore, name: str, meta: CollectionMeta, items: Sequence[ReadItem]) -> None:
     """New catalog fields for products whose vectors stay. When a product's words changed (a new
     brand name), its point is written again with its stored vectors, so the store recomputes its
     BM25 words; otherwise only the payload is replaced."""

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from shelfsight.search.cli_args import add_store_args, settings_from_args
+from shelfsight.search.parent_death import die_with_parent
 from shelfsight.search.settings import MAX_UPLOAD_BYTES
 
 APP = Path(__file__).with_name("app.py")
@@ -58,13 +59,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies, even by SIGKILL (Linux prctl)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: signal forwarding below still covers SIGTERM and SIGINT
+    """In the child, before exec: SIGTERM when the parent dies, even by SIGKILL; elsewhere than
+    Linux, the signal forwarding below still covers SIGTERM and SIGINT."""
+    die_with_parent(signal.SIGTERM)
 
 
 def run_child(command: list[str], env: dict[str, str] | None = None) -> int:

@@ -262,6 +262,16 @@ class EdgeStore(QdrantStore):
         shard.optimize()
         shard.flush()
 
+    def release(self, name: str) -> None:
+        """Flush and close one collection's shard, so that another process may open it; this store
+        opens it again on its next use."""
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            try:
+                shard.flush()
+            finally:
+                shard.close()
+
     def close(self) -> None:
         for shard in self._shards.values():
             try:

@@ -189,3 +189,24 @@ def test_ingest_streams_the_catalog_never_holding_it_whole(store, collection_nam
     options = IngestOptions(collection=collection_name, batch_size=8, prune=True)
     report = ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
     assert report.ingested == 48 and not report.errors
+
+
+def test_worker_pixels_arrive_in_shared_memory_equal_to_the_workers_own(embedder, catalog_dir):
+    """Jobs up to the pool's row count hand their pixels over in shared slots; bigger ones are pickled."""
+    import mmap
+
+    from shelfsight.ingest.catalog import read_catalog
+    from shelfsight.ingest.read_stage import ReadJob, ReadPool, pixel_block, read_job
+
+    parsed = read_catalog(catalog_dir / "catalog.csv")
+    ctx = ReadContext(parsed.base_dir, ImagePolicy(), embedder.model_id, None, embedder.pixel_spec)
+    jobs = [parsed.rows[i : i + 8] for i in range(0, 24, 8)] + [parsed.rows[24:40]]  # the last is too big for a slot
+    read = ReadPool(ctx, 2, rows=8).read(ReadJob(rows, [None] * len(rows)) for rows in jobs)
+    for rows, items in zip(jobs, read):
+        expected = read_job(ReadJob(rows, [None] * len(rows)), ctx)
+        pixels = [i.pixels for i in items if i.pixels is not None]
+        assert len(pixels) == len([e for e in expected if e.pixels is not None]) > 0
+        assert all(np.array_equal(p, e.pixels) for p, e in zip(pixels, [e for e in expected if e.pixels is not None]))
+        block = pixel_block(pixels)
+        assert block is not None  # one block either way: one copy to the model's device
+        assert isinstance(block.base, mmap.mmap) == (len(rows) <= 8)

@@ -1,0 +1,122 @@
+"""The ingest's write process: a child that owns an embedded collection for the embedding loop."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from shelfsight.ingest.write_process import WriteProcess, pack_points, unpack_points
+from shelfsight.search.errors import BadInputError, StoreUnavailableError
+from shelfsight.search.store.base import CollectionMeta, PointRecord
+from shelfsight.search.store.edge import EdgeStore
+
+META = CollectionMeta(model="m@1", dimension=8, vectors=("image", "text"), fields={"category": "keyword"})
+
+
+def _points(n, start=0, dim=8):
+    rng = np.random.default_rng(start)
+    return [
+        PointRecord(
+            f"00000000-0000-0000-0000-{i:012d}",
+            {name: rng.standard_normal(dim).astype(np.float32) for name in ("image", "text")},
+            {"product_id": f"p{i}", "category": "shoes" if i % 2 else "bags"},
+        )
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def edge(tmp_path):
+    store = EdgeStore(tmp_path / "db")
+    store.create_collection("c", META)
+    yield store
+    store.close()
+
+
+def test_points_cross_as_one_block_and_come_back_the_same():
+    points = _points(5)
+    ids, payloads, names, block = pack_points(points)
+    assert names == ("image", "text") and block.shape == (5, 2, 8) and block.dtype == np.float32
+    again = unpack_points(ids, payloads, names, block)
+    assert [p.id for p in again] == [p.id for p in points] and [p.payload for p in again] == [p.payload for p in points]
+    for mine, theirs in zip(again, points):
+        assert all(np.array_equal(mine.vectors[n], theirs.vectors[n]) for n in names)
+
+
+def test_writes_through_the_child_are_in_the_store_after_it_closes(edge):
+    edge.release("c")
+    child = WriteProcess(edge.root, "c")
+    try:
+        child.upsert("c", _points(20))
+        child.set_payload("c", {"00000000-0000-0000-0000-000000000003": {"product_id": "p3", "category": "hats"}})
+        found = child.retrieve("c", ["00000000-0000-0000-0000-000000000003"], with_vectors=True)
+        assert found[0].payload["category"] == "hats" and found[0].vectors["image"].shape == (8,)
+    finally:
+        child.close()
+    assert child._child.returncode == 0  # it exited by itself, not killed
+    assert edge.count("c") == 20  # this process's store opens the collection again
+    expected = _points(20)[7].vectors["text"]
+    got = edge.retrieve("c", ["00000000-0000-0000-0000-000000000007"], with_vectors=True)[0].vectors["text"]
+    assert np.allclose(got / np.linalg.norm(got), expected / np.linalg.norm(expected), atol=1e-6)
+
+
+def test_a_store_error_in_the_child_is_raised_here_and_the_child_goes_on(edge):
+    edge.release("c")
+    with WriteProcess(edge.root, "c") as child:
+        with pytest.raises(BadInputError, match="dimension|8"):
+            child.upsert("c", _points(3, dim=5))
+        child.upsert("c", _points(4))
+        assert len(child.retrieve("c", [p.id for p in _points(4)])) == 4
+    assert edge.count("c") == 4
+
+
+def test_a_collection_this_process_still_holds_is_refused_clearly(edge):
+    edge.count("c")  # holds the shard's lock
+    with pytest.raises(StoreUnavailableError, match="another process"):
+        WriteProcess(edge.root, "c")
+
+
+PARENT = textwrap.dedent(
+    """
+    import sys, time
+    from shelfsight.ingest.write_process import WriteProcess
+    from shelfsight.search.store.edge import EdgeStore
+    store = EdgeStore(sys.argv[1])
+    child = WriteProcess(store.root, "c")
+    print(child._child.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_the_child_dies_with_a_killed_parent_and_frees_the_store(edge):
+    edge.release("c")
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(edge.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        child_pid = int(parent.stdout.readline())
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        parent.stdout.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _alive(child_pid):
+        time.sleep(0.05)
+    assert not _alive(child_pid)
+    assert edge.count("c") == 0  # the lock went with the child
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    finally:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
