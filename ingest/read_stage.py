@@ -44,6 +44,9 @@ from shelfsight.search.pixels import PixelSpec, prepare_pixels
 # that memory stays bounded (a 256-row job of 224-px pixels is 38 MB).
 JOBS_AHEAD_PER_WORKER = 2
 PING_TIMEOUT_S = 60.0
+# Room in a job's shared slot for each row's JPEG, when the GPU decodes them: a 1000-px product
+# photo is 100 to 250 KB. A job whose JPEGs need more sends the rest pickled.
+JPEG_BYTES_PER_ROW = 256 * 1024
 CRASH_REASON = "reading or decoding this image crashed the worker process"
 CRASH_HINT = "re-export the image as a plain JPEG or PNG, or remove it from the catalog"
 
@@ -85,11 +88,12 @@ class ReadItem:
     content_hash: str = ""
     payload: dict[str, Any] = field(default_factory=dict)
     pixels: np.ndarray | None = None  # (h, w, 3) uint8, the model's input
-    jpeg: bytes | None = None  # for the GPU decoder
+    jpeg: bytes | memoryview | None = None  # for the GPU decoder
     image: Image.Image | None = None  # for the model's own processor
     text_ids: np.ndarray | None = None  # the text's token ids, when the reader tokenizes
     text_truncated: bool = False  # the text was longer than the text tower reads
     pixel_row: int = -1  # in transit between processes: the pixels' row in the job's block
+    jpeg_span: tuple[int, int] | None = None  # in transit: (start, length) of the JPEG in the job's slot
     error: RowError | None = None
     seconds: float = 0.0
 
@@ -183,19 +187,26 @@ def _init_worker(ctx: ReadContext, slots: PixelSlots | None, parent: int) -> Non
 
 class PixelSlots:
     """Memory shared with the workers, one slot per job in flight: a worker writes its job's pixels
-    into the job's slot, and the model's process reads them where they lie. Pickled through a pipe
-    instead, the pixels moved at about 220 MB/s here (1,500 images of 224 px a second), below what
-    the workers decode. Anonymous shared memory made before the workers fork: it goes with the
-    processes and leaves nothing to clean up; pages are only taken as slots are first written."""
+    (and JPEG bytes, for the GPU decoder) into the job's slot, and the model's process reads them
+    where they lie. Pickled through a pipe instead, they moved at about 220 MB/s here (1,500 images
+    of 224 px a second), below what the workers decode. Anonymous shared memory made before the
+    workers fork: it goes with the processes and leaves nothing to clean up; pages are only taken
+    as slots are first written. What does not fit a slot is pickled as before."""
 
-    def __init__(self, count: int, rows: int, shape: tuple[int, ...]):
+    def __init__(self, count: int, rows: int, shape: tuple[int, ...], jpeg_bytes_per_row: int = 0):
         self.rows, self.shape = rows, shape
-        self.slot_bytes = rows * int(np.prod(shape))
+        self.pixel_bytes = rows * int(np.prod(shape))
+        self.jpeg_bytes = rows * jpeg_bytes_per_row
+        self.slot_bytes = self.pixel_bytes + self.jpeg_bytes
         self.memory = mmap.mmap(-1, count * self.slot_bytes)  # MAP_SHARED | MAP_ANONYMOUS
         self.free = deque(range(count))
 
     def view(self, slot: int, k: int) -> np.ndarray:
         return np.ndarray((k, *self.shape), np.uint8, buffer=self.memory, offset=slot * self.slot_bytes)
+
+    def jpeg(self, slot: int, start: int, length: int) -> memoryview:
+        at = slot * self.slot_bytes + self.pixel_bytes + start
+        return memoryview(self.memory)[at : at + length]
 
 
 # A job's items as they cross from a worker: pixels moved into one block (``_pack``), or the count
@@ -231,22 +242,35 @@ def _pack(items: list[ReadItem]) -> Packed:
 
 def _pack_into(items: list[ReadItem], slots: PixelSlots, slot: int) -> Packed:
     rows, packed = _pixel_rows(items)
-    if not rows:
-        return items, None
     if len(rows) > slots.rows or any(items[i].pixels.shape != slots.shape for i in rows):  # type: ignore[union-attr]
         return _pack(items)
-    np.stack([items[i].pixels for i in rows], out=slots.view(slot, len(rows)))  # type: ignore[misc]
-    return packed, len(rows)
+    if rows:
+        np.stack([items[i].pixels for i in rows], out=slots.view(slot, len(rows)))  # type: ignore[misc]
+    return _jpegs_into(packed, slots, slot), len(rows)
+
+
+def _jpegs_into(items: list[ReadItem], slots: PixelSlots, slot: int) -> list[ReadItem]:
+    """JPEG bytes laid one after another in the slot's JPEG part, as long as they fit."""
+    used = 0
+    out = list(items)
+    for i, item in enumerate(items):
+        if item.jpeg is not None and used + len(item.jpeg) <= slots.jpeg_bytes:
+            slots.jpeg(slot, used, len(item.jpeg))[:] = item.jpeg
+            out[i] = replace(item, jpeg=None, jpeg_span=(used, len(item.jpeg)))
+            used += len(item.jpeg)
+    return out
 
 
 def _unpack(result: Packed, slots: PixelSlots | None = None, slot: int | None = None) -> list[ReadItem]:
-    """Each item's pixels again, as a view into the block (``pixel_block`` finds the block again)."""
+    """Each item's pixels again, as a view into the block (``pixel_block`` finds the block again),
+    and its JPEG bytes as a view into the slot."""
     items, block = result
-    if block is None:
-        return items
     if isinstance(block, int):
         assert slots is not None and slot is not None
         block = slots.view(slot, block)
+        items = [replace(i, jpeg=slots.jpeg(slot, *i.jpeg_span), jpeg_span=None) if i.jpeg_span else i for i in items]
+    if block is None:
+        return items
     return [replace(item, pixels=block[item.pixel_row]) if item.pixel_row >= 0 else item for item in items]
 
 
@@ -305,7 +329,8 @@ class ReadPool:
     def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
         slots = None
         if self.rows and self.ctx.spec is not None:  # one slot more than in flight: the one being embedded
-            slots = PixelSlots(self.ahead + 1, self.rows, (*self.ctx.spec.crop, 3))
+            jpeg_bytes = JPEG_BYTES_PER_ROW if self.ctx.gpu_jpeg else 0
+            slots = PixelSlots(self.ahead + 1, self.rows, (*self.ctx.spec.crop, 3), jpeg_bytes)
         pool = _process_pool(self.ctx, self.workers, slots)
         in_flight: InFlight = deque()
         try:

@@ -210,3 +210,23 @@ def test_worker_pixels_arrive_in_shared_memory_equal_to_the_workers_own(embedder
         block = pixel_block(pixels)
         assert block is not None  # one block either way: one copy to the model's device
         assert isinstance(block.base, mmap.mmap) == (len(rows) <= 8)
+
+
+@pytest.mark.parametrize("room", [read_stage.JPEG_BYTES_PER_ROW, 3_000])
+def test_jpegs_for_the_gpu_cross_in_shared_memory_as_long_as_they_fit(embedder, catalog_dir, monkeypatch, room):
+    """For GPU decoding a worker hands over the file's own bytes; those that do not fit the job's
+    slot (a tiny slot here) come pickled, and every item still gets exactly its file's bytes."""
+    from shelfsight.ingest.catalog import read_catalog
+    from shelfsight.ingest.read_stage import ReadJob, ReadPool
+
+    monkeypatch.setattr(read_stage, "JPEG_BYTES_PER_ROW", room)
+    parsed = read_catalog(catalog_dir / "catalog.csv")
+    ctx = ReadContext(parsed.base_dir, ImagePolicy(), embedder.model_id, None, embedder.pixel_spec, gpu_jpeg=True)
+    jobs = [parsed.rows[i : i + 8] for i in range(0, 24, 8)]
+    kinds = set()
+    for rows, items in zip(jobs, ReadPool(ctx, 2, rows=8).read(ReadJob(r, [None] * len(r)) for r in jobs)):
+        for row, item in zip(rows, items):
+            assert item.pixels is None and item.jpeg is not None
+            assert bytes(item.jpeg) == (parsed.base_dir / row.product.image).read_bytes()
+            kinds.add(type(item.jpeg))
+    assert kinds == ({memoryview} if room > 100_000 else {memoryview, bytes})
