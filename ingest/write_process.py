@@ -9,7 +9,7 @@ shard, the child opens it, and the pipeline's reads and writes (``retrieve``, ``
 one block of vectors. When the loop ends the child flushes and closes the shard, and the parent's
 store opens it again for the index build.
 
-The child is a fresh interpreter (``python -m``), not a fork: a fork would inherit the engine's
+The child is a fresh interpreter, not a fork: a fork would inherit the engine's
 thread pools in whatever state the parent's threads left them. It dies with its parent
 (``die_with_parent``), so a killed ingest never leaves the store locked; what it wrote is in the
 store's write-ahead log, and the next run resumes from it.
@@ -57,7 +57,11 @@ class WriteProcess:
     def __init__(self, root: Path, name: str):
         from_parent, to_child = os.pipe()  # (read end, write end)
         from_child, to_parent = os.pipe()
-        command = [sys.executable, "-m", __name__, str(root), name, str(os.getpid()), str(from_parent), str(to_parent)]
+        # Python's -m and -c put the working directory first on the path, where a checkout's own
+        # shelfsight/ folder would shadow the installed package: the child gets this process's path.
+        boot = f"import sys; sys.path[:] = {sys.path!r}; from {__name__} import main; main(sys.argv[1:])"
+        args = [str(Path(root).resolve()), name, str(os.getpid()), str(from_parent), str(to_parent)]
+        command = [sys.executable, "-c", boot, *args]
         self._child = subprocess.Popen(command, pass_fds=(from_parent, to_parent), stdin=subprocess.DEVNULL)
         os.close(from_parent)
         os.close(to_parent)
@@ -65,6 +69,9 @@ class WriteProcess:
         self._recv = Connection(from_child, writable=False)
         try:
             self._answer(START_TIMEOUT_S)  # the shard is open in the child
+        except WriteProcessError as exc:
+            self._stop()
+            raise WriteProcessError(f"the ingest's write process did not start: {exc}; its error is above") from exc
         except BaseException:
             self._stop()
             raise
