@@ -40,9 +40,11 @@ from shelfsight.search.indexing import content_hash, product_payload
 from shelfsight.search.parent_death import die_with_parent
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
 
-# Jobs queued per worker beyond the one it works on: enough to never starve the model, few enough
-# that memory stays bounded (a 256-row job of 224-px pixels is 38 MB).
+# Parts of jobs queued per worker beyond the one it works on: enough to never starve the model,
+# few enough that memory stays bounded (a 256-row job of 224-px pixels is 38 MB).
 JOBS_AHEAD_PER_WORKER = 2
+# Rows a worker reads at a time: a job (one batch of the model's) is split into parts this size.
+PART_ROWS = 32
 PING_TIMEOUT_S = 60.0
 # Room in a job's shared slot for each row's JPEG, when the GPU decodes them: a 1000-px product
 # photo is 100 to 250 KB. A job whose JPEGs need more sends the rest pickled.
@@ -209,69 +211,84 @@ class PixelSlots:
         return memoryview(self.memory)[at : at + length]
 
 
-# A job's items as they cross from a worker: pixels moved into one block (``_pack``), or the count
-# of images written into the job's slot of ``PixelSlots``.
+# A part of a job as it crosses from a worker: its items and their pixels moved into one block
+# (``_pack``), or the end row of the pixels it wrote into the job's slot of ``PixelSlots``.
 Packed = tuple[list[ReadItem], "np.ndarray | int | None"]
 
 
-def _read_in_worker(job: ReadJob, slot: int | None = None) -> Packed:
+def _read_in_worker(job: ReadJob, slot: int | None = None, first: int = 0) -> Packed:
+    """Read a part of a job: its rows start at row ``first`` of the job (and of its slot)."""
     assert _WORKER_CONTEXT is not None
     items = read_job(job, _WORKER_CONTEXT)
     if slot is not None and _WORKER_SLOTS is not None:
-        return _pack_into(items, _WORKER_SLOTS, slot)
+        return _pack_into(items, _WORKER_SLOTS, slot, first)
     return _pack(items)
 
 
-def _pixel_rows(items: list[ReadItem]) -> tuple[list[int], list[ReadItem]]:
-    """Which items carry pixels, and the items with each one's place in the block instead."""
+def _pixel_rows(items: list[ReadItem], first: int = 0) -> tuple[list[int], list[ReadItem]]:
+    """Which items carry pixels, and the items with each one's row in the block (from ``first``) instead."""
     rows = [i for i, item in enumerate(items) if item.pixels is not None]
     packed = list(items)
     for k, i in enumerate(rows):
-        packed[i] = replace(items[i], pixels=None, pixel_row=k)
+        packed[i] = replace(items[i], pixels=None, pixel_row=first + k)
     return rows, packed
 
 
 def _pack(items: list[ReadItem]) -> Packed:
-    """The job's pixels in one (k, h, w, 3) block to cross the process boundary: one buffer to
-    send and receive, and one copy to the GPU at the other end, instead of one per image."""
+    """The pixels in one (k, h, w, 3) block to cross the process boundary: one buffer to send and
+    receive instead of one per image."""
     rows, packed = _pixel_rows(items)
     if not rows:
         return items, None
     return packed, np.stack([items[i].pixels for i in rows])  # type: ignore[misc]
 
 
-def _pack_into(items: list[ReadItem], slots: PixelSlots, slot: int) -> Packed:
-    rows, packed = _pixel_rows(items)
-    if len(rows) > slots.rows or any(items[i].pixels.shape != slots.shape for i in rows):  # type: ignore[union-attr]
+def _pack_into(items: list[ReadItem], slots: PixelSlots, slot: int, first: int) -> Packed:
+    """Pixels into the slot from row ``first`` on, JPEG bytes into this part's share of its JPEG room."""
+    rows, packed = _pixel_rows(items, first)
+    if first + len(items) > slots.rows or any(items[i].pixels.shape != slots.shape for i in rows):  # type: ignore[union-attr]
         return _pack(items)
     if rows:
-        np.stack([items[i].pixels for i in rows], out=slots.view(slot, len(rows)))  # type: ignore[misc]
-    return _jpegs_into(packed, slots, slot), len(rows)
+        np.stack([items[i].pixels for i in rows], out=slots.view(slot, first + len(rows))[first:])  # type: ignore[misc]
+    return _jpegs_into(packed, slots, slot, first), first + len(rows)
 
 
-def _jpegs_into(items: list[ReadItem], slots: PixelSlots, slot: int) -> list[ReadItem]:
-    """JPEG bytes laid one after another in the slot's JPEG part, as long as they fit."""
-    used = 0
+def _jpegs_into(items: list[ReadItem], slots: PixelSlots, slot: int, first: int) -> list[ReadItem]:
+    """JPEG bytes laid one after another in this part's share of the slot, as long as they fit."""
+    share = slots.jpeg_bytes // slots.rows
+    used, room = first * share, (first + len(items)) * share
     out = list(items)
     for i, item in enumerate(items):
-        if item.jpeg is not None and used + len(item.jpeg) <= slots.jpeg_bytes:
+        if item.jpeg is not None and used + len(item.jpeg) <= room:
             slots.jpeg(slot, used, len(item.jpeg))[:] = item.jpeg
             out[i] = replace(item, jpeg=None, jpeg_span=(used, len(item.jpeg)))
             used += len(item.jpeg)
     return out
 
 
-def _unpack(result: Packed, slots: PixelSlots | None = None, slot: int | None = None) -> list[ReadItem]:
-    """Each item's pixels again, as a view into the block (``pixel_block`` finds the block again),
-    and its JPEG bytes as a view into the slot."""
-    items, block = result
-    if isinstance(block, int):
-        assert slots is not None and slot is not None
-        block = slots.view(slot, block)
-        items = [replace(i, jpeg=slots.jpeg(slot, *i.jpeg_span), jpeg_span=None) if i.jpeg_span else i for i in items]
-    if block is None:
-        return items
-    return [replace(item, pixels=block[item.pixel_row]) if item.pixel_row >= 0 else item for item in items]
+def _unpack(parts: Sequence[Packed], slots: PixelSlots | None = None, slot: int | None = None) -> list[ReadItem]:
+    """A job's items again, its parts in order: pixels as views into one block for the job (which
+    ``pixel_block`` finds again when every row has its picture), JPEG bytes as views into the slot."""
+    end = max((block for _, block in parts if isinstance(block, int)), default=0)
+    whole = slots.view(slot, end) if slots is not None and slot is not None else None
+    out: list[ReadItem] = []
+    for items, block in parts:
+        if isinstance(block, int):
+            assert slots is not None and slot is not None and whole is not None
+            out += [_from_slot(item, whole, slots, slot) for item in items]
+        elif block is not None:
+            out += [replace(item, pixels=block[item.pixel_row]) if item.pixel_row >= 0 else item for item in items]
+        else:
+            out += items
+    return out
+
+
+def _from_slot(item: ReadItem, whole: np.ndarray, slots: PixelSlots, slot: int) -> ReadItem:
+    if item.pixel_row >= 0:
+        item = replace(item, pixels=whole[item.pixel_row])
+    if item.jpeg_span:
+        item = replace(item, jpeg=slots.jpeg(slot, *item.jpeg_span), jpeg_span=None)
+    return item
 
 
 def pixel_block(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
@@ -311,19 +328,23 @@ def _process_pool(ctx: ReadContext, workers: int, slots: PixelSlots | None = Non
     return pool
 
 
-# A job in flight: its rows, its slot in ``PixelSlots`` (None: its pixels are pickled), its result.
-InFlight = deque[tuple[ReadJob, "int | None", "Future[Packed] | None"]]
+# A job in flight: its rows, its slot in ``PixelSlots`` (None: its pixels are pickled), and its
+# parts' futures, each with the row the part starts at.
+InFlight = deque[tuple[ReadJob, "int | None", "list[tuple[int, Future[Packed]]]"]]
 
 
 class ReadPool:
-    """Reads jobs in ``workers`` processes, yielding each job's items in order. Jobs of up to
-    ``rows`` rows hand their pixels over in shared memory; the pixels of the items a step yields
-    stay valid until the next step."""
+    """Reads jobs in ``workers`` processes, yielding each job's items in order. A job is read in
+    parts of ``PART_ROWS`` rows, so all workers share the next batch and the first one is ready
+    soon. Jobs of up to ``rows`` rows hand their pixels over in shared memory; the pixels of the
+    items a step yields stay valid until the next step."""
 
     def __init__(self, ctx: ReadContext, workers: int, ahead: int | None = None, rows: int = 0):
         self.ctx = ctx
         self.workers = max(1, workers)
-        self.ahead = ahead or self.workers * (1 + JOBS_AHEAD_PER_WORKER)
+        # jobs in flight: enough parts queued for every worker to have 1 + JOBS_AHEAD_PER_WORKER
+        parts = self.workers * (1 + JOBS_AHEAD_PER_WORKER)
+        self.ahead = ahead or max(2, -(-parts * PART_ROWS // max(rows, PART_ROWS)))
         self.rows = rows
 
     def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
@@ -339,8 +360,8 @@ class ReadPool:
                     self._fill(pool, in_flight, jobs, slots)
                     if not in_flight:
                         return
-                    _, slot, future = in_flight[0]
-                    items = _unpack(future.result(), slots, slot)  # type: ignore[union-attr]
+                    _, slot, parts = in_flight[0]
+                    items = _unpack([future.result() for _, future in parts], slots, slot)
                 except BrokenProcessPool:  # a worker died: every job in flight is read again, row by row
                     pool.shutdown(wait=True, cancel_futures=True)
                     suspects = [job for job, _, _ in in_flight]
@@ -359,8 +380,11 @@ class ReadPool:
     ) -> None:
         while len(in_flight) < self.ahead and (job := next(jobs, None)) is not None:
             slot = slots.free.popleft() if slots is not None and len(job.rows) <= slots.rows else None
-            in_flight.append((job, slot, None))  # in flight before submit, so a broken pool cannot lose it
-            in_flight[-1] = (job, slot, pool.submit(_read_in_worker, job, slot))
+            parts: list[tuple[int, Future[Packed]]] = []
+            in_flight.append((job, slot, parts))  # in flight before submit, so a broken pool cannot lose it
+            for first in range(0, len(job.rows), PART_ROWS):
+                part = ReadJob(job.rows[first : first + PART_ROWS], job.stored_hashes[first : first + PART_ROWS])
+                parts.append((first, pool.submit(_read_in_worker, part, slot, first)))
 
     def _isolate(self, job: ReadJob) -> list[ReadItem]:
         """A job whose worker died, read again row by row in one fresh worker; a row that kills it
@@ -370,7 +394,7 @@ class ReadPool:
         try:
             for row, stored in zip(job.rows, job.stored_hashes):
                 try:
-                    items += _unpack(pool.submit(_read_in_worker, ReadJob([row], [stored])).result())
+                    items += _unpack([pool.submit(_read_in_worker, ReadJob([row], [stored])).result()])
                 except BrokenProcessPool:
                     pool.shutdown(wait=True)
                     items.append(ReadItem(row, None, error=RowError(row.row, row.product.id, CRASH_REASON, CRASH_HINT)))

@@ -191,8 +191,11 @@ def test_ingest_streams_the_catalog_never_holding_it_whole(store, collection_nam
     assert report.ingested == 48 and not report.errors
 
 
-def test_worker_pixels_arrive_in_shared_memory_equal_to_the_workers_own(embedder, catalog_dir):
-    """Jobs up to the pool's row count hand their pixels over in shared slots; bigger ones are pickled."""
+@pytest.mark.parametrize("pool_rows, sizes", [(8, [8, 8, 8, 16]), (40, [40, 8])])
+def test_worker_pixels_arrive_in_shared_memory_equal_to_the_workers_own(embedder, catalog_dir, pool_rows, sizes):
+    """Jobs up to the pool's row count hand their pixels over in shared slots, in parts of 32 rows
+    read by different workers (a 40-row job is two); bigger jobs are pickled. Either way a job's
+    pixels are one block."""
     import mmap
 
     from shelfsight.ingest.catalog import read_catalog
@@ -200,16 +203,17 @@ def test_worker_pixels_arrive_in_shared_memory_equal_to_the_workers_own(embedder
 
     parsed = read_catalog(catalog_dir / "catalog.csv")
     ctx = ReadContext(parsed.base_dir, ImagePolicy(), embedder.model_id, None, embedder.pixel_spec)
-    jobs = [parsed.rows[i : i + 8] for i in range(0, 24, 8)] + [parsed.rows[24:40]]  # the last is too big for a slot
-    read = ReadPool(ctx, 2, rows=8).read(ReadJob(rows, [None] * len(rows)) for rows in jobs)
+    starts = np.cumsum([0, *sizes])
+    jobs = [parsed.rows[a:b] for a, b in zip(starts, starts[1:])]
+    read = ReadPool(ctx, 2, rows=pool_rows).read(ReadJob(rows, [None] * len(rows)) for rows in jobs)
     for rows, items in zip(jobs, read):
-        expected = read_job(ReadJob(rows, [None] * len(rows)), ctx)
-        pixels = [i.pixels for i in items if i.pixels is not None]
-        assert len(pixels) == len([e for e in expected if e.pixels is not None]) > 0
-        assert all(np.array_equal(p, e.pixels) for p, e in zip(pixels, [e for e in expected if e.pixels is not None]))
+        assert [i.row for i in items] == list(rows)
+        expected = [e.pixels for e in read_job(ReadJob(rows, [None] * len(rows)), ctx)]
+        pixels = [i.pixels for i in items]
+        assert len(pixels) == len(rows) and all(np.array_equal(p, e) for p, e in zip(pixels, expected))
         block = pixel_block(pixels)
         assert block is not None  # one block either way: one copy to the model's device
-        assert isinstance(block.base, mmap.mmap) == (len(rows) <= 8)
+        assert isinstance(block.base, mmap.mmap) == (len(rows) <= pool_rows)
 
 
 @pytest.mark.parametrize("room", [read_stage.JPEG_BYTES_PER_ROW, 3_000])
