@@ -1,4 +1,11 @@
-"""``ingest --reindex`` while ``serve`` owns the store: build the next generation, then switch.
+"""``ingest --reindex`` beside the live store: build the next one, then switch.
+
+On a Qdrant server (``reindex_by_alias``) the collection's name is an alias: the rebuild fills a
+new collection beside the live one, then the alias is moved to it in one atomic step, so every
+server process and client querying the name goes on without a failed request; the old
+collection is deleted after a short grace for requests already on it.
+
+For the embedded store while ``serve`` owns it (``reindex_beside_server``):
 
 The serving process keeps answering from the live generation while this process builds a new one
 beside it (``search/store/generations.py``): every product embedded again, the HNSW index built
@@ -38,10 +45,41 @@ from shelfsight.search.store.generations import (
     remove_generation,
     set_live,
 )
+from shelfsight.search.store.server import ServerStore
 
 # How long the server may take to open the new generation (its model included) and drain.
 SWITCH_WAIT_S = 600.0
 _POLL_S = 0.2
+# After an alias moves, requests that resolved it just before may still run on the old collection.
+ALIAS_GRACE_S = 2.0
+
+
+def reindex_by_alias(
+    store: ServerStore, collection: str, build: Callable[[str], IngestReport], grace_s: float = ALIAS_GRACE_S
+) -> tuple[IngestReport, str, str | None]:
+    """Run ``build`` (an ingest with ``reindex``) into a new collection beside ``collection``, then
+    point the alias ``collection`` at it and delete the one it named before. Returns the report,
+    the new collection and the old one (None: there was none, or it was a plain collection of that
+    name, which had to go just before the alias came). A failed build is deleted; the live one stays."""
+    new = _beside(store, collection)
+    try:
+        report = build(new)
+    except BaseException:
+        store.drop_collection(new)
+        raise
+    old = store.switch_alias(collection, new)
+    if old is not None:
+        time.sleep(grace_s)
+        store.drop_collection(old)
+    return report, new, old
+
+
+def _beside(store: ServerStore, collection: str) -> str:
+    """A free name for the next build of ``collection``: its name and the time, within 64 characters."""
+    stamp = int(time.time())
+    while store.collection_exists(name := f"{collection[:53]}.{stamp}"):
+        stamp += 1
+    return name
 
 
 @dataclass(frozen=True)

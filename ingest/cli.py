@@ -26,8 +26,13 @@ if TYPE_CHECKING:  # pandas and the pipeline load when an ingest runs, not for e
     from shelfsight.search.discovery import ServerRecord
     from shelfsight.search.settings import Settings
     from shelfsight.search.store.base import VectorStore
+    from shelfsight.search.store.server import ServerStore
 
 _SHOWN_ERRORS = 20
+REINDEX_HELP = (
+    "rebuild the collection, embedding everything again: beside the live one while serve owns the "
+    "store, and on a Qdrant server, where the collection's name then moves to the rebuild"
+)
 
 
 def _auto_int(value: str) -> int | None:
@@ -68,7 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="where JPEGs are decoded: gpu (nvJPEG, the gpu extra), cpu (Pillow in the workers), auto (gpu where it can)",
     )
     p.add_argument("--report", type=Path, help="write skipped rows here as JSONL (row, id, reason, hint)")
-    p.add_argument("--reindex", action="store_true", help="drop the collection and embed everything again")
+    p.add_argument("--reindex", action="store_true", help=REINDEX_HELP)
     p.add_argument("--prune", action="store_true", help="delete products that are not in this catalog")
     p.add_argument(
         "--fused-weight",
@@ -105,6 +110,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from shelfsight.ingest.catalog import read_catalog
     from shelfsight.search.store import open_store
+    from shelfsight.search.store.server import ServerStore
 
     if args.batch_size is not None and args.batch_size < 1:
         raise BadInputError("--batch-size must be at least 1 (or auto)")
@@ -125,24 +131,31 @@ def run(args: argparse.Namespace) -> int:
         return _finish(_reindex_beside(args, catalog, settings, record), args)
     store = open_store(settings)
     try:
-        report = _ingest_into(store, args, catalog, settings)
+        if args.reindex and isinstance(store, ServerStore):
+            report = _reindex_by_alias(store, args, catalog, settings)
+        else:
+            report = _ingest_into(store, args, catalog, settings)
     finally:
         store.close()
     return _finish(report, args)
 
 
-def _ingest_into(store: VectorStore, args: argparse.Namespace, catalog: Catalog, settings: Settings) -> IngestReport:
-    """The local ingest into ``store``, with the model and options the flags name."""
+def _ingest_into(
+    store: VectorStore, args: argparse.Namespace, catalog: Catalog, settings: Settings, collection: str | None = None
+) -> IngestReport:
+    """The local ingest into ``store`` (into ``collection``, when given, instead of the settings'
+    one), with the model and options the flags name."""
     from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
     from shelfsight.search.embedder import Embedder
 
-    _apply_options(store, options_from_args(args), settings.collection, args.reindex)
+    collection = collection or settings.collection
+    _apply_options(store, options_from_args(args), collection, args.reindex)
     model = settings.model
-    if model is None and store.collection_exists(settings.collection) and not args.reindex:
-        model = store.get_meta(settings.collection).model_source or None
+    if model is None and store.collection_exists(collection) and not args.reindex:
+        model = store.get_meta(collection).model_source or None
     embedder = Embedder(model or DEFAULT_MODEL, device=args.device, precision=args.precision)
     options = IngestOptions(
-        collection=settings.collection,
+        collection=collection,
         batch_size=args.batch_size,
         workers=args.workers,
         decode=args.decode,
@@ -176,6 +189,19 @@ def _reindex_beside(
         f"generation {switch.old} removed",
         file=sys.stderr,
     )
+    return report
+
+
+def _reindex_by_alias(
+    store: ServerStore, args: argparse.Namespace, catalog: Catalog, settings: Settings
+) -> IngestReport:
+    """``--reindex`` on a Qdrant server: a new collection beside the live one, then the alias moves."""
+    from shelfsight.ingest.bluegreen import reindex_by_alias
+
+    name = settings.collection
+    print(f"building a new collection beside {name!r}; its name moves to it when it is ready", file=sys.stderr)
+    report, new, old = reindex_by_alias(store, name, lambda c: _ingest_into(store, args, catalog, settings, c))
+    print(f"switched: {name!r} names {new!r}" + (f"; {old!r} deleted" if old else ""), file=sys.stderr)
     return report
 
 

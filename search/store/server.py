@@ -102,7 +102,32 @@ class ServerStore(QdrantStore):
 
     def collection_exists(self, name: str) -> bool:
         check_collection_name(name)
-        return self.client.collection_exists(name)
+        return self.client.collection_exists(name) or self.alias_target(name) is not None
+
+    # -- aliases: blue/green rebuilds (``ingest/bluegreen.py``) --------------------------------
+    def alias_target(self, name: str) -> str | None:
+        """The collection the alias ``name`` points at; None when ``name`` is no alias."""
+        for alias in self.client.get_aliases().aliases:
+            if alias.alias_name == name:
+                return str(alias.collection_name)
+        return None
+
+    def switch_alias(self, name: str, target: str) -> str | None:
+        """Point ``name`` at the collection ``target``, in one atomic step when ``name`` is already
+        an alias, and return the collection it named before (None: it named none). A plain
+        collection called ``name`` (made before aliases) must go first, since an alias cannot share
+        its name: between that delete and the alias, requests for ``name`` find nothing."""
+        check_collection_name(target)
+        previous = self.alias_target(name)
+        ops: list[Any] = []
+        if previous is not None:
+            ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=name)))
+        elif self.client.collection_exists(name):
+            self.client.delete_collection(name)
+        ops.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=name)))
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+        self._metas.pop(name, None)
+        return previous
 
     def create_collection(self, name: str, meta: CollectionMeta) -> None:
         if self.collection_exists(name):
@@ -117,8 +142,15 @@ class ServerStore(QdrantStore):
         self._metas[name] = meta
 
     def drop_collection(self, name: str) -> None:
+        """Drop ``name``; for an alias, the alias and the collection it points at."""
         self._metas.pop(name, None)
-        if self.collection_exists(name):
+        target = self.alias_target(name)
+        if target is not None:
+            delete = qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=name))
+            self.client.update_collection_aliases(change_aliases_operations=[delete])
+            self._metas.pop(target, None)
+            self.client.delete_collection(target)
+        elif self.client.collection_exists(name):
             self.client.delete_collection(name)
 
     def get_meta(self, name: str) -> CollectionMeta:
