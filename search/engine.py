@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -53,6 +54,9 @@ ImageInput = Image.Image | bytes | str | Path
 MIN_CANDIDATES = 100
 # Query texts and images whose vectors are kept (a vector is a few KB).
 QUERY_CACHE_SIZE = 512
+# How often an engine over a store other processes may rebuild (a Qdrant server) reads the
+# collection's metadata again: vocabulary, relevance floor, and the model, which must still match.
+META_REFRESH_S = 30.0
 # Largest page and deepest offset a request may ask for: each ranked list fetches 2 * (offset +
 # limit) candidates with their vectors, so these bound one query's store work and memory.
 MAX_LIMIT = 1000
@@ -167,13 +171,8 @@ class SearchEngine:
         self.embedder = embedder
         self.collection = collection
         self.settings = settings or Settings(collection=collection)
-        self.meta: CollectionMeta = store.get_meta(collection)
-        if self.meta.model != embedder.model_id:
-            raise IncompatibleCollectionError(
-                f"collection {collection!r} was built with model {self.meta.model!r} but the engine "
-                f"got {embedder.model_id!r}; search with the collection's model (omit --model), or "
-                "rebuild the collection with `shelfsight ingest CATALOG --reindex --model NEW`"
-            )
+        self._meta = self._checked(store.get_meta(collection))
+        self._meta_read = time.monotonic()
         self.image_policy = ImagePolicy()
         # Query parts that name local files are read only when this is True (the HTTP API sets it False).
         self.allow_local_paths = True
@@ -181,6 +180,25 @@ class SearchEngine:
         # What embeds query texts: the embedder here; serve gives it shared passes of an int8
         # text tower (batching.py). Product texts are always the embedder's.
         self.encode_query_texts: Callable[[list[str]], np.ndarray] = embedder.encode_texts
+
+    @property
+    def meta(self) -> CollectionMeta:
+        """The collection's metadata. On a Qdrant server other processes can rebuild the collection
+        (``ingest --reindex`` moves its alias), so it is read again every ``META_REFRESH_S``."""
+        if self.store.shared_meta and time.monotonic() - self._meta_read > META_REFRESH_S:
+            self._meta_read = time.monotonic()
+            self._meta = self._checked(self.store.reread_meta(self.collection))
+        return self._meta
+
+    def _checked(self, meta: CollectionMeta) -> CollectionMeta:
+        if meta.model != self.embedder.model_id:
+            raise IncompatibleCollectionError(
+                f"collection {self.collection!r} was built with model {meta.model!r} but the engine "
+                f"got {self.embedder.model_id!r}; search with the collection's model (omit --model; "
+                "restart `shelfsight serve` after a rebuild with another model), or rebuild the "
+                "collection with `shelfsight ingest CATALOG --reindex --model NEW`"
+            )
+        return meta
 
     @classmethod
     def open(cls, db_or_settings: str | Path | Settings, model: str | None = None) -> SearchEngine:

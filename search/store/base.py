@@ -245,8 +245,17 @@ class VectorStore(Protocol):
 
     def drop_collection(self, name: str) -> None: ...
 
+    @property
+    def shared_meta(self) -> bool:
+        """Whether other processes may change a collection's metadata (a server's clients rebuilding it)."""
+        ...
+
     def get_meta(self, name: str) -> CollectionMeta:
         """Raises CollectionNotFoundError when the collection does not exist."""
+        ...
+
+    def reread_meta(self, name: str) -> CollectionMeta:
+        """The metadata as stored now, not as this store last read it."""
         ...
 
     def set_meta(self, name: str, meta: CollectionMeta) -> None:

@@ -96,9 +96,18 @@ class QdrantStore(ABC):
         """``meta`` with this store's default options when it carries none of its own."""
         return meta if meta.options != CollectionOptions() else replace(meta, options=self.default_options)
 
+    # Whether other processes may change a collection's metadata: engines then read it again now
+    # and then (``SearchEngine.meta``). One process owns an embedded store; a server has many clients.
+    shared_meta: ClassVar[bool] = False
+    _metas: dict[str, CollectionMeta]
+
     @abstractmethod
     def get_meta(self, name: str) -> CollectionMeta:
         """Raises CollectionNotFoundError when the collection does not exist."""
+
+    def reread_meta(self, name: str) -> CollectionMeta:
+        self._metas.pop(name, None)
+        return self.get_meta(name)
 
     @abstractmethod
     def _write_points(self, name: str, points: list[Any]) -> None:

@@ -83,6 +83,8 @@ class ServerStore(QdrantStore):
         },
     )
 
+    shared_meta = True
+
     def __init__(self, client: QdrantClient):
         self.client = client
         self._metas: dict[str, CollectionMeta] = {}

@@ -122,3 +122,42 @@ def test_ingest_reindex_against_a_server_moves_the_alias(monkeypatch, tmp_path, 
         assert sorted(c.name for c in store.client.get_collections().collections) == [store.alias_target("shop")]
     finally:
         store.close()
+
+
+def test_a_serving_engine_follows_the_rebuild_and_refuses_another_models(
+    server, embedder, catalog_dir, tmp_path, monkeypatch
+):
+    """An engine over a server re-reads the collection's metadata (every 30 s; at once here), so a
+    rebuild's vocabulary reaches it, and a rebuild with another model is refused, not searched in
+    the wrong space."""
+    from dataclasses import replace
+
+    import shelfsight.search.engine as engine_module
+    from shelfsight.search.engine import SearchEngine
+    from shelfsight.search.errors import IncompatibleCollectionError
+
+    store, made = server
+    name = f"t{uuid.uuid4().hex[:10]}"
+    made.append(name)
+    catalog = read_catalog(catalog_dir / "catalog.csv")
+    ingest_catalog(catalog, store, embedder, IngestOptions(collection=name))
+    engine = SearchEngine(store, embedder, name)
+    engine.search("anything", limit=1)  # answers (a made-up query may find nothing)
+    monkeypatch.setattr(engine_module, "META_REFRESH_S", 0.0)
+
+    def rebuild(vocabulary=None, model=None):
+        def build(collection):
+            report = ingest_catalog(catalog, store, embedder, IngestOptions(collection=collection, reindex=True))
+            meta = store.get_meta(collection)
+            store.set_meta(
+                collection, replace(meta, vocabulary=vocabulary or meta.vocabulary, model=model or meta.model)
+            )
+            return report
+
+        reindex_by_alias(store, name, build, grace_s=0)
+
+    rebuild(vocabulary={"zebrawood": 3})
+    assert engine.meta.vocabulary == {"zebrawood": 3}
+    rebuild(model="another-model@1")
+    with pytest.raises(IncompatibleCollectionError, match="another-model"):
+        engine.search("anything", limit=1)
