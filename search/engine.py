@@ -190,6 +190,11 @@ class SearchEngine:
             self._meta = self._checked(self.store.reread_meta(self.collection))
         return self._meta
 
+    @meta.setter
+    def meta(self, meta: CollectionMeta) -> None:
+        self._meta = self._checked(meta)
+        self._meta_read = time.monotonic()
+
     def _checked(self, meta: CollectionMeta) -> CollectionMeta:
         if meta.model != self.embedder.model_id:
             raise IncompatibleCollectionError(

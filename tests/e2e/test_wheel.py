@@ -134,7 +134,9 @@ def test_ingest_search_serve_round_trip_from_outside_the_checkout(wheel_venv, tm
     assert len(hits) == 3
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with _serving([shelfsight, "serve", "--db", str(db), "--port", str(port)], tmp_path, base + "/health"):
+    # fp32 query texts, as the CLI embeds them: serve's int8 tower may swap near-tied hits.
+    serve = [shelfsight, "serve", "--db", str(db), "--port", str(port), "--fp32-queries"]
+    with _serving(serve, tmp_path, base + "/health"):
         with urllib.request.urlopen(base + "/search?q=red+bag&limit=3", timeout=60) as response:
             served = json.load(response)
     assert [h["id"] for h in served["hits"]] == [h["id"] for h in hits]

@@ -106,12 +106,12 @@ def test_a_failed_rebuild_is_deleted_and_the_live_collection_stays(server):
 
 def test_ingest_reindex_against_a_server_moves_the_alias(monkeypatch, tmp_path, tiny_model_dir, catalog_dir, capsys):
     """`shelfsight ingest --reindex` with QDRANT_URL takes the alias path (a local-mode store here)."""
-    import shelfsight.search.store as stores
-
     from shelfsight.cli import main
 
     path = str(tmp_path / "qdrant-local")
-    monkeypatch.setattr(stores, "open_store", lambda settings: local_store(path))
+    # The server is local mode; the CLI reaches it the way it reaches any server, through QDRANT_URL.
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant.invalid:6333")
+    monkeypatch.setattr(ServerStore, "connect", classmethod(lambda cls, url, api_key=None: local_store(path)))
     args = ["ingest", str(catalog_dir / "catalog.csv"), "--model", str(tiny_model_dir), "--collection", "shop"]
     assert main(args) == 0
     assert main([*args, "--reindex"]) == 0
