@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 from shelfsight.search.errors import ShelfsightError
 from shelfsight.search.parent_death import die_with_parent
-from shelfsight.search.store.base import PointRecord, StoredPoint
+from shelfsight.search.store.base import PointRecord, StoredPoint, WithVectors
 from shelfsight.search.store.edge import EdgeStore
 
 START_TIMEOUT_S = 120.0
@@ -42,7 +42,7 @@ class WriteProcessError(ShelfsightError):
 class PointStore(Protocol):
     """What the ingest loop asks of a store: a ``VectorStore`` or a ``WriteProcess``."""
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[StoredPoint]: ...
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None: ...
 
@@ -76,7 +76,7 @@ class WriteProcess:
             self._stop()
             raise
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[StoredPoint]:
         return self._call("retrieve", name, list(ids), with_vectors)  # type: ignore[no-any-return]
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None:

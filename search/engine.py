@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from shelfsight.search.store.base import (
     CollectionMeta,
     Diversity,
     Filter,
+    HasId,
     Match,
     NearestQuery,
     Phrase,
@@ -474,21 +476,38 @@ class SearchEngine:
             self.collection,
             queries,
             plan.condition,
-            with_vectors=plan.method == "weighted" and len(plan.lists) > 1,  # exact cosines of every candidate
             fusion=plan.engine_fusion if plan.reranked else None,
             limit=plan.want,
             boosts=plan.boosts,
             diversity=plan.diversity,
             with_payload=False,
         )
-        hits = _explained_hits(plan, results, fused, exclude, self._page_points)
+        reads = _Reads(self._page_points, partial(self._missing_scores, plan))
+        hits = _explained_hits(plan, results, fused, exclude, reads)
         return hits, plan.evidence(results)
 
-    def _page_points(self, ids: list[str], with_vectors: bool) -> dict[str, StoredPoint]:
-        """The page's points with payloads (and vectors when asked), in one retrieve."""
+    def _page_points(self, ids: list[str]) -> dict[str, StoredPoint]:
+        """The page's points with payloads, in one retrieve."""
         if not ids:
             return {}
-        return {p.id: p for p in self.store.retrieve(self.collection, ids, with_vectors=with_vectors)}
+        return {p.id: p for p in self.store.retrieve(self.collection, ids)}
+
+    def _missing_scores(self, plan: _Plan, wanted: Mapping[int, Sequence[str]]) -> dict[tuple[int, str], float]:
+        """The exact cosines, keyed (list index, id), of products in dense lists that did not reach
+        them: one exact store query per list over just those ids, all in one round trip, so no
+        vectors travel. A product outside a list's own filter, or without that vector, is absent
+        (it scores 0 there)."""
+        asks = [(i, tuple(ids)) for i, ids in wanted.items() if ids and plan.lists[i].dense]
+        if not asks:
+            return {}
+        queries = [
+            NearestQuery(
+                plan.lists[i].vector, plan.lists[i].using, len(ids), None, plan.lists[i].filter + (HasId(ids),)
+            )
+            for i, ids in asks
+        ]
+        results, _ = self.store.query(self.collection, queries, exact=True, with_payload=False)
+        return {(i, p.id): p.score for (i, _), found in zip(asks, results) for p in found}
 
     def _plan(
         self,
@@ -597,27 +616,34 @@ def _names(vectors: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def _fused_order(
-    plan: _Plan, ranked: list[list[tuple[str, float]]], fused: list[StoredPoint] | None, by_id: dict[str, StoredPoint]
-) -> tuple[list[tuple[str, float]], dict[str, list[float]]]:
-    """The fused ranking and each id's per-list contributions, for the plan's fusion method."""
+    plan: _Plan,
+    ranked: list[list[tuple[str, float]]],
+    fused: list[StoredPoint] | None,
+    missing: Callable[[Mapping[int, Sequence[str]]], dict[tuple[int, str], float]],
+) -> tuple[list[tuple[str, float]], dict[str, list[float]], dict[tuple[int, str], float]]:
+    """The fused ranking, each id's per-list contributions, and the exact scores read for
+    candidates some dense list missed (weighted fusion needs every candidate's)."""
     if plan.method != "weighted" or len(plan.lists) == 1:
         contributions = _list_contributions(plan, ranked)
         if plan.reranked:  # the store's last stage ordered the page; the lists explain each hit
-            return [(p.id, sum(contributions.get(p.id, [0.0]))) for p in fused or []], contributions
+            return [(p.id, sum(contributions.get(p.id, [0.0]))) for p in fused or []], contributions, {}
         if len(plan.lists) == 1:
-            return list(ranked[0]), contributions
-        return fusion.rank_fused(contributions), contributions
-    # weighted: exact cosines for every candidate in every dense list; BM25 scores over the list's best
+            return list(ranked[0]), contributions, {}
+        return fusion.rank_fused(contributions), contributions, {}
+    # weighted: the cosine of every candidate in every dense list; BM25 scores over the list's best
     top = [max((score for _, score in r), default=0.0) or 1.0 for r in ranked]
     found = [dict(r) for r in ranked]
+    candidates = list(dict.fromkeys(pid for r in ranked for pid, _ in r))
+    extra = missing({i: [pid for pid in candidates if pid not in found[i]] for i in range(len(ranked))})
     exact = {
         pid: [
-            _exact_score(lst, p) if lst.dense else found[i].get(pid, 0.0) / top[i] for i, lst in enumerate(plan.lists)
+            found[i].get(pid, extra.get((i, pid), 0.0)) if lst.dense else found[i].get(pid, 0.0) / top[i]
+            for i, lst in enumerate(plan.lists)
         ]
-        for pid, p in by_id.items()
+        for pid in candidates
     }
     contributions = fusion.fuse_weighted(exact, [lst.weight for lst in plan.lists])
-    return fusion.rank_fused(contributions), contributions
+    return fusion.rank_fused(contributions), contributions, extra
 
 
 def _list_contributions(plan: _Plan, ranked: list[list[tuple[str, float]]]) -> dict[str, list[float]]:
@@ -642,35 +668,35 @@ def _boosted(hit: Hit, plan: _Plan) -> Hit:
     )
 
 
+@dataclass(frozen=True)
+class _Reads:
+    """What explaining a page reads from the store: payloads, and missed lists' exact scores."""
+
+    page_points: Callable[[list[str]], dict[str, StoredPoint]]
+    missing_scores: Callable[[Mapping[int, Sequence[str]]], dict[tuple[int, str], float]]
+
+
 def _explained_hits(
-    plan: _Plan,
-    results: list[list[StoredPoint]],
-    fused: list[StoredPoint] | None,
-    exclude: str | None,
-    page_points: Callable[[list[str], bool], dict[str, StoredPoint]],
+    plan: _Plan, results: list[list[StoredPoint]], fused: list[StoredPoint] | None, exclude: str | None, reads: _Reads
 ) -> list[Hit]:
     """The page's hits in fused order, each with every list's score and rank and its share of the
-    score. Payloads are read for the page only, and vectors only where some list missed a hit."""
-    by_id: dict[str, StoredPoint] = {}
-    for point in (p for result in [fused or [], *results] for p in result):  # the final list has payloads
-        by_id.setdefault(point.id, point)
+    score. Payloads are read for the page only, and so are the cosines of lists a hit missed."""
     ranked = [[(p.id, p.score) for p in result] for result in results]
-    order, contributions = _fused_order(plan, ranked, fused, by_id)
+    order, contributions, extra = _fused_order(plan, ranked, fused, reads.missing_scores)
     page = [(pid, score) for pid, score in order if pid != exclude][plan.offset : plan.offset + plan.limit]
     ranks = [{pid: rank for rank, (pid, _) in enumerate(lst, start=1)} for lst in ranked]
     scores = [dict(lst) for lst in ranked]
-    missed = {
-        pid
-        for pid, _ in page
-        if not by_id[pid].vectors and any(lst.dense and pid not in scores[i] for i, lst in enumerate(plan.lists))
-    }
-    unread = [pid for pid, _ in page if pid in missed or not by_id[pid].payload]
-    by_id.update(page_points(unread, bool(missed)))
+    missed = {i: [pid for pid, _ in page if pid not in scores[i] and (i, pid) not in extra] for i in range(len(ranked))}
+    extra.update(reads.missing_scores(missed))
+    points = {p.id: p for p in fused or [] if p.payload}
+    points.update(reads.page_points([pid for pid, _ in page if pid not in points]))
     hits = []
     for pid, score in page:
-        point = by_id[pid]
+        point = points.get(pid)
+        if point is None:  # deleted since the lists were read
+            continue
         explanation = {
-            lst.label: VectorScore(float(scores[i].get(pid, _exact_score(lst, point))), ranks[i].get(pid))
+            lst.label: VectorScore(float(scores[i].get(pid, extra.get((i, pid), 0.0))), ranks[i].get(pid))
             for i, lst in enumerate(plan.lists)
         }
         shares = contributions.get(pid, [0.0] * len(plan.lists))
@@ -683,22 +709,6 @@ def _explained_hits(
         )
         hits.append(_boosted(hit, plan) if plan.boosts else hit)
     return hits
-
-
-def _exact_score(lst: _List, point: StoredPoint) -> float:
-    """A candidate's cosine in a list it may not have reached; 0 in a list of products with a
-    field value it lacks."""
-    if lst.filter and not satisfies(point.payload, lst.filter):
-        return 0.0
-    return _cosine(point.vectors.get(lst.using), lst.vector)
-
-
-def _cosine(stored: np.ndarray | None, query: np.ndarray | Sparse) -> float:
-    """Cosine of unit vectors; a product without that vector (text-only) scores 0, and so does
-    one that shares no word with the query (a BM25 list it is not in)."""
-    if stored is None or len(stored) == 0 or isinstance(query, Sparse):
-        return 0.0
-    return float(np.dot(stored, query))
 
 
 def _public_payload(payload: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shelfsight.search.records import point_id
-from shelfsight.search.store.base import CollectionMeta, Filter, Match, Phrase, Range, StoredPoint, VectorStore
+from shelfsight.search.store.base import CollectionMeta, Filter, Match, Range, StoredPoint, VectorStore
 
 # Keyword fields whose value names one product, as shops call them.
 SKU_FIELDS = ("sku", "gtin", "ean", "upc", "mpn", "isbn", "article_number", "item_number", "model_number")
@@ -42,8 +42,8 @@ def exact_product(
 
 
 def satisfies(payload: Mapping[str, Any], condition: Filter) -> bool:
-    """Whether a payload passes every condition (phrases are checked by the store, not here)."""
-    return all(_holds(payload, c) for c in condition if not isinstance(c, Phrase))
+    """Whether a payload passes every condition (phrases and ids are checked by the store, not here)."""
+    return all(_holds(payload, c) for c in condition if isinstance(c, Match | Range))
 
 
 def _holds(payload: Mapping[str, Any], c: Match | Range) -> bool:

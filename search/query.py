@@ -141,7 +141,7 @@ def parse_filters(filters: Filters, meta: CollectionMeta) -> Filter:
         items = [{k: v} for k, v in filters.items()]
     else:
         items = list(filters)
-    out: list[Condition] = []
+    out: list[Match | Range | Phrase] = []
     for item in items:
         if isinstance(item, Match | Range):
             out.append(item)
@@ -154,7 +154,7 @@ def parse_filters(filters: Filters, meta: CollectionMeta) -> Filter:
     return tuple(_check(c, meta) for c in out)
 
 
-def _parse_expression(expr: str) -> Condition:
+def _parse_expression(expr: str) -> Match | Range:
     m = _FILTER.match(expr)
     if not m or not m.group(3):
         raise BadInputError(
@@ -169,7 +169,7 @@ def _parse_expression(expr: str) -> Condition:
     return Range(key, **{bound: number})
 
 
-def _from_mapping(key: str, value: Any) -> Condition:
+def _from_mapping(key: str, value: Any) -> Match | Range:
     if isinstance(value, Mapping):
         unknown = set(value) - {"gt", "gte", "lt", "lte"}
         if unknown:
@@ -190,7 +190,7 @@ def _number(key: str, value: Any) -> float:
     return number
 
 
-def _check(c: Condition, meta: CollectionMeta) -> Condition:
+def _check(c: Match | Range | Phrase, meta: CollectionMeta) -> Condition:
     if isinstance(c, Phrase):
         unknown = [f for f in c.fields if f not in meta.text_fields]
         if unknown or not c.fields:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from shelfsight.search.embedder import Embedder, normalize_rows
+from shelfsight.search.text_tower import LeanTextTower
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,8 @@ def int8_supported() -> str | None:
 class Int8TextEncoder:
     """Query texts through an int8 copy of the text tower; the fp32 model is left as it was."""
 
-    def __init__(self, text_model: Any, projection: Any, tokenizer: Any, max_tokens: int):
-        self.text_model = text_model
-        self.projection = projection
+    def __init__(self, tower: Any, tokenizer: Any, max_tokens: int):
+        self.tower = tower
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
 
@@ -85,16 +85,14 @@ class Int8TextEncoder:
     def build(cls, embedder: Embedder, probes: Sequence[str] = PROBES) -> tuple[Int8TextEncoder | None, float]:
         """The int8 encoder and the least probe cosine to fp32; (None, cosine) when it falls short
         of ``MIN_COSINE``, (None, nan) when the model is not on the CPU or int8 cannot run."""
-        import torch
 
         if str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
         clip = _clip_model(embedder)
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensor types as deprecated
             warnings.simplefilter("ignore", UserWarning)
-            text_model = _quantized(copy.deepcopy(clip.text_model))
-            projection = _quantized(torch.nn.Sequential(copy.deepcopy(clip.text_projection)))
-        encoder = cls(text_model.eval(), projection.eval(), embedder.model.tokenizer, embedder.max_tokens)
+            tower = _quantized(LeanTextTower(copy.deepcopy(clip.text_model), copy.deepcopy(clip.text_projection)))
+        encoder = cls(tower.eval(), embedder.model.tokenizer, embedder.max_tokens)
         fast, exact = encoder.encode_texts(list(probes)), embedder.encode_texts(list(probes))
         cosine = float(np.min(np.sum(fast * exact, axis=1)))
         if cosine < MIN_COSINE:
@@ -113,6 +111,5 @@ class Int8TextEncoder:
             tokens = self.tokenizer(
                 texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
             )
-            pooled = self.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-            vectors = self.projection(pooled.pooler_output).float().numpy()
+            vectors = self.tower(tokens["input_ids"]).float().numpy()
         return normalize_rows(vectors)

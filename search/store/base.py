@@ -55,8 +55,16 @@ class Phrase:
     fields: tuple[str, ...]
 
 
-Condition = Match | Range | Phrase
+@dataclass(frozen=True)
+class HasId:
+    """The point is one of ``ids`` (the engine's own lists: the cosines of a page's products)."""
+
+    ids: tuple[str, ...]
+
+
+Condition = Match | Range | Phrase | HasId
 Filter = tuple[Condition, ...]  # all conditions must hold
+WithVectors = bool | Sequence[str]  # every vector, none, or the named dense ones
 
 
 BOOST_KINDS = ("match", "near", "more", "recent")
@@ -272,7 +280,10 @@ class VectorStore(Protocol):
         """
         ...
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[StoredPoint]:
+        """The points with payloads; ``with_vectors`` True reads every vector, a list of names
+        only those dense vectors (far cheaper than all of them with the BM25 words)."""
+        ...
 
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
 
@@ -287,7 +298,6 @@ class VectorStore(Protocol):
         name: str,
         lists: Sequence[NearestQuery],
         filter: Filter = (),
-        with_vectors: bool = False,
         fusion: tuple[str, Sequence[float]] | None = None,
         limit: int = 10,
         offset: int = 0,

@@ -34,6 +34,7 @@ from shelfsight.search.store.base import (
     CollectionOptions,
     Diversity,
     Filter,
+    HasId,
     Match,
     NearestQuery,
     Phrase,
@@ -41,6 +42,7 @@ from shelfsight.search.store.base import (
     Range,
     Sparse,
     StoredPoint,
+    WithVectors,
 )
 from shelfsight.search.store.options import EXACT_FILTER_MAX_POINTS
 from shelfsight.search.store.validate import check_vectors
@@ -64,11 +66,12 @@ class Dialect:
     dbsf: Callable[[], Any]
     sparse: Callable[[list[int], list[float]], Any]  # (indices, values)
     match_phrase: Callable[[str], Any]
+    has_id: Callable[[list[str]], Any]  # the point is one of these ids
     formula: Callable[[list[Boost]], Any]  # score * (1 + sum of weighted signals)
     mmr: Callable[[list[float], str, float, int], dict[str, Any]]  # (vector, using, diversity, candidates)
 
 
-def to_stored(point: Any, with_vectors: bool) -> StoredPoint:
+def to_stored(point: Any, with_vectors: WithVectors) -> StoredPoint:
     """A client's record or scored point as ours; ids become strings (qdrant-edge returns UUIDs)."""
     vectors = {}
     if with_vectors and isinstance(point.vector, dict):  # dense vectors only: sparse ones are words
@@ -148,6 +151,8 @@ class QdrantStore(ABC):
             elif isinstance(c, Range):
                 rng = d.range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte)
                 must.append(d.field_condition(key=c.field, range=rng))
+            elif isinstance(c, HasId):
+                must.append(d.has_id(list(c.ids)))
             elif isinstance(c, Phrase):  # in any of the fields: a nested filter of alternatives
                 either = [d.field_condition(key=f, match=d.match_phrase(c.phrase)) for f in c.fields]
                 must.append(d.filter(should=either))
@@ -198,7 +203,6 @@ class QdrantStore(ABC):
         name: str,
         lists: Sequence[NearestQuery],
         filter: Filter = (),
-        with_vectors: bool = False,
         fusion: tuple[str, Sequence[float]] | None = None,
         limit: int = 10,
         offset: int = 0,
@@ -213,9 +217,8 @@ class QdrantStore(ABC):
         leaves payloads off the nearest lists (the final list always has them)."""
         meta = self.get_meta(name)
         nearest = self._nearest(name, lists, filter, meta, exact)
-        shown = {"with_vector": list(meta.vectors) if with_vectors else False}
         d = self.dialect
-        requests = [d.request(**n, **shown, with_payload=with_payload) for n in nearest]
+        requests = [d.request(**n, with_vector=False, with_payload=with_payload) for n in nearest]
         page = {"limit": limit, "offset": offset or None, "filter": self._filter(filter)}
         final = None
         if fusion is not None:
@@ -227,8 +230,16 @@ class QdrantStore(ABC):
             inner = d.prefetch(**final, limit=depth) if final else d.prefetch(**nearest[0])
             final = {d.prefetches: [inner], **self._last_stage(boosts, diversity)}
         if final is not None:
-            requests.append(d.request(**final, **page, **shown, with_payload=True))
-        results = [[to_stored(p, with_vectors) for p in r] for r in self._query_batch(name, requests)]
+            requests.append(d.request(**final, **page, with_vector=False, with_payload=True))
+        lean = not with_payload  # ids and scores only: the common case, kept cheap
+        batch = self._query_batch(name, requests)
+        results = [
+            [
+                StoredPoint(str(p.id), {}, float(p.score)) if lean and i < len(nearest) else to_stored(p, False)
+                for p in r
+            ]
+            for i, r in enumerate(batch)
+        ]
         if final is not None:
             return results[:-1], results[-1]
         return results, None

@@ -14,7 +14,7 @@ from typing import Any
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
+from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint, WithVectors
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.options import (
     EXACT_FILTER_MAX_POINTS,
@@ -76,6 +76,7 @@ class ServerStore(QdrantStore):
         dbsf=lambda: qm.FusionQuery(fusion=qm.Fusion.DBSF),
         sparse=lambda indices, values: qm.SparseVector(indices=indices, values=values),
         match_phrase=lambda phrase: qm.MatchPhrase(phrase=phrase),
+        has_id=lambda ids: qm.HasIdCondition(has_id=ids),
         formula=lambda boosts: _formula(boosts),
         mmr=lambda vector, using, diversity, candidates: {
             "query": qm.NearestQuery(nearest=vector, mmr=qm.Mmr(diversity=diversity, candidates_limit=candidates)),
@@ -188,11 +189,12 @@ class ServerStore(QdrantStore):
             else:
                 self.client.set_payload(name, payload=payload, points=[point], wait=True)
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[StoredPoint]:
         if not ids:
             return []
         self.get_meta(name)
-        records = self.client.retrieve(name, list(ids), with_payload=True, with_vectors=with_vectors)
+        shown = list(with_vectors) if not isinstance(with_vectors, bool) else with_vectors
+        records = self.client.retrieve(name, list(ids), with_payload=True, with_vectors=shown)
         return [to_stored(r, with_vectors) for r in records]
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
@@ -219,7 +221,7 @@ class ServerStore(QdrantStore):
         return None if self.searches_exactly else search_params(qm, bool(filter), options)
 
     def _exact_params(self) -> Any:
-        return exact_params(qm)
+        return None if self.searches_exactly else exact_params(qm)
 
     def _query_batch(self, name: str, requests: list[Any]) -> list[list[Any]]:
         return [r.points for r in self.client.query_batch_points(name, requests)]

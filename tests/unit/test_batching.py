@@ -182,6 +182,27 @@ def test_serve_engines_share_passes_of_an_int8_tower_that_keeps_fp32_vectors(emb
     assert not np.allclose(got, direct, atol=1e-6)  # the int8 tower answered, not fp32
 
 
+def test_lean_text_tower_gives_the_models_own_text_features_for_padded_batches(embedder):
+    """The plain-torch tower (fp32 here) against CLIPModel.get_text_features: texts of different
+    lengths in one padded batch, and one text alone, give the same vectors."""
+    import torch
+    from shelfsight.search.text_int8 import _clip_model
+    from shelfsight.search.text_tower import LeanTextTower
+
+    clip = _clip_model(embedder)
+    tower = LeanTextTower.from_clip(clip).eval()
+    texts = ["red bag", "a much longer description of a blue canvas sneaker with white laces", "mug"]
+    tokens = embedder.model.tokenizer(texts, padding=True, return_tensors="pt")
+    assert len(set(tokens["attention_mask"].sum(dim=1).tolist())) == 3  # three lengths, so padding
+    with torch.inference_mode():
+        expected = clip.get_text_features(**tokens)
+        expected = getattr(expected, "pooler_output", expected)
+        got = tower(tokens["input_ids"])
+        alone = tower(embedder.model.tokenizer(texts[:1], return_tensors="pt")["input_ids"])
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert torch.allclose(alone[0], expected[0], atol=1e-4)
+
+
 def test_int8_falls_back_to_fp32_when_the_probes_move_too_far(embedder, monkeypatch):
     monkeypatch.setattr("shelfsight.search.text_int8.MIN_COSINE", 1.01)
     engine = SimpleNamespace(embedder=embedder, encode_query_texts=embedder.encode_texts)
