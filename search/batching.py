@@ -27,19 +27,25 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from shelfsight.search.text_int8 import Int8TextEncoder
+from shelfsight.search.text_process import TextProcess, TextProcessError, WithFallback
 
 if TYPE_CHECKING:
+    from shelfsight.search.embedder import Embedder
     from shelfsight.search.engine import SearchEngine
+
+log = logging.getLogger(__name__)
 
 # Most texts in one pass. sentence-transformers runs at most the embedder's batch_size (32) texts
 # per forward anyway; 16 concurrent clients with a few query parts each fit in one or two passes.
@@ -150,16 +156,36 @@ def limit_torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-def batch_query_texts(engine: SearchEngine, int8: bool = True) -> str:
+def batch_query_texts(engine: SearchEngine, int8: bool = True, process: bool = False) -> str:
     """Make ``engine`` embed query texts in shared passes, through an int8 copy of the text tower
-    where it keeps fp32's vectors (``text_int8``); returns which tower, for the log. Serve only:
-    the CLI, the storefront and the Python API embed each query directly, and product texts (the
-    write routes) always take the embedder's fp32 tower. Image queries are not batched: the image
-    tower gains little from batches on CPU (1.11x at 32, shared/NOTES.md)."""
-    fast, cosine = Int8TextEncoder.build(engine.embedder) if int8 else (None, float("nan"))
-    encode = fast.encode_texts if fast is not None else engine.embedder.encode_texts
+    where it keeps fp32's vectors (``text_int8``); with ``process``, in a child process of its own
+    (``text_process``; a CPU model on a machine of two cores or more). Returns which tower, for the
+    log. Serve only: the CLI, the storefront and the Python API embed each query directly, and
+    product texts (the write routes) always take the embedder's fp32 tower. Image queries are not
+    batched: the image tower gains little from batches on CPU (1.11x at 32, shared/NOTES.md)."""
+    encode, description = _query_encoder(engine, int8, process)
     engine.encode_query_texts = TextBatcher(encode).encode_texts
+    return description
+
+
+def in_process_encoder(embedder: Embedder, int8: bool) -> tuple[Callable[[list[str]], np.ndarray], str]:
+    """The int8 text tower where it holds fp32's vectors (else fp32), and which one it is."""
+    fast, cosine = Int8TextEncoder.build(embedder) if int8 else (None, float("nan"))
     if fast is not None:
-        return f"int8 text tower for queries (least probe cosine to fp32 {cosine:.4f})"
+        return fast.encode_texts, f"int8 text tower for queries (least probe cosine to fp32 {cosine:.4f})"
     checked = "" if math.isnan(cosine) else f" (int8 probe cosine {cosine:.4f} too low)"
-    return "fp32 text tower for queries" + checked
+    return embedder.encode_texts, "fp32 text tower for queries" + checked
+
+
+def _query_encoder(engine: SearchEngine, int8: bool, process: bool) -> tuple[Callable[[list[str]], np.ndarray], str]:
+    embedder = engine.embedder
+    if not process or str(embedder.model.device) != "cpu" or (os.cpu_count() or 1) < 2:
+        return in_process_encoder(embedder, int8)
+    location = Path(embedder.model_path)
+    try:
+        texts = TextProcess(str(location.resolve()) if location.is_dir() else embedder.model_path, int8)
+    except TextProcessError as exc:
+        log.warning("%s; query texts are embedded in the serving process", exc)
+        return in_process_encoder(embedder, int8)
+    engine.on_close(texts.close)
+    return WithFallback(texts, lambda: in_process_encoder(embedder, int8)[0]), texts.description

@@ -141,6 +141,12 @@ def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_false",
         help="embed query texts with the fp32 text tower (default: an int8 copy where it keeps cosine >= 0.995)",
     )
+    s.add_argument(
+        "--no-text-process",
+        dest="text_process",
+        action="store_false",
+        help="embed query texts in the serving process (default: a child process beside it, on CPU with 2+ cores)",
+    )
     s.set_defaults(func=_serve)
 
 
@@ -246,7 +252,12 @@ def _serve(args: argparse.Namespace) -> int:
     # one turns it into an exit that runs the clean-up below (the default would end the process).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        serve(settings, args.host, args.port, ServeOptions.from_env(args.allow_local_paths, args.int8_queries))
+        serve(
+            settings,
+            args.host,
+            args.port,
+            ServeOptions.from_env(args.allow_local_paths, args.int8_queries, args.text_process),
+        )
     finally:
         if db:
             remove_record(db, os.getpid())

@@ -182,6 +182,7 @@ class SearchEngine:
         # What embeds query texts: the embedder here; serve gives it shared passes of an int8
         # text tower (batching.py). Product texts are always the embedder's.
         self.encode_query_texts: Callable[[list[str]], np.ndarray] = embedder.encode_texts
+        self._closers: list[Callable[[], None]] = []  # what close() also stops (serve's text process)
 
     @property
     def meta(self) -> CollectionMeta:
@@ -220,8 +221,17 @@ class SearchEngine:
             store.close()
             raise
 
+    def on_close(self, close: Callable[[], None]) -> None:
+        """Run ``close`` when the engine closes (before its store)."""
+        self._closers.append(close)
+
     def close(self) -> None:
-        self.store.close()
+        closers, self._closers = self._closers, []
+        try:
+            for close in closers:
+                close()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> SearchEngine:
         return self

@@ -137,7 +137,7 @@ class _EngineHolder:
     def _harden(self, engine: SearchEngine) -> SearchEngine:
         engine.allow_local_paths = self.options.allow_local_paths
         engine.image_policy = QUERY_POLICY
-        tower = batch_query_texts(engine, self.options.int8_queries)  # concurrent requests share passes
+        tower = batch_query_texts(engine, self.options.int8_queries, self.options.text_process)  # shared passes
         log.info("serving %s: %s", engine.collection, tower)
         return engine
 

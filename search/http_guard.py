@@ -58,7 +58,8 @@ class ServeOptions:
     ``admin_key`` (env ``SHELFSIGHT_ADMIN_KEY``) guards writes and also opens reads.
     ``cors_origins`` (env ``SHELFSIGHT_CORS_ORIGINS``, comma-separated) turns CORS on for them.
     ``allow_local_paths`` lets query parts name files on the server's disk (off: never over HTTP).
-    ``int8_queries`` embeds query texts with an int8 text tower where it keeps fp32's vectors.
+    ``int8_queries`` embeds query texts with an int8 text tower where it keeps fp32's vectors;
+    ``text_process`` embeds them in a child process beside the server's (``text_process``).
     """
 
     read_key: str | None = None
@@ -67,9 +68,12 @@ class ServeOptions:
     allow_local_paths: bool = False
     max_body_bytes: int = MAX_BODY_BYTES
     int8_queries: bool = True
+    text_process: bool = False
 
     @classmethod
-    def from_env(cls, allow_local_paths: bool = False, int8_queries: bool = True) -> ServeOptions:
+    def from_env(
+        cls, allow_local_paths: bool = False, int8_queries: bool = True, text_process: bool = False
+    ) -> ServeOptions:
         origins = tuple(o.strip() for o in os.environ.get("SHELFSIGHT_CORS_ORIGINS", "").split(",") if o.strip())
         return cls(
             read_key=os.environ.get("SHELFSIGHT_API_KEY") or None,
@@ -77,6 +81,7 @@ class ServeOptions:
             cors_origins=origins,
             allow_local_paths=allow_local_paths,
             int8_queries=int8_queries,
+            text_process=text_process,
         )
 
 

@@ -7,13 +7,16 @@ queue behind it, which makes every batch's composition certain without timing an
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from shelfsight.search.batching import TextBatcher, batch_query_texts, limit_torch_threads
+from shelfsight.search.batching import TextBatcher, batch_query_texts, in_process_encoder, limit_torch_threads
 from shelfsight.search.http import create_app
 from shelfsight.search.text_int8 import MIN_COSINE
 
@@ -201,6 +204,48 @@ def test_lean_text_tower_gives_the_models_own_text_features_for_padded_batches(e
         alone = tower(embedder.model.tokenizer(texts[:1], return_tensors="pt")["input_ids"])
     assert torch.allclose(got, expected, atol=1e-4)
     assert torch.allclose(alone[0], expected[0], atol=1e-4)
+
+
+def _engine_with_closers(embedder):
+    closers = []
+    return SimpleNamespace(
+        embedder=embedder, encode_query_texts=embedder.encode_texts, on_close=closers.append
+    ), closers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return False
+
+
+def test_serve_embeds_query_texts_in_a_child_process_that_closes_with_the_engine(embedder, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    engine, closers = _engine_with_closers(embedder)
+    assert batch_query_texts(engine, process=True).endswith("in a process of its own")  # type: ignore[arg-type]
+    child = engine.encode_query_texts.__self__._encode.process
+    assert _alive(child.pid) and child.pid != os.getpid()
+    # the same int8 tower as in this process (int8 activations scale per pass: compare one pass each)
+    assert np.allclose(engine.encode_query_texts(TEXTS), in_process_encoder(embedder, True)[0](TEXTS), atol=1e-5)
+    got = _concurrently(engine.encode_query_texts, TEXTS)  # passes shared as before
+    assert np.min(np.sum(got * embedder.encode_texts(TEXTS), axis=1)) >= MIN_COSINE
+    for close in closers:
+        close()
+    assert not _alive(child.pid)
+
+
+def test_query_texts_go_on_in_this_process_when_the_child_dies(embedder, monkeypatch, caplog):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    engine, closers = _engine_with_closers(embedder)
+    batch_query_texts(engine, process=True)  # type: ignore[arg-type]
+    child = engine.encode_query_texts.__self__._encode.process
+    os.kill(child.pid, signal.SIGKILL)
+    got = engine.encode_query_texts(TEXTS[:3])
+    assert np.allclose(got, in_process_encoder(embedder, True)[0](TEXTS[:3]), atol=1e-5)
+    assert "query text process exited" in caplog.text
+    for close in closers:
+        close()
 
 
 def test_int8_falls_back_to_fp32_when_the_probes_move_too_far(embedder, monkeypatch):
