@@ -280,13 +280,13 @@ def http_run(base: str, clients: int, seconds: float, texts: Iterator[str]) -> d
     }
 
 
-def serve_and_measure(db: Path, seconds: float, texts: Iterator[str]) -> dict[str, Any]:
+def serve_and_measure(db: Path, seconds: float, texts: Iterator[str], serve_args: list[str]) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from tests.e2e.helpers import free_port, stop_process, wait_for_http
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shelfsight", "serve", "--db", str(db), "--port", str(port)],
+        [sys.executable, "-m", "shelfsight", "serve", "--db", str(db), "--port", str(port), *serve_args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -297,16 +297,22 @@ def serve_and_measure(db: Path, seconds: float, texts: Iterator[str]) -> dict[st
         wait_for_http(f"{base}/health", proc, timeout=600)
         http_run(base, 4, 5, texts)  # warm-up: threads, first requests
         runs = [http_run(base, c, seconds, texts) for c in (1, 16)]
-        status = dict(ln.split(":", 1) for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines())
-        mb = {k: int(status[k].split()[0]) / 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
+        mb = _memory_mb(proc.pid)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         return {
             "runs": runs,
             "serve_peak_rss_mb": mb["VmHWM"],
             "serve_anon_mb": mb["RssAnon"],
             "serve_file_mb": mb["RssFile"],
+            "child_peak_rss_mb": sum(_memory_mb(int(c))["VmHWM"] for c in children),  # the query text process
         }
     finally:
         stop_process(proc)
+
+
+def _memory_mb(pid: int) -> dict[str, float]:
+    status = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {k: int(status[k].split()[0]) / 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
 
 
 def store_meta(embedder: Embedder, dim: int, args: argparse.Namespace) -> CollectionMeta:
@@ -414,18 +420,24 @@ def main() -> None:
     store.close()
     if args.http_seconds <= 0:
         return
-    http = serve_and_measure(db, args.http_seconds, texts)
-    for r in http["runs"]:
+    http = {}
+    for label, serve_args in (("query texts in a child process", []), ("in the server", ["--no-text-process"])):
+        http[label] = serve_and_measure(db, args.http_seconds, texts, serve_args)
+        for r in http[label]["runs"]:
+            print(
+                f"HTTP, {label}, {r['clients']:>2} clients: {r['requests_per_s']:.1f} req/s, p50 {r['p50_ms']:.1f} ms, "
+                f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}"
+            )
         print(
-            f"HTTP {r['clients']:>2} clients: {r['requests_per_s']:.1f} req/s, p50 {r['p50_ms']:.1f} ms, "
-            f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}"
+            f"serve peak RSS {http[label]['serve_peak_rss_mb']:.0f} MB (at the end: {http[label]['serve_anon_mb']:.0f} MB "
+            f"anonymous, {http[label]['serve_file_mb']:.0f} MB file-backed); its child's peak "
+            f"{http[label]['child_peak_rss_mb']:.0f} MB"
         )
-    print(
-        f"serve peak RSS {http['serve_peak_rss_mb']:.0f} MB (at the end: {http['serve_anon_mb']:.0f} MB anonymous, "
-        f"{http['serve_file_mb']:.0f} MB file-backed); machine at the end: {machine()}"
-    )
+    print(f"machine at the end: {machine()}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "built": built, "modes": rows, "ef": sweep, **http}))
+        args.json.write_text(
+            json.dumps({"machine": machine(), "built": built, "modes": rows, "ef": sweep, "http": http})
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Before the decode budget, sixteen 6300x6300 PNGs at once took a server from 0.7 GB to 8.5 GB.
 Now each image's decode memory is counted before any pixel is decoded (JPEGs decode at reduced
 scale, others over 64 MB are refused) and two decode at a time, so the burst stays under
-``BUDGET`` with the tiny model.
+``BUDGET`` with the tiny model (the server and its query text process together).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from PIL import Image
 
 from tests.e2e.proctree import rss_bytes, stopped_tree
 
-BUDGET = int(1.5 * 2**30)
+# The server's whole process tree: the server (about 0.7 GB with the tiny model before the burst)
+# and its query text process (about 0.25 GB, a fixed cost: it never sees an upload).
+BUDGET = int(1.75 * 2**30)
 BURST = 16
 
 
