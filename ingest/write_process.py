@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from shelfsight.search.child_process import ChildProcess, connect, fail, greet, serve_calls
 from shelfsight.search.errors import ShelfsightError
-from shelfsight.search.store.base import PointRecord, StoredPoint, WithVectors
+from shelfsight.search.store.base import PointRecord, StoredPoint
 from shelfsight.search.store.edge import EdgeStore
 
 
@@ -36,7 +36,7 @@ class WriteProcessError(ShelfsightError):
 class PointStore(Protocol):
     """What the ingest loop asks of a store: a ``VectorStore`` or a ``WriteProcess``."""
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[StoredPoint]: ...
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None: ...
 
@@ -57,7 +57,7 @@ class WriteProcess:
             "; what it wrote so far is stored, and running the ingest again resumes from there",
         )
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[StoredPoint]:
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
         return self._child.call("retrieve", name, list(ids), with_vectors)  # type: ignore[no-any-return]
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None:

@@ -85,7 +85,6 @@ class Int8TextEncoder:
     def build(cls, embedder: Embedder, probes: Sequence[str] = PROBES) -> tuple[Int8TextEncoder | None, float]:
         """The int8 encoder and the least probe cosine to fp32; (None, cosine) when it falls short
         of ``MIN_COSINE``, (None, nan) when the model is not on the CPU or int8 cannot run."""
-
         if str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
         clip = _clip_model(embedder)

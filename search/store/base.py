@@ -64,7 +64,6 @@ class HasId:
 
 Condition = Match | Range | Phrase | HasId
 Filter = tuple[Condition, ...]  # all conditions must hold
-WithVectors = bool | Sequence[str]  # every vector, none, or the named dense ones
 
 
 BOOST_KINDS = ("match", "near", "more", "recent")
@@ -280,10 +279,7 @@ class VectorStore(Protocol):
         """
         ...
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[StoredPoint]:
-        """The points with payloads; ``with_vectors`` True reads every vector, a list of names
-        only those dense vectors (far cheaper than all of them with the BM25 words)."""
-        ...
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
 

@@ -42,7 +42,6 @@ from shelfsight.search.store.base import (
     Range,
     Sparse,
     StoredPoint,
-    WithVectors,
 )
 from shelfsight.search.store.options import EXACT_FILTER_MAX_POINTS
 from shelfsight.search.store.validate import check_vectors
@@ -71,7 +70,7 @@ class Dialect:
     mmr: Callable[[list[float], str, float, int], dict[str, Any]]  # (vector, using, diversity, candidates)
 
 
-def to_stored(point: Any, with_vectors: WithVectors) -> StoredPoint:
+def to_stored(point: Any, with_vectors: bool) -> StoredPoint:
     """A client's record or scored point as ours; ids become strings (qdrant-edge returns UUIDs)."""
     vectors = {}
     if with_vectors and isinstance(point.vector, dict):  # dense vectors only: sparse ones are words

@@ -18,7 +18,7 @@ from typing import Any
 
 import qdrant_edge as qe
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint, WithVectors
+from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.integrity import check_files, check_shard, damaged
 from shelfsight.search.store.options import check_options, edge_applicable, edge_config, exact_params, search_params
@@ -218,11 +218,10 @@ class EdgeStore(QdrantStore):
         for point, payload in payloads.items():
             shard.update(make([point], payload))
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[StoredPoint]:
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
             return []
-        shown = list(with_vectors) if not isinstance(with_vectors, bool) else with_vectors
-        records = self._shard(name).retrieve(list(ids), with_payload=True, with_vector=shown)
+        records = self._shard(name).retrieve(list(ids), with_payload=True, with_vector=with_vectors)
         return [to_stored(r, with_vectors) for r in records]
 
     def delete(self, name: str, ids: Sequence[str]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from shelfsight.search.errors import BadInputError, CollectionNotFoundError, StoreUnavailableError
-from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint, WithVectors
+from shelfsight.search.store.base import Boost, CollectionMeta, CollectionOptions, Filter, StoredPoint
 from shelfsight.search.store.core import Dialect, QdrantStore, to_stored
 from shelfsight.search.store.options import (
     EXACT_FILTER_MAX_POINTS,
@@ -189,12 +189,11 @@ class ServerStore(QdrantStore):
             else:
                 self.client.set_payload(name, payload=payload, points=[point], wait=True)
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[StoredPoint]:
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
             return []
         self.get_meta(name)
-        shown = list(with_vectors) if not isinstance(with_vectors, bool) else with_vectors
-        records = self.client.retrieve(name, list(ids), with_payload=True, with_vectors=shown)
+        records = self.client.retrieve(name, list(ids), with_payload=True, with_vectors=with_vectors)
         return [to_stored(r, with_vectors) for r in records]
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
