@@ -54,6 +54,7 @@ from shelfsight.search.engine import SearchEngine, SearchRequest  # noqa: E402
 from shelfsight.search.records import point_id  # noqa: E402
 from shelfsight.search.store.base import CollectionMeta, CollectionOptions, PointRecord  # noqa: E402
 from shelfsight.search.store.edge import EdgeStore  # noqa: E402
+from shelfsight.search.store.options import default_hnsw_ef  # noqa: E402
 from shelfsight.train.model_init import init_model  # noqa: E402
 
 COLOURS = "red blue green black white yellow purple pink grey brown navy beige".split()
@@ -400,7 +401,8 @@ def main() -> None:
     print(f"machine: {machine()}; torch threads {limit_torch_threads()} (as serve sets them)", flush=True)
     store, db, built = open_or_build(args, embedder, work)
     print(
-        f"{args.n} products x {embedder.dimension}-d ({args.data}), options {store.get_meta(COLLECTION).options}: "
+        f"{args.n} products x {embedder.dimension}-d ({args.data}), options {store.get_meta(COLLECTION).options}, "
+        f"search ef {store.get_meta(COLLECTION).options.hnsw_ef or default_hnsw_ef(args.n)}: "
         f"upsert {built['upsert_s']:.1f} s, optimize {built['optimize_s']:.1f} s, "
         f"build peak RSS {built['build_peak_rss_mb']:.0f} MB",
         flush=True,

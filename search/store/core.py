@@ -19,9 +19,11 @@ Example, a backend::
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,6 +47,9 @@ from shelfsight.search.store.base import (
 )
 from shelfsight.search.store.options import EXACT_FILTER_MAX_POINTS
 from shelfsight.search.store.validate import check_vectors
+
+# How long a collection's point count (for the default search width) is taken as it was.
+SIZE_TTL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class QdrantStore(ABC):
     # and then (``SearchEngine.meta``). One process owns an embedded store; a server has many clients.
     shared_meta: ClassVar[bool] = False
     _metas: dict[str, CollectionMeta]
+    _sizes: dict[str, tuple[int, float]]  # collection -> (points, when counted), for ``_size``
 
     @abstractmethod
     def get_meta(self, name: str) -> CollectionMeta:
@@ -125,10 +131,19 @@ class QdrantStore(ABC):
     ) -> tuple[list[Any], Any]:
         """The records from ``offset`` on, and the next page's offset (None after the last)."""
 
-    def _search_params(self, filter: Filter, options: CollectionOptions) -> Any:
+    def _search_params(self, filter: Filter, options: CollectionOptions, points: Callable[[], int]) -> Any:
         """Search parameters of the nearest lists under ``filter`` in a collection laid out with
-        ``options``; None keeps the engine's defaults."""
+        ``options`` that holds ``points()`` points (asked only when the width depends on it); None
+        keeps the engine's defaults."""
         return None
+
+    def _size(self, name: str) -> int:
+        """About how many points the collection holds (the index's estimate), asked again after
+        ``SIZE_TTL_S``: the default search width grows with it."""
+        now = time.monotonic()
+        if name not in self._sizes or now - self._sizes[name][1] > SIZE_TTL_S:
+            self._sizes[name] = (self._estimate(name, None), now)
+        return self._sizes[name][0]
 
     @abstractmethod
     def _exact_params(self) -> Any:
@@ -255,7 +270,9 @@ class QdrantStore(ABC):
             if f not in params:
                 converted[f] = self._filter(f)
                 scan = exact or (bool(f) and self._estimate(name, converted[f]) <= EXACT_FILTER_MAX_POINTS)
-                params[f] = self._exact_params() if scan else self._search_params(f, meta.options)
+                params[f] = (
+                    self._exact_params() if scan else self._search_params(f, meta.options, partial(self._size, name))
+                )
         return [
             self.dialect.nearest(vector, q.using)
             | {

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ class EdgeStore(QdrantStore):
         self.root = Path(db)
         self._shards: dict[str, qe.EdgeShard] = {}
         self._metas: dict[str, CollectionMeta] = {}
+        self._sizes: dict[str, tuple[int, float]] = {}
 
     def __repr__(self) -> str:
         return f"EdgeStore({str(self.root)!r})"
@@ -243,8 +244,8 @@ class EdgeStore(QdrantStore):
         return self._shard(name).scroll(request)
 
     # -- search --------------------------------------------------------------------------------
-    def _search_params(self, filter: Filter, options: CollectionOptions) -> Any:
-        return search_params(qe, bool(filter), options)
+    def _search_params(self, filter: Filter, options: CollectionOptions, points: Callable[[], int]) -> Any:
+        return search_params(qe, bool(filter), options, 0 if options.hnsw_ef else points())
 
     def _exact_params(self) -> Any:
         return exact_params(qe)

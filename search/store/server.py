@@ -7,7 +7,7 @@ collection's own ``metadata`` so every client of the server sees the same model 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -89,6 +89,7 @@ class ServerStore(QdrantStore):
     def __init__(self, client: QdrantClient):
         self.client = client
         self._metas: dict[str, CollectionMeta] = {}
+        self._sizes: dict[str, tuple[int, float]] = {}
         # Local mode searches exactly and warns on every search parameter, so it is sent none.
         self.searches_exactly = (
             client.init_options.get("path") is not None or client.init_options.get("location") == ":memory:"
@@ -216,8 +217,10 @@ class ServerStore(QdrantStore):
             name, scroll_filter=filter, limit=limit, offset=offset, with_payload=True, with_vectors=with_vectors
         )
 
-    def _search_params(self, filter: Filter, options: CollectionOptions) -> Any:
-        return None if self.searches_exactly else search_params(qm, bool(filter), options)
+    def _search_params(self, filter: Filter, options: CollectionOptions, points: Callable[[], int]) -> Any:
+        if self.searches_exactly:
+            return None
+        return search_params(qm, bool(filter), options, 0 if options.hnsw_ef else points())
 
     def _exact_params(self) -> Any:
         return None if self.searches_exactly else exact_params(qm)

@@ -7,13 +7,14 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.store.base import CollectionMeta, CollectionOptions, Match, NearestQuery, PointRecord
 from shelfsight.search.store.edge import EdgeStore
-from shelfsight.search.store.options import DEFAULT_HNSW_EF, add_option_args, options_from_args
+from shelfsight.search.store.options import DEFAULT_HNSW_EF, add_option_args, default_hnsw_ef, options_from_args
 from shelfsight.search.store.server import local_store
 
 GRAPH = dict(hnsw_m=32, hnsw_ef_construct=200, hnsw_ef=128, oversampling=2.0)
@@ -67,7 +68,7 @@ def test_bad_options_name_the_variable_or_flag(monkeypatch):
         _parse()
 
 
-def _fill(store) -> None:
+def _fill(store, name: str = "c") -> None:
     rng = np.random.default_rng(0)
     points = []
     for i in range(40):
@@ -76,8 +77,8 @@ def _fill(store) -> None:
             for k, v in {n: rng.normal(size=8) for n in ("image", "text")}.items()
         }
         points.append(PointRecord(f"00000000-0000-0000-0000-{i + 1:012d}", vectors, {"category": "ab"[i % 2]}))
-    store.upsert("c", points)
-    store.optimize("c")
+    store.upsert(name, points)
+    store.optimize(name)
 
 
 @pytest.mark.parametrize("backend", ["edge", "server-local"])
@@ -142,5 +143,27 @@ def test_searches_look_wide_and_scan_small_filtered_sets_exactly(tmp_path, monke
         monkeypatch.setattr("shelfsight.search.store.core.EXACT_FILTER_MAX_POINTS", 10)
         wide = store._nearest("c", [query], only_a, meta, exact=False)[0]["params"]
         assert not wide.exact and wide.acorn.enable  # more points than that: HNSW with ACORN
+    finally:
+        store.close()
+
+
+def test_the_default_search_width_grows_with_the_collection_and_a_chosen_one_stays(tmp_path, monkeypatch):
+    """512 up to 100k products, then with the square root of the count (measured: the fused
+    query's recall at 1M needs about three times 100k's width); a collection's own hnsw_ef wins."""
+    assert [default_hnsw_ef(n) for n in (0, 40, 100_000)] == [512, 512, 512]
+    assert default_hnsw_ef(400_000) == 1024 and default_hnsw_ef(1_000_000) == 1664
+    assert default_hnsw_ef(10**9) == 4096
+    monkeypatch.setattr("shelfsight.search.store.options.EF_BASE_POINTS", 10)  # 40 points: 2x the width
+    store = EdgeStore(tmp_path / "db")
+    try:
+        for name, ef in (("auto", None), ("chosen", 300)):
+            store.create_collection(name, replace(META, options=replace(META.options, hnsw_ef=ef)))
+            _fill(store, name)
+        query = NearestQuery(np.ones(8, dtype=np.float32) / np.sqrt(8), "image", 5)
+        widths = {
+            n: store._nearest(n, [query], (), store.get_meta(n), exact=False)[0]["params"].hnsw_ef
+            for n in ("auto", "chosen")
+        }
+        assert widths == {"auto": 1024, "chosen": 300}
     finally:
         store.close()
