@@ -45,7 +45,7 @@ from shelfsight.search.store.base import (
     Sparse,
     StoredPoint,
 )
-from shelfsight.search.store.options import EXACT_FILTER_MAX_POINTS
+from shelfsight.search.store.options import EXACT_FILTER_MAX_POINTS, EXACT_FILTER_MAX_SHARE
 from shelfsight.search.store.validate import check_vectors
 
 # How long a collection's point count (for the default search width) is taken as it was.
@@ -136,6 +136,10 @@ class QdrantStore(ABC):
         ``options`` that holds ``points()`` points (asked only when the width depends on it); None
         keeps the engine's defaults."""
         return None
+
+    def _scan_limit(self, name: str) -> int:
+        """The most points a filter may pass for its lists to scan them exactly, not search HNSW."""
+        return max(EXACT_FILTER_MAX_POINTS, int(EXACT_FILTER_MAX_SHARE * self._size(name)))
 
     def _size(self, name: str) -> int:
         """About how many points the collection holds (the index's estimate), asked again after
@@ -269,7 +273,7 @@ class QdrantStore(ABC):
             f = filter + q.filter
             if f not in params:
                 converted[f] = self._filter(f)
-                scan = exact or (bool(f) and self._estimate(name, converted[f]) <= EXACT_FILTER_MAX_POINTS)
+                scan = exact or (bool(f) and self._estimate(name, converted[f]) <= self._scan_limit(name))
                 params[f] = (
                     self._exact_params() if scan else self._search_params(f, meta.options, partial(self._size, name))
                 )

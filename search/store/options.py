@@ -44,18 +44,23 @@ DEFAULT_HNSW_M, DEFAULT_EF_CONSTRUCT, FULL_SCAN_THRESHOLD_KB = 16, 100, 10_000
 _POSITIVE = ("hnsw_m", "hnsw_ef_construct", "hnsw_ef")
 # Below this share of points passing a filter, searches use ACORN: HNSW alone misses matches there.
 ACORN_MAX_SELECTIVITY = 0.4
-# A filtered list over at most this many points scans them exactly instead. 100k products x 512-d,
-# 2 cores: a 5% filter (5,000 points) took 3.2 ms exact against 17.4 ms through HNSW with ACORN.
+# A filtered list over at most this many points, or this share of the collection, scans them
+# exactly instead. 100k products x 512-d, 2 cores: a 5% filter (5,000 points) took 3.2 ms exact
+# against 17.4 ms through HNSW with ACORN. 1M products (int8, originals on disk, search ef 1,664):
+# the default query under a 5% filter (50,000 points) took 86 ms exact (warm page cache) against
+# 537-591 ms with ACORN, whose cost grows with the wider search a larger collection gets.
 EXACT_FILTER_MAX_POINTS = 20_000
+EXACT_FILTER_MAX_SHARE = 0.1
 # Candidates each HNSW search weighs when the collection sets no hnsw_ef, up to EF_BASE_POINTS
 # products. 100k clustered products (bench/query_latency.py), recall@10 against exact search: ef
 # 128 gave text 0.970, DBSF 0.923, RRF 0.852; ef 256 0.990, 0.965, 0.938; ef 512 1.000, 0.995,
 # 0.980, at about twice ef 128's time.
 DEFAULT_HNSW_EF = 512
-# Beyond that the default grows with the square root of the count (``default_hnsw_ef``). 1M
-# clustered products, int8 with oversampling 2, m 16: recall@10 of the default fused query (DBSF)
-# 0.908 at ef 512, 0.960 at 1,024, 0.980 at 1,536, 0.982 at 2,048 (RRF 0.850 at 512, 0.984 at 1,536);
-# the text vector alone 0.966, 0.994 and 1.000 at 512, 1,024 and 2,048.
+# Beyond that the default grows with the count to the power 0.6 (``default_hnsw_ef``). 1M
+# clustered products, int8 with oversampling 2, m 16, 50 query texts: recall@10 of the default
+# fused query (DBSF) 0.908 at ef 512, 0.960 at 1,024, 0.980 at 1,536, 0.982 at 2,048 (RRF 0.850 at
+# 512, 0.984 at 1,536); the text vector alone 0.966, 0.994 and 1.000 at 512, 1,024 and 2,048. On
+# 50 other query texts DBSF got 0.968 at 1,664, so 1M gets 2,048.
 EF_BASE_POINTS = 100_000
 MAX_DEFAULT_HNSW_EF = 4096
 # With int8 quantization, candidates rescored with the originals per hit wanted when the collection
@@ -199,9 +204,9 @@ def server_collection_kwargs(meta: CollectionMeta) -> dict[str, Any]:
 
 def default_hnsw_ef(points: int) -> int:
     """The search width for a collection of about ``points`` products that sets none: 512 up to
-    100k, then 512 * sqrt(points / 100k) in steps of 64 (1,664 at 1M), at most 4,096."""
-    scale = math.sqrt(max(points, EF_BASE_POINTS) / EF_BASE_POINTS)
-    return min(MAX_DEFAULT_HNSW_EF, math.ceil(DEFAULT_HNSW_EF * scale / 64) * 64)
+    100k, then 512 * (points / 100k) ** 0.6 in steps of 64 (2,048 at 1M), at most 4,096."""
+    scale = float(max(points, EF_BASE_POINTS) / EF_BASE_POINTS) ** 0.6
+    return min(MAX_DEFAULT_HNSW_EF, int(math.ceil(DEFAULT_HNSW_EF * scale / 64)) * 64)
 
 
 def search_params(types: Any, filtered: bool, options: CollectionOptions, points: int = 0) -> Any:

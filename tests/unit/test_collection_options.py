@@ -148,12 +148,13 @@ def test_searches_look_wide_and_scan_small_filtered_sets_exactly(tmp_path, monke
 
 
 def test_the_default_search_width_grows_with_the_collection_and_a_chosen_one_stays(tmp_path, monkeypatch):
-    """512 up to 100k products, then with the square root of the count (measured: the fused
-    query's recall at 1M needs about three times 100k's width); a collection's own hnsw_ef wins."""
+    """512 up to 100k products, then with the count to the power 0.6 (measured: the fused query's
+    recall at 1M needs about four times 100k's width); a collection's own hnsw_ef wins. Filters
+    that pass at most a tenth of a large collection scan it exactly."""
     assert [default_hnsw_ef(n) for n in (0, 40, 100_000)] == [512, 512, 512]
-    assert default_hnsw_ef(400_000) == 1024 and default_hnsw_ef(1_000_000) == 1664
+    assert default_hnsw_ef(400_000) == 1216 and default_hnsw_ef(1_000_000) == 2048
     assert default_hnsw_ef(10**9) == 4096
-    monkeypatch.setattr("shelfsight.search.store.options.EF_BASE_POINTS", 10)  # 40 points: 2x the width
+    monkeypatch.setattr("shelfsight.search.store.options.EF_BASE_POINTS", 10)  # 40 points: 2.3x the width
     store = EdgeStore(tmp_path / "db")
     try:
         for name, ef in (("auto", None), ("chosen", 300)):
@@ -164,6 +165,11 @@ def test_the_default_search_width_grows_with_the_collection_and_a_chosen_one_sta
             n: store._nearest(n, [query], (), store.get_meta(n), exact=False)[0]["params"].hnsw_ef
             for n in ("auto", "chosen")
         }
-        assert widths == {"auto": 1024, "chosen": 300}
+        assert widths == {"auto": 1216, "chosen": 300}
+        only_a = (Match("category", ("a",)),)  # 20 of 40 points
+        monkeypatch.setattr("shelfsight.search.store.core.EXACT_FILTER_MAX_POINTS", 10)
+        assert not store._nearest("auto", [query], only_a, store.get_meta("auto"), exact=False)[0]["params"].exact
+        monkeypatch.setattr("shelfsight.search.store.core.EXACT_FILTER_MAX_SHARE", 0.5)
+        assert store._nearest("auto", [query], only_a, store.get_meta("auto"), exact=False)[0]["params"].exact
     finally:
         store.close()
