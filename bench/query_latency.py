@@ -400,9 +400,10 @@ def main() -> None:
     embedder = Embedder(str(model_dir))
     print(f"machine: {machine()}; torch threads {limit_torch_threads()} (as serve sets them)", flush=True)
     store, db, built = open_or_build(args, embedder, work)
+    options = store.get_meta(COLLECTION).options
     print(
-        f"{args.n} products x {embedder.dimension}-d ({args.data}), options {store.get_meta(COLLECTION).options}, "
-        f"search ef {store.get_meta(COLLECTION).options.hnsw_ef or default_hnsw_ef(args.n)}: "
+        f"{args.n} products x {embedder.dimension}-d ({args.data}), options {options}, "
+        f"search ef {options.hnsw_ef or default_hnsw_ef(args.n)}: "
         f"upsert {built['upsert_s']:.1f} s, optimize {built['optimize_s']:.1f} s, "
         f"build peak RSS {built['build_peak_rss_mb']:.0f} MB",
         flush=True,

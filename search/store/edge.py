@@ -245,7 +245,7 @@ class EdgeStore(QdrantStore):
 
     # -- search --------------------------------------------------------------------------------
     def _search_params(self, filter: Filter, options: CollectionOptions, points: Callable[[], int]) -> Any:
-        return search_params(qe, bool(filter), options, 0 if options.hnsw_ef else points())
+        return search_params(qe, bool(filter), options, points)
 
     def _exact_params(self) -> Any:
         return exact_params(qe)

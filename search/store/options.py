@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -209,10 +210,10 @@ def default_hnsw_ef(points: int) -> int:
     return min(MAX_DEFAULT_HNSW_EF, int(math.ceil(DEFAULT_HNSW_EF * scale / 64)) * 64)
 
 
-def search_params(types: Any, filtered: bool, options: CollectionOptions, points: int = 0) -> Any:
+def search_params(types: Any, filtered: bool, options: CollectionOptions, points: Callable[[], int]) -> Any:
     """A search's parameters in a client's types (``qdrant_edge`` or ``qdrant_client.models``,
-    which spell them alike): the search width (the collection's, else by its ``points``), ACORN
-    under a filter, rescoring with quantization."""
+    which spell them alike): the search width (the collection's, else by its size, ``points()``,
+    asked only then), ACORN under a filter, rescoring with quantization."""
     quantization = (
         types.QuantizationSearchParams(
             rescore=options.rescore, oversampling=options.oversampling or DEFAULT_OVERSAMPLING
@@ -221,7 +222,7 @@ def search_params(types: Any, filtered: bool, options: CollectionOptions, points
         else None
     )
     acorn = types.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY) if filtered else None
-    ef = options.hnsw_ef or default_hnsw_ef(points)
+    ef = options.hnsw_ef or default_hnsw_ef(points())
     return types.SearchParams(hnsw_ef=ef, acorn=acorn, quantization=quantization)
 
 

@@ -218,9 +218,7 @@ class ServerStore(QdrantStore):
         )
 
     def _search_params(self, filter: Filter, options: CollectionOptions, points: Callable[[], int]) -> Any:
-        if self.searches_exactly:
-            return None
-        return search_params(qm, bool(filter), options, 0 if options.hnsw_ef else points())
+        return None if self.searches_exactly else search_params(qm, bool(filter), options, points)
 
     def _exact_params(self) -> Any:
         return None if self.searches_exactly else exact_params(qm)
