@@ -2,8 +2,12 @@
 
 Before the decode budget, sixteen 6300x6300 PNGs at once took a server from 0.7 GB to 8.5 GB.
 Now each image's decode memory is counted before any pixel is decoded (JPEGs decode at reduced
-scale, others over 64 MB are refused) and two decode at a time, so the burst stays under
-``BUDGET`` with the tiny model (the server and its query text process together).
+scale, others over 64 MB are refused) and two decode at a time, so the burst adds less than
+``BURST_BUDGET`` to the server's process tree (the server and its query text process together).
+
+The budget is on what the burst adds, not on the total: the tree's resident memory before any
+upload is the cost of importing torch and loading the model twice, and it differs between
+machines (1.29 GB on one 2-core machine, 1.47 GB on another, with the tiny model).
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from PIL import Image
 
 from tests.e2e.proctree import rss_bytes, stopped_tree
 
-# The server's whole process tree: the server (about 0.7 GB with the tiny model before the burst)
-# and its query text process (about 0.25 GB, a fixed cost: it never sees an upload).
-BUDGET = int(1.75 * 2**30)
+# What the burst may add to the server's whole process tree: measured at 0.30 to 0.34 GB, where
+# the burst took 7.8 GB before the decode budget.
+BURST_BUDGET = int(0.75 * 2**30)
 BURST = 16
 
 
@@ -73,5 +77,6 @@ def test_a_burst_of_large_pixel_uploads_stays_under_the_memory_budget(built_db, 
             sampler.join()
         after = rss_bytes(proc.pid)
     print(f"\nserver RSS: before {before / 2**20:.0f} MB, peak {peak[0] / 2**20:.0f} MB, after {after / 2**20:.0f} MB")
-    assert peak[0] < BUDGET, f"peak RSS {peak[0] / 2**20:.0f} MB over the {BUDGET / 2**20:.0f} MB budget"
+    grew = peak[0] - before
+    assert grew < BURST_BUDGET, f"the burst added {grew / 2**20:.0f} MB, over the {BURST_BUDGET / 2**20:.0f} MB budget"
     assert statuses.count(200) == BURST // 2 and statuses.count(400) == BURST // 2, statuses
