@@ -87,7 +87,9 @@ def _sync(device: str) -> None:
 
 
 def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int) -> float:
-    """Images/s of the vision tower alone on distinct ready tensors already on the device."""
+    """Images/s of the vision tower alone on distinct ready tensors already on the device, with the
+    model's weights stored in ``precision`` as ingest runs it (a model of its own for each)."""
+    embedder = Embedder(embedder.model_path, device=embedder.device, precision=precision)
     device = embedder.torch_device
     inner: Any = embedder.model[0].model
     size = embedder.pixel_spec.crop  # type: ignore[union-attr]

@@ -90,7 +90,9 @@ class Int8TextEncoder:
         clip = _clip_model(embedder)
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensor types as deprecated
             warnings.simplefilter("ignore", UserWarning)
-            tower = _quantized(LeanTextTower(copy.deepcopy(clip.text_model), copy.deepcopy(clip.text_projection)))
+            tower = _quantized(
+                LeanTextTower(copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float())
+            )
         encoder = cls(tower.eval(), embedder.model.tokenizer, embedder.max_tokens)
         fast, exact = encoder.encode_texts(list(probes)), embedder.encode_texts(list(probes))
         cosine = float(np.min(np.sum(fast * exact, axis=1)))

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from shelfsight.search.batching import TextBatcher, batch_query_texts, in_process_encoder, limit_torch_threads
+from shelfsight.search.embedder import Embedder
 from shelfsight.search.http import create_app
 from shelfsight.search.text_int8 import MIN_COSINE
 
@@ -185,13 +186,14 @@ def test_serve_engines_share_passes_of_an_int8_tower_that_keeps_fp32_vectors(emb
     assert not np.allclose(got, direct, atol=1e-6)  # the int8 tower answered, not fp32
 
 
-def test_lean_text_tower_gives_the_models_own_text_features_for_padded_batches(embedder):
+def test_lean_text_tower_gives_the_models_own_text_features_for_padded_batches(tiny_model_dir):
     """The plain-torch tower (fp32 here) against CLIPModel.get_text_features: texts of different
     lengths in one padded batch, and one text alone, give the same vectors."""
     import torch
     from shelfsight.search.text_int8 import _clip_model
     from shelfsight.search.text_tower import LeanTextTower
 
+    embedder = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
     clip = _clip_model(embedder)
     tower = LeanTextTower.from_clip(clip).eval()
     texts = ["red bag", "a much longer description of a blue canvas sneaker with white laces", "mug"]

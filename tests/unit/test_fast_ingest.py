@@ -155,6 +155,26 @@ def test_bf16_on_a_cpu_stays_close_to_fp32(tiny_model_dir):
     assert float((fp32.encode_images([image]) * bf16.encode_images([image])).sum()) > 0.98
 
 
+def test_half_precision_stores_the_weights_in_half_and_a_failed_probe_reloads_fp32(tiny_model_dir, monkeypatch):
+    """A half model keeps its weights in half (no cast per pass); where ``auto``'s half precision
+    misses fp32 on the probes, the model is loaded again, so its vectors are fp32's exactly, not
+    those of weights rounded to half and back."""
+    import torch
+    from shelfsight.search import embedder as embedder_module
+    from shelfsight.search import precision
+
+    bf16 = Embedder(str(tiny_model_dir), device="cpu", precision="bf16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: True)
+    monkeypatch.setattr(embedder_module, "MIN_COSINE", 1.01)
+    auto = Embedder(str(tiny_model_dir), device="cpu")
+    assert auto.precision == "fp32"
+    assert {p.dtype for p in auto.model.parameters()} == {torch.float32}
+    texts = ["red leather bag", "blue striped shirt"]
+    fp32 = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
+    np.testing.assert_array_equal(auto.encode_texts(texts), fp32.encode_texts(texts))
+
+
 def test_decode_gpu_without_a_gpu_is_refused_with_the_fix(embedder, catalog_dir, tmp_path):
     from shelfsight.search.store.edge import EdgeStore
 
