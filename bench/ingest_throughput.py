@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--image-size", type=int, default=1000)
     parser.add_argument(
-        "--n", type=int, default=None, help="products per catalog (default 4096 on a GPU, 160 on a CPU)"
+        "--n", type=int, default=None, help="products per catalog (default 4096 on a GPU, 480 on a CPU)"
     )
     parser.add_argument("--preset", default="vit-b-32")
     parser.add_argument("--workdir", type=Path, default=None, help="keep and reuse the model and catalogs here")
@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
-    n = args.n or (4096 if on_gpu else 160)
+    n = args.n or (4096 if on_gpu else 480)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="shelfsight-ingest-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     workers = args.workers or usable_cores()
