@@ -13,6 +13,16 @@ from shelfsight.search.http_guard import ServeOptions
 from shelfsight.search.records import point_id
 
 
+def _assert_same_vector(got: np.ndarray, expected: np.ndarray, precision: str) -> None:
+    """The same vector up to the model's precision: equal in fp32; in half precision a text alone
+    and the same text in ingest's padded batch round differently (measured: cosine 0.99997, at most
+    0.004 apart per element with the tiny model in bf16), so there the cosine decides."""
+    if precision == "fp32":
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    else:
+        assert float(np.dot(got, expected)) > 0.9995
+
+
 def test_a_put_product_is_the_point_ingest_made_of_the_same_row(engine, catalog_dir):
     row = next(csv.DictReader((catalog_dir / "catalog.csv").open()))
     body = {k: v for k, v in row.items() if k not in ("id", "image")}
@@ -31,6 +41,6 @@ def test_a_put_product_is_the_point_ingest_made_of_the_same_row(engine, catalog_
         assert put.payload == {**ingested.payload, "product_id": copy}
         assert sorted(put.vectors) == sorted(ingested.vectors) == ["fused", "image", "text"]
         for name, vector in ingested.vectors.items():
-            np.testing.assert_allclose(put.vectors[name], vector, atol=1e-5)
+            _assert_same_vector(put.vectors[name], vector, engine.embedder.precision)
     finally:
         engine.store.delete(engine.collection, [point_id(copy)])
