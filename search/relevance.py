@@ -48,11 +48,11 @@ NONSENSE_REJECTED = 0.99
 def calibrate(store: VectorStore, embedder: Embedder, collection: str) -> CollectionMeta:
     """Record the collection's vocabulary and relevance floor in its metadata, and return it."""
     meta = store.get_meta(collection)
-    texts = [product_words(p.payload, meta) for p in store.scroll(collection)]
-    vocab = vocabulary(texts)
+    # Streamed: one page of payloads at a time, never every product's words at once.
+    vocab = vocabulary(product_words(p.payload, meta) for p in store.scroll(collection))
     rng = random.Random(_SEED)
     floor = None
-    if texts and "text" in meta.vectors:
+    if "text" in meta.vectors and store.count(collection):
         nonsense = made_up_queries(rng, vocab, CALIBRATION_QUERIES)
         floor = choose_floor(best_cosines(store, embedder, collection, meta, nonsense))
     meta = replace(
