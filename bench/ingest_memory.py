@@ -1,8 +1,12 @@
-"""Peak memory of `shelfsight ingest` as the catalog grows: text-only catalogs of each size, the
-tiny model, each ingest a fresh process (its peak RSS read from the kernel after it exits).
+"""Peak memory of an ingest as the catalog grows: text-only catalogs of each size, the tiny model,
+each ingest in a fresh process, its peak RSS split by phase.
 
-Rows stream through the pipeline, so the peak should hardly grow with the row count; what does grow
-is the store itself (its vectors and index) and the set of ids kept for duplicate checks.
+Rows stream through the pipeline, so what grows with the row count is the store itself: the
+embedded engine's appendable segment while points are upserted, then the indexed segment that
+``optimize()`` builds beside it. Phases, each the kernel's high-water mark (``VmHWM``, reset
+through ``/proc/self/clear_refs`` as a phase starts; Linux): ``setup`` (model and catalog scan),
+``upserts`` (the ingest loop), ``optimize`` and ``calibration`` (what follows the index build).
+The run's peak is the largest of them.
 
     python bench/ingest_memory.py --sizes 20000,200000
 """
@@ -11,16 +15,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from shelfsight.ingest.pipeline import ingest_catalog
+from shelfsight.search.embedder import Embedder
+from shelfsight.search.store.edge import EdgeStore
 from shelfsight.train.model_init import init_model
 
 WORDS = "red blue green black white striped dotted leather canvas wool cotton bag shoe hat mug lamp shirt".split()
@@ -40,15 +48,51 @@ def write_text_catalog(path: Path, n: int, seed: int) -> None:
             )
 
 
-def peak_rss_mb(args: list[str]) -> tuple[float, float]:
-    """Run a command; its peak RSS in MB (from the kernel's accounting of children) and seconds."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if after <= before:
-        raise RuntimeError("this child's peak was below an earlier one's; run one size per process")
-    return after / 1024, time.perf_counter() - started
+class PhasePeaks:
+    """The process's peak RSS per phase, in MB: the high-water mark read and reset at each change."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, float] = {}
+        self.phase = "setup"
+        self._reset()
+
+    def enter(self, phase: str) -> None:
+        if phase != self.phase:
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), _high_water_mb())
+            self._reset()
+            self.phase = phase
+
+    def finish(self) -> dict[str, float]:
+        self.enter("")
+        return self.peaks
+
+    @staticmethod
+    def _reset() -> None:
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _high_water_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: this benchmark needs Linux")
+
+
+class PhasedStore(EdgeStore):
+    """The embedded store, marking the phase each of its calls belongs to."""
+
+    def __init__(self, db: Path, peaks: PhasePeaks):
+        super().__init__(db)
+        self.peaks = peaks
+
+    def upsert(self, name: str, points: Any) -> None:
+        self.peaks.enter("upserts")
+        super().upsert(name, points)
+
+    def optimize(self, name: str) -> None:
+        self.peaks.enter("optimize")
+        super().optimize(name)
+        self.peaks.enter("calibration")
 
 
 def main() -> None:
@@ -64,22 +108,29 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     results = {}
     for n in map(int, args.sizes.split(",")):
-        # Each size in its own parent process: RUSAGE_CHILDREN keeps the largest peak seen so far.
         out = subprocess.run(
             [sys.executable, __file__, "--one", str(n), "--work", str(work)], check=True, capture_output=True, text=True
         )
-        results[n] = tuple(map(float, out.stdout.split()))
-        print(f"{n:>8} rows: peak RSS {results[n][0]:.0f} MB, {results[n][1]:.0f} s")
+        results[n] = json.loads(out.stdout.splitlines()[-1])
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in results[n]["peaks"].items())
+        print(
+            f"{n:>8} rows: peak RSS {max(results[n]['peaks'].values()):.0f} MB ({phases}), {results[n]['seconds']:.0f} s"
+        )
     sizes = sorted(results)
-    print(f"largest/smallest peak RSS: {results[sizes[-1]][0] / results[sizes[0]][0]:.2f}x")
+    largest, smallest = (max(results[n]["peaks"].values()) for n in (sizes[-1], sizes[0]))
+    print(f"largest/smallest peak RSS: {largest / smallest:.2f}x")
 
 
 def measure_one(n: int, work: Path) -> None:
+    """One ingest in this process (a fresh one per size); prints its phases' peaks as JSON."""
     catalog = work / f"catalog-{n}.csv"
     write_text_catalog(catalog, n, seed=n)
-    cli = [sys.executable, "-m", "shelfsight", "ingest", str(catalog), "--db", str(work / f"db-{n}")]
-    rss, seconds = peak_rss_mb([*cli, "--model", str(work / "tiny")])
-    print(rss, seconds)
+    peaks = PhasePeaks()
+    started = time.perf_counter()
+    report = ingest_catalog(catalog, PhasedStore(work / f"db-{n}", peaks), Embedder(str(work / "tiny")))
+    if report.ingested != n:
+        raise RuntimeError(f"ingested {report.ingested} of {n} rows: {report.errors[:3]}")
+    print(json.dumps({"peaks": peaks.finish(), "seconds": time.perf_counter() - started}))
 
 
 if __name__ == "__main__":
