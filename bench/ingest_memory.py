@@ -103,22 +103,26 @@ def main() -> None:
     args = parser.parse_args()
     if args.one is not None:
         return measure_one(args.one, args.work)
-    work = Path(tempfile.mkdtemp(prefix="shelfsight-mem-"))
-    init_model("tiny", work / "tiny")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-    results = {}
-    for n in map(int, args.sizes.split(",")):
-        out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--work", str(work)], check=True, capture_output=True, text=True
-        )
-        results[n] = json.loads(out.stdout.splitlines()[-1])
-        phases = ", ".join(f"{k} {v:.0f}" for k, v in results[n]["peaks"].items())
-        print(
-            f"{n:>8} rows: peak RSS {max(results[n]['peaks'].values()):.0f} MB ({phases}), {results[n]['seconds']:.0f} s"
-        )
-    sizes = sorted(results)
-    largest, smallest = (max(results[n]["peaks"].values()) for n in (sizes[-1], sizes[0]))
-    print(f"largest/smallest peak RSS: {largest / smallest:.2f}x")
+    with tempfile.TemporaryDirectory(prefix="shelfsight-mem-") as tmp:  # stores of 200k rows: removed after
+        peaks = {n: measure_in_child(n, Path(tmp)) for n in map(int, args.sizes.split(","))}
+    sizes = sorted(peaks)
+    print(f"largest/smallest peak RSS: {peaks[sizes[-1]] / peaks[sizes[0]]:.2f}x")
+
+
+def measure_in_child(n: int, work: Path) -> float:
+    """One size's ingest in a fresh process; prints its phases and returns the run's peak in MB."""
+    if not (work / "tiny").is_dir():
+        init_model("tiny", work / "tiny")
+    args = [sys.executable, __file__, "--one", str(n), "--work", str(work)]
+    out = subprocess.run(args, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the {n}-row ingest failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.splitlines()[-1])
+    peak = max(result["peaks"].values())
+    phases = ", ".join(f"{k} {v:.0f}" for k, v in result["peaks"].items())
+    print(f"{n:>8} rows: peak RSS {peak:.0f} MB ({phases}), {result['seconds']:.0f} s")
+    return float(peak)
 
 
 def measure_one(n: int, work: Path) -> None:
