@@ -105,6 +105,7 @@ def main() -> None:
         return measure_one(args.one, args.work)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="shelfsight-mem-") as tmp:  # stores of 200k rows: removed after
+        init_model("tiny", Path(tmp) / "tiny")
         peaks = {n: measure_in_child(n, Path(tmp)) for n in map(int, args.sizes.split(","))}
     sizes = sorted(peaks)
     print(f"largest/smallest peak RSS: {peaks[sizes[-1]] / peaks[sizes[0]]:.2f}x")
@@ -112,8 +113,6 @@ def main() -> None:
 
 def measure_in_child(n: int, work: Path) -> float:
     """One size's ingest in a fresh process; prints its phases and returns the run's peak in MB."""
-    if not (work / "tiny").is_dir():
-        init_model("tiny", work / "tiny")
     args = [sys.executable, __file__, "--one", str(n), "--work", str(work)]
     out = subprocess.run(args, capture_output=True, text=True)
     if out.returncode:
