@@ -551,7 +551,7 @@ class SearchEngine:
             raise BadInputError("every ranked list has weight 0; raise a weight above 0")
         # Ask for one more when a product must be left out of its own "similar" list.
         want = limit + request.offset + (1 if exclude else 0)
-        plan = _Plan(method, tuple(lists), condition, want, max(MIN_CANDIDATES, 2 * want), limit, request.offset)
+        plan = _Plan(method, tuple(lists), condition, want, candidate_depth(want), limit, request.offset)
         return self._last_stage(plan, parts, request)
 
     def _last_stage(self, plan: _Plan, parts: dict[str, np.ndarray], request: SearchRequest) -> _Plan:
@@ -619,6 +619,12 @@ class SearchEngine:
             )
         if name not in (*self.meta.vectors, *self.meta.sparse_vectors) or name == "fused":
             raise BadInputError(f"unknown product vector {name!r}; choose from image, text, bm25 (or fusion 'early')")
+
+
+def candidate_depth(want: int) -> int:
+    """How deep each ranked list is read for a page of ``want`` products: twice the page, and at
+    least ``MIN_CANDIDATES``, so fusion sees products that rank low in one list and high in another."""
+    return max(MIN_CANDIDATES, 2 * want)
 
 
 def _names(vectors: Sequence[str] | None) -> tuple[str, ...] | None:
