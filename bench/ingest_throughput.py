@@ -34,11 +34,13 @@ from shelfsight.ingest.catalog import read_catalog
 from shelfsight.ingest.gpu_decode import decode_jpegs, gpu_decoding_available
 from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog, usable_cores
 from shelfsight.ingest.read_stage import ReadContext, ReadJob, ReadPool
+from shelfsight.search import precision
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.images import ImagePolicy, decode_image
 from shelfsight.search.pixels import prepare_pixels
 from shelfsight.search.precision import autocast, cpu_runs_bf16
 from shelfsight.search.store.edge import EdgeStore
+from shelfsight.search.text_int8 import Int8TextEncoder, product_text_encoder
 from shelfsight.train.model_init import init_model
 
 
@@ -105,7 +107,7 @@ def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int) -
     return batch * batches / (time.perf_counter() - started)
 
 
-def text_rate(embedder: Embedder, texts: list[str]) -> float:
+def text_rate(embedder: Embedder | Int8TextEncoder, texts: list[str]) -> float:
     embedder.encode_texts(texts[:8])
     started = time.perf_counter()
     embedder.encode_texts(texts)
@@ -203,6 +205,7 @@ def ingest_rate(catalog: Path, embedder: Embedder, work: Path, decode: str, work
         "pipeline_items_per_s": report.ingested / (report.seconds - once),
         "stage_seconds": {k: round(v, 2) for k, v in report.stage_seconds.items()},
         "seconds": round(report.seconds, 2),
+        "text_tower": report.text_tower,
     }
 
 
@@ -218,13 +221,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="read-stage processes (default: usable cores)")
     parser.add_argument("--also-224", action="store_true", help="also ingest a catalog of 224-px JPEGs")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    parser.add_argument(
+        "--no-native-bf16",
+        action="store_true",
+        help="act as a CPU without native bf16 (auto then keeps images in fp32), to see that case here",
+    )
     args = parser.parse_args()
+    if args.no_native_bf16:
+        precision.cpu_runs_bf16 = lambda: False  # type: ignore[assignment]
     on_gpu = args.device.startswith("cuda")
     n = args.n or (4096 if on_gpu else 480)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="shelfsight-ingest-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     workers = args.workers or usable_cores()
     results: dict[str, Any] = {"machine": machine(args.device), "n": n, "image_size": args.image_size}
+    if args.no_native_bf16:
+        results["machine"] += " (acting as a CPU without native bf16: --no-native-bf16)"
     print(results["machine"], flush=True)
 
     model = work / f"model-{args.preset}"
@@ -252,7 +264,11 @@ def measure(
     print(f"forward: {rates['forward fp32']:.1f} fp32, {rates[f'forward {half}']:.1f} {half} images/s", flush=True)
     size, catalog = next(iter(catalogs.items()))
     parsed = read_catalog(catalog)
-    rates[f"texts ({embedder.precision})"] = text_rate(embedder, [r.product.text for r in parsed.rows[:1024]])
+    texts = [r.product.text for r in parsed.rows[:1024]]
+    rates[f"texts ({embedder.precision})"] = text_rate(embedder, texts)
+    int8, results["text_tower"] = product_text_encoder(embedder, texts)
+    if int8 is not None:
+        rates["texts (int8, ingest's choice here)"] = text_rate(int8, texts)
     sample = [decode_image((parsed.base_dir / r.product.image).read_bytes()) for r in parsed.rows[:64]]  # type: ignore[operator]
     rates["model's processor, 1 thread"] = processor_rate(embedder, sample)
     for through_process in (False, True):
@@ -281,6 +297,11 @@ def measure(
                 print(f"{key} failed: {type(exc).__name__}: {exc}", flush=True)
                 continue
             print(key, ingests[key], flush=True)
+    if results["text_tower"].startswith("int8"):  # side by side: texts in the model's own precision
+        own = Embedder(embedder.model_path, device=embedder.device, precision=embedder.precision)
+        key = f"ingest {size}-px, decode cpu, texts {own.precision}"
+        ingests[key] = ingest_rate(catalog, own, work, "cpu", None)
+        print(key, ingests[key], flush=True)
     if workers > 2:  # the same with one core left to the model's process (its threads hold the GIL)
         key = f"ingest {size}-px, decode cpu, {workers - 1} workers"
         ingests[key] = ingest_rate(catalog, embedder, work, "cpu", workers - 1)
@@ -290,7 +311,8 @@ def measure(
 
 
 def report(results: dict[str, Any]) -> None:
-    print(f"\n{results['machine']}\n{results['n']} products, auto precision {results['precision_auto']}\n")
+    print(f"\n{results['machine']}\n{results['n']} products, auto precision {results['precision_auto']}")
+    print(f"product texts in ingest: {results['text_tower']}\n")
     print(f"| {'what':<44} | {'items/s':>9} |\n|{'-' * 46}|{'-' * 11}|")
     for what, rate in results["rates"].items():
         print(f"| {what:<44} | {rate:>9.1f} |")

@@ -220,6 +220,8 @@ def _finish(report: IngestReport, args: argparse.Namespace) -> int:
             f"{f', pruned {report.pruned}' if args.prune else ''} in {report.seconds:.1f}s "
             f"({_rate(report)}; {_stages(report)})"
         )
+        if report.text_tower:
+            print(f"product texts ran in {report.text_tower}")
     return EXIT_PARTIAL if report.skipped else EXIT_OK
 
 

@@ -4,6 +4,9 @@ Images arrive in one of three forms (``read_stage.ReadItem``): prepared uint8 pi
 the device in one copy from pinned memory (on CUDA) and are normalized there; JPEG bytes, decoded on
 the GPU (``gpu_decode``); or PIL images, for a model whose processor only it can run. A JPEG that
 neither the GPU nor Pillow can decode leaves the batch as a bad row.
+
+Texts arrive tokenized; ``ProductTexts`` runs them through the model, or through an int8 copy of
+its text tower where that keeps fp32's vectors on this CPU (``search/text_int8.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from shelfsight.search.images import ImageError, ImagePolicy
 from shelfsight.search.indexing import EmbeddedBatch, TextVectors, embed_points
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
 from shelfsight.search.store.base import CollectionMeta
+from shelfsight.search.text_int8 import Int8TextEncoder, product_text_encoder
 
 if TYPE_CHECKING:
     import torch
@@ -55,31 +59,50 @@ class PinnedBuffer:
         return view.to(device, non_blocking=True)
 
 
+class ProductTexts:
+    """The text tower an ingest's product texts go through, settled on the first batch with texts:
+    the int8 copy where ``product_text_encoder`` allows it (``auto`` precision on a CPU, a wide
+    enough tower, and probes that include those first texts keep fp32's vectors), else the model
+    in its own precision (always, with ``int8`` False). ``described`` says which, and why."""
+
+    def __init__(self, embedder: Embedder, int8: bool = True):
+        self.embedder = embedder
+        self.encoder: Embedder | Int8TextEncoder | None = None if int8 else embedder
+        self.described = ""
+
+    def encode(self, items: Sequence[ReadItem]) -> np.ndarray:
+        if self.encoder is None:
+            fast, self.described = product_text_encoder(self.embedder, [i.row.product.text for i in items])
+            self.encoder = fast or self.embedder
+        return self.encoder.encode_token_ids([item.text_ids for item in items])  # type: ignore[misc]
+
+
 def embed_items(
     items: Sequence[ReadItem],
     embedder: Embedder,
     meta: CollectionMeta,
     buffer: PinnedBuffer | None = None,
     policy: ImagePolicy = ImagePolicy(),
+    texts: ProductTexts | None = None,
 ) -> EmbedResult:
     """Both towers over the batch; the early-fused vector when the collection has one. ``policy``
-    is the ingest's image limits, for a JPEG the GPU rejects and Pillow decodes here instead."""
+    is the ingest's image limits, for a JPEG the GPU rejects and Pillow decodes here instead;
+    ``texts`` the ingest's text tower (the model in its own precision when None)."""
     kept, vectors, errors = image_vectors(items, embedder, buffer or PinnedBuffer(), policy)
     products = [item.row.product for item in kept]
-    batch = embed_points(
-        products, vectors, [item.payload for item in kept], embedder, meta, tokenized_texts(kept, embedder)
-    )
+    text_vectors = tokenized_texts(kept, texts or ProductTexts(embedder, int8=False))
+    batch = embed_points(products, vectors, [item.payload for item in kept], embedder, meta, text_vectors)
     return EmbedResult(batch, errors)
 
 
-def tokenized_texts(items: Sequence[ReadItem], embedder: Embedder) -> TextVectors | None:
+def tokenized_texts(items: Sequence[ReadItem], texts: ProductTexts) -> TextVectors | None:
     """The text vectors of items the read stage tokenized; None when it did not (the texts are
     then encoded from strings)."""
     with_text = [i for i, item in enumerate(items) if item.row.product.text]
     if any(items[i].text_ids is None for i in with_text):
         return None
     vectors: list[np.ndarray | None] = [None] * len(items)
-    encoded = embedder.encode_token_ids([items[i].text_ids for i in with_text])  # type: ignore[misc]
+    encoded = texts.encode([items[i] for i in with_text]) if with_text else []
     for i, vector in zip(with_text, encoded):
         vectors[i] = vector
     return TextVectors(vectors, sum(items[i].text_truncated for i in with_text))

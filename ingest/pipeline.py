@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from shelfsight.ingest.catalog import Catalog, Columns, RowError, read_catalog
-from shelfsight.ingest.embed_stage import PinnedBuffer, embed_items
+from shelfsight.ingest.embed_stage import PinnedBuffer, ProductTexts, embed_items
 from shelfsight.ingest.gpu_decode import gpu_decoding_available, require_gpu_decoding
 from shelfsight.ingest.read_stage import ReadContext, ReadItem, ReadJob, ReadPool, read_in_threads
 from shelfsight.ingest.write_process import PointStore, WriteProcess
@@ -98,6 +98,8 @@ class IngestReport:
     # which overlap embedding), "embed", "write" (upserts and payload updates), "finish" (prune, index),
     # "calibrate" (the vocabulary and relevance floor, search/relevance.py).
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # What product texts ran in, and why (``embed_stage.ProductTexts``); empty when none were embedded.
+    text_tower: str = ""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -111,6 +113,7 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "items_per_second": round(self.ingested / self.seconds, 2) if self.seconds else 0.0,
             "stage_seconds": {stage: round(s, 3) for stage, s in self.stage_seconds.items()},
+            "text_tower": self.text_tower,
         }
 
     def time(self, stage: str, seconds: float) -> None:
@@ -206,6 +209,7 @@ def ingest_catalog(
             items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
             report.time("read", sum(item.seconds for item in items))
             _embed_and_write(writer, embedder, options.collection, meta, items, report, plan)
+    report.text_tower = plan.texts.described
     with _timed(report, "finish"):
         _finish(store, options, catalog, report)
     if report.ingested or report.updated or report.pruned or not meta.vocabulary:
@@ -226,6 +230,7 @@ class ReadPlan:
     batch_size: int
     workers: int
     processes: bool
+    texts: ProductTexts
     buffer: PinnedBuffer = field(default_factory=PinnedBuffer)
 
     def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
@@ -261,8 +266,8 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
     if processes is None:
         processes = catalog.with_images > PROCESS_MIN_BATCHES * batch_size
     if workers == 0:  # asked for no processes: read in threads of this one
-        return ReadPlan(ctx, batch_size, READ_THREADS, False)
-    return ReadPlan(ctx, batch_size, workers, processes)
+        return ReadPlan(ctx, batch_size, READ_THREADS, False, ProductTexts(embedder))
+    return ReadPlan(ctx, batch_size, workers, processes, ProductTexts(embedder))
 
 
 def usable_cores() -> int:
@@ -381,7 +386,7 @@ def _embed_and_write(
         )
     if batch.to_embed:
         with _timed(report, "embed"):
-            result = embed_items(batch.to_embed, embedder, meta, plan.buffer, plan.ctx.policy)
+            result = embed_items(batch.to_embed, embedder, meta, plan.buffer, plan.ctx.policy, plan.texts)
         report.errors.extend(result.errors)
         writer.submit(
             lambda store: store.upsert(name, result.batch.points),

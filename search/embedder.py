@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -341,21 +341,16 @@ class Embedder:
 
         if not token_ids:
             return np.zeros((0, 0), dtype=np.float32)
-        pad = self.model.tokenizer.pad_token_id or 0
         inner: Any = self.model[0].model
-        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
         parts = []
+        batches = LengthBatches(token_ids, self.batch_size, self.model.tokenizer.pad_token_id or 0)
         with torch.inference_mode(), autocast(self.precision, self.torch_device):
-            for start in range(0, len(order), self.batch_size):
-                chunk = [token_ids[i] for i in order[start : start + self.batch_size]]
-                ids, mask = _padded(chunk, pad)
+            for ids, mask in batches:
                 ids_t = torch.from_numpy(ids).to(self.torch_device, non_blocking=True)
                 mask_t = torch.from_numpy(mask).to(self.torch_device, non_blocking=True)
                 parts.append(_features(inner.get_text_features(input_ids=ids_t, attention_mask=mask_t)).float())
         vectors = torch.nn.functional.normalize(torch.cat(parts), dim=-1).cpu().numpy()
-        restored = np.empty_like(vectors)
-        restored[order] = vectors
-        return self._checked(restored)
+        return self._checked(batches.in_given_order(vectors))
 
     def _encode(self, items: list[Any]) -> np.ndarray:
         import torch
@@ -396,15 +391,30 @@ def _pixel_spec_of(model: SentenceTransformer) -> PixelSpec | None:
     return PixelSpec.from_processor(image_processor)
 
 
-def _padded(token_ids: Sequence[np.ndarray], pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token id rows padded to the longest: (ids, attention mask), both (n, longest) int64."""
-    width = max(len(t) for t in token_ids)
-    ids = np.full((len(token_ids), width), pad, dtype=np.int64)
-    mask = np.zeros((len(token_ids), width), dtype=np.int64)
-    for row, tokens in enumerate(token_ids):
-        ids[row, : len(tokens)] = tokens
-        mask[row, : len(tokens)] = 1
-    return ids, mask
+class LengthBatches:
+    """Token id rows in batches of similar length, each padded to its longest: (ids, attention
+    mask), both (n, longest) int64. ``in_given_order`` puts the batches' output rows back in the
+    order the rows were given."""
+
+    def __init__(self, token_ids: Sequence[np.ndarray], batch_size: int, pad: int):
+        self.token_ids, self.batch_size, self.pad = token_ids, batch_size, pad
+        self.order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self.order), self.batch_size):
+            chunk = [self.token_ids[i] for i in self.order[start : start + self.batch_size]]
+            width = max(len(t) for t in chunk)
+            ids = np.full((len(chunk), width), self.pad, dtype=np.int64)
+            mask = np.zeros((len(chunk), width), dtype=np.int64)
+            for row, tokens in enumerate(chunk):
+                ids[row, : len(tokens)] = tokens
+                mask[row, : len(tokens)] = 1
+            yield ids, mask
+
+    def in_given_order(self, rows: np.ndarray) -> np.ndarray:
+        restored = np.empty_like(rows)
+        restored[self.order] = rows
+        return restored
 
 
 def _features(out: Any) -> torch.Tensor:

@@ -1,10 +1,15 @@
-"""An int8 copy of the text tower for query texts on CPU, used only where it keeps fp32's vectors.
+"""An int8 copy of the text tower for texts on CPU, used only where it keeps fp32's vectors.
 
 A served query embeds one short text, and on a 2-core CPU the ViT-B/32-shape text tower takes
 about 20 ms of it in fp32. Dynamic int8 quantization (torch's ``quantize_dynamic`` over the
-tower's Linear layers; x86 int8 kernels, faster still where the CPU has VNNI) cuts that. Product
-vectors, image queries and the write routes keep the fp32 model: only query texts take this path,
-and only after probe texts showed a cosine of at least ``MIN_COSINE`` to fp32 on this machine.
+tower's Linear layers; x86 int8 kernels, faster still where the CPU has VNNI) cuts that. Query
+texts in ``serve`` take this path, and so do an ingest's product texts under ``auto`` precision
+on a CPU where the model runs fp32 (``product_text_encoder``); each only after probe texts
+showed a cosine of at least ``MIN_COSINE`` to fp32 on this machine. Image vectors, and the
+product texts of the HTTP write routes, keep the model's own precision.
+
+Int8 activations are scaled per pass, so a text's vector moves slightly (cosine about 0.998)
+with the texts it shares a pass with; fp32 is the reference every choice is checked against.
 
 Example::
 
@@ -21,13 +26,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from shelfsight.search.embedder import Embedder, normalize_rows
+from shelfsight.search.embedder import Embedder, LengthBatches, normalize_rows
 from shelfsight.search.text_tower import LeanTextTower
 
 log = logging.getLogger(__name__)
 
 # The least cosine to fp32 a probe text may have for the int8 tower to be used.
 MIN_COSINE = 0.995
+# The narrowest text tower whose product texts ingest runs in int8. Narrower ones (the tests'
+# tiny preset, the demo's small one) cost little per product next to decoding its photo, and keep
+# the model's own vectors, the ones the write routes and queries make.
+MIN_PRODUCT_WIDTH = 512
+# Catalog texts added to the probes when an ingest checks the int8 tower.
+PRODUCT_PROBES = 8
 # Texts like shoppers' queries: short, with colours, materials, kinds, a brand-like word, numbers.
 PROBES = (
     "red leather bag",
@@ -74,12 +85,13 @@ def int8_supported() -> str | None:
 
 
 class Int8TextEncoder:
-    """Query texts through an int8 copy of the text tower; the fp32 model is left as it was."""
+    """Texts through an int8 copy of the text tower; the model itself is left as it was."""
 
-    def __init__(self, tower: Any, tokenizer: Any, max_tokens: int):
+    def __init__(self, tower: Any, tokenizer: Any, max_tokens: int, batch_size: int = 32):
         self.tower = tower
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        self.batch_size = batch_size
 
     @classmethod
     def build(cls, embedder: Embedder, probes: Sequence[str] = PROBES) -> tuple[Int8TextEncoder | None, float]:
@@ -88,14 +100,14 @@ class Int8TextEncoder:
         if str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
         clip = _clip_model(embedder)
+        exact = LeanTextTower(copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float())
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensor types as deprecated
             warnings.simplefilter("ignore", UserWarning)
-            tower = _quantized(
-                LeanTextTower(copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float())
-            )
-        encoder = cls(tower.eval(), embedder.model.tokenizer, embedder.max_tokens)
-        fast, exact = encoder.encode_texts(list(probes)), embedder.encode_texts(list(probes))
-        cosine = float(np.min(np.sum(fast * exact, axis=1)))
+            tower = _quantized(exact)
+        tokenizer, max_tokens = embedder.model.tokenizer, embedder.max_tokens
+        encoder = cls(tower.eval(), tokenizer, max_tokens, embedder.batch_size)
+        reference = cls(exact.eval(), tokenizer, max_tokens).encode_texts(list(probes))
+        cosine = float(np.min(np.sum(encoder.encode_texts(list(probes)) * reference, axis=1)))
         if cosine < MIN_COSINE:
             log.info("int8 text tower not used: probe cosine to fp32 %.4f < %.3f", cosine, MIN_COSINE)
             return None, cosine
@@ -103,14 +115,42 @@ class Int8TextEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts as ``Embedder.encode_texts`` does: (n, d) float32, unit rows."""
-        import torch
-
         texts = list(texts)
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+        return self.encode_token_ids([np.asarray(t, dtype=np.int64) for t in tokens])
+
+    def encode_token_ids(self, token_ids: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed texts tokenized elsewhere, as ``Embedder.encode_token_ids`` does. No attention
+        mask: attention is causal, so a text's end token never sees the pads after it."""
+        import torch
+
+        if not token_ids:
+            return np.zeros((0, 0), dtype=np.float32)
+        batches = LengthBatches(token_ids, self.batch_size, self.tokenizer.pad_token_id or 0)
         with torch.inference_mode():
-            tokens = self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
-            )
-            vectors = self.tower(tokens["input_ids"]).float().numpy()
-        return normalize_rows(vectors)
+            parts = [self.tower(torch.from_numpy(ids)).float() for ids, _ in batches]
+        return normalize_rows(batches.in_given_order(torch.cat(parts).numpy()))
+
+
+def product_text_encoder(embedder: Embedder, samples: Sequence[str]) -> tuple[Int8TextEncoder | None, str]:
+    """The int8 encoder for an ingest's product texts, or None; and what the texts run in, and why.
+
+    Int8 replaces fp32 only: under ``auto`` precision, on a CPU where the model runs in fp32 (no
+    native bf16), for a tower of at least ``MIN_PRODUCT_WIDTH``, and only when the probes, with up
+    to ``PRODUCT_PROBES`` of the catalog's own texts (``samples``), keep ``MIN_COSINE`` to fp32.
+    Where the CPU runs bf16 natively the texts stay in bf16: int8 was barely faster there (3.6 s
+    against 3.8 for 480 ViT-B/32-shape texts inside an ingest) and moves vectors more."""
+    own = embedder.precision
+    if embedder.requested_precision != "auto" or embedder.torch_device != "cpu" or own != "fp32":
+        return None, own
+    width = int(_clip_model(embedder).text_model.config.hidden_size)
+    if width < MIN_PRODUCT_WIDTH:
+        return None, f"{own} (int8 only for text towers {MIN_PRODUCT_WIDTH} wide or more; this one is {width})"
+    probes = [*PROBES, *samples[:PRODUCT_PROBES]]
+    fast, cosine = Int8TextEncoder.build(embedder, probes)
+    if fast is None:
+        why = "no int8 kernels here" if np.isnan(cosine) else f"int8 kept only cosine {cosine:.4f} to fp32"
+        return None, f"{own} ({why})"
+    return fast, f"int8 (least cosine to fp32 {cosine:.4f} over {len(probes)} probe texts)"

@@ -201,6 +201,57 @@ def test_texts_tokenized_by_the_readers_embed_as_the_model_does(embedder):
     assert [t["text_truncated"] for t in tokenized] == [False, True, False, False]
 
 
+def _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path, precision="auto"):
+    """The ingest's report, its stored text vectors, and fp32's vectors of the same texts."""
+    from shelfsight.ingest.catalog import read_catalog
+    from shelfsight.search.store.edge import EdgeStore
+
+    store = EdgeStore(tmp_path / f"db-{precision}")
+    try:
+        embedder = Embedder(str(tiny_model_dir), device="cpu", precision=precision)
+        options = IngestOptions(batch_size=8, workers=0, optimize=False)
+        report = ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
+        points = list(store.scroll("products", with_vectors=True))
+    finally:
+        store.close()
+    assert report.ingested == 48 and len(points) == 48
+    texts = {r.product.id: r.product.text for r in read_catalog(catalog_dir / "catalog.csv").rows}
+    fp32 = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
+    exact = fp32.encode_texts([texts[p.payload["product_id"]] for p in points])
+    return report, np.stack([p.vectors["text"] for p in points]), exact
+
+
+@pytest.fixture
+def without_native_bf16(monkeypatch):
+    """A CPU like the AVX2 kind: ``auto`` runs the model in fp32; any text tower may take int8."""
+    from shelfsight.search import precision, text_int8
+
+    monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: False)
+    monkeypatch.setattr(text_int8, "MIN_PRODUCT_WIDTH", 0)
+
+
+def test_product_texts_run_int8_where_the_model_runs_fp32(tiny_model_dir, catalog_dir, tmp_path, without_native_bf16):
+    """Under ``auto`` on a CPU without native bf16, product texts go through the int8 text tower
+    once probes (the catalog's first texts among them) keep fp32's vectors; the report says so."""
+    report, stored, exact = _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path)
+    assert report.text_tower.startswith("int8 (least cosine to fp32 ")
+    assert report.summary()["text_tower"] == report.text_tower
+    assert (stored * exact).sum(axis=1).min() >= 0.995
+    assert not np.allclose(stored, exact, atol=1e-5)  # the int8 tower made them, not fp32
+
+
+def test_product_texts_keep_fp32_when_asked_or_when_int8_misses(
+    tiny_model_dir, catalog_dir, tmp_path, without_native_bf16, monkeypatch
+):
+    report, stored, exact = _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path, "fp32")
+    assert report.text_tower == "fp32"
+    np.testing.assert_allclose(stored, exact, atol=1e-5)
+    monkeypatch.setattr("shelfsight.search.text_int8.MIN_COSINE", 1.01)
+    report, stored, exact = _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path / "missed")
+    assert report.text_tower.startswith("fp32 (int8 kept only cosine ")
+    np.testing.assert_allclose(stored, exact, atol=1e-5)
+
+
 def test_ingest_streams_the_catalog_never_holding_it_whole(store, collection_name, embedder, catalog_dir, monkeypatch):
     def whole(self):
         raise AssertionError("the ingest read the whole catalog into memory")
