@@ -4,8 +4,10 @@ Prints, side by side: the vision tower's pure forward on ready tensors (fp32 and
 GPU, bf16 on a CPU), the text tower, preprocessing alone (the model's own processor on one thread,
 and the read stage's worker processes), end-to-end ``ingest_catalog`` (texts, hashing, store writes,
 index build and calibration included) for each decode mode, and the ratio of ingest to the pure fp32
-forward. The ingests keep an early-fused vector (``--fused-weight 0.5``, as the demo does): three
-512-d vectors a product, like the store-only upsert row. Also the fast image path's least cosine to the model's own processor, per decode mode.
+forward (the best of the batch sizes tried: 32, and on a CPU also the 16 its ingest runs). The
+ingests keep an early-fused vector (``--fused-weight 0.5``, as the demo does): three 512-d vectors a
+product, like the store-only upsert row. Also the fast image path's least cosine to the model's own
+processor, per decode mode.
 
 Random ViT-B/32-shape weights: the compute is real, the vectors meaningless. Every product and
 every forward batch is distinct. Examples::
@@ -32,7 +34,7 @@ import torch
 from shelfsight.data.generate import write_catalog
 from shelfsight.ingest.catalog import read_catalog
 from shelfsight.ingest.gpu_decode import decode_jpegs, gpu_decoding_available
-from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog, usable_cores
+from shelfsight.ingest.pipeline import CPU_FORWARD_BATCH, IngestOptions, ingest_catalog, usable_cores
 from shelfsight.ingest.read_stage import ReadContext, ReadJob, ReadPool
 from shelfsight.search import precision
 from shelfsight.search.embedder import Embedder
@@ -242,7 +244,7 @@ def main() -> None:
     model = work / f"model-{args.preset}"
     if not (model / "config.json").exists():
         init_model(args.preset, model)
-    embedder = Embedder(str(model), device=args.device, batch_size=256 if on_gpu else 32)
+    embedder = Embedder(str(model), device=args.device, batch_size=256 if on_gpu else CPU_FORWARD_BATCH)
     results["precision_auto"] = embedder.precision
     catalogs = {args.image_size: make_catalog(work / f"catalog-{args.image_size}-{n}", n, args.image_size, workers)}
     if args.also_224 and args.image_size != 224:
@@ -257,11 +259,13 @@ def measure(
     results: dict[str, Any], embedder: Embedder, catalogs: dict[int, Path], work: Path, workers: int, on_gpu: bool
 ) -> None:
     half = "fp16" if on_gpu else "bf16"
-    batch, batches = (256, 12) if on_gpu else (32, 3)
     rates = results.setdefault("rates", {})
-    rates["forward fp32"] = forward_rate(embedder, "fp32", batch, batches)
-    rates[f"forward {half}"] = forward_rate(embedder, half, batch, batches)
-    print(f"forward: {rates['forward fp32']:.1f} fp32, {rates[f'forward {half}']:.1f} {half} images/s", flush=True)
+    best: dict[str, float] = {}
+    for batch, batches in [(256, 12)] if on_gpu else [(32, 3), (CPU_FORWARD_BATCH, 96 // CPU_FORWARD_BATCH)]:
+        for kind in ("fp32", half):
+            rate = rates[f"forward {kind}, batches of {batch}"] = forward_rate(embedder, kind, batch, batches)
+            best[kind] = max(best.get(kind, 0.0), rate)
+    print(f"forward: best {best['fp32']:.1f} fp32, {best[half]:.1f} {half} images/s", flush=True)
     size, catalog = next(iter(catalogs.items()))
     parsed = read_catalog(catalog)
     texts = [r.product.text for r in parsed.rows[:1024]]
@@ -306,8 +310,8 @@ def measure(
         key = f"ingest {size}-px, decode cpu, {workers - 1} workers"
         ingests[key] = ingest_rate(catalog, embedder, work, "cpu", workers - 1)
         print(key, ingests[key], flush=True)
-    results["ratio"] = {k: v["items_per_s"] / rates["forward fp32"] for k, v in ingests.items()}
-    results["ratio_half"] = {k: v["items_per_s"] / rates[f"forward {half}"] for k, v in ingests.items()}
+    results["ratio"] = {k: v["items_per_s"] / best["fp32"] for k, v in ingests.items()}
+    results["ratio_half"] = {k: v["items_per_s"] / best[half] for k, v in ingests.items()}
 
 
 def report(results: dict[str, Any]) -> None:
@@ -321,7 +325,7 @@ def report(results: dict[str, Any]) -> None:
         print(f"| {what + ' (no index build/calibrate)':<44} | {run['pipeline_items_per_s']:>9.1f} |")
     print()
     for what, ratio in results["ratio"].items():
-        print(f"{what}: {ratio:.2f}x the pure fp32 forward, {results['ratio_half'][what]:.2f}x the half-precision one")
+        print(f"{what}: {ratio:.2f}x the best pure fp32 forward, {results['ratio_half'][what]:.2f}x the best half one")
     for what, run in results["ingest"].items():
         print(f"{what}: stage seconds {run['stage_seconds']} of {run['seconds']} s")
     print(f"fast path least cosine: {results['cosine']}")
