@@ -64,7 +64,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="number format of the model: auto (fp16 on a GPU, bf16 on a CPU with native bf16, else fp32)",
+        help=(
+            "number format of the model: auto (fp16 on a GPU, bf16 on a CPU with native bf16, else fp32 "
+            "with product texts in int8 where that keeps fp32's vectors)"
+        ),
     )
     p.add_argument(
         "--decode",
