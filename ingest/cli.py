@@ -45,6 +45,12 @@ def _auto_int(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {value!r}") from None
 
 
+PRECISION_HELP = (
+    "number format of the model: auto (fp16 on a GPU, bf16 on a CPU with native bf16, else fp32 with "
+    "product texts in int8 where that keeps fp32's vectors)"
+)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ingest", help="embed a catalog's images and texts into the store")
     p.add_argument("catalog", help="CSV, TSV, JSONL, JSON or Parquet file")
@@ -64,10 +70,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help=(
-            "number format of the model: auto (fp16 on a GPU, bf16 on a CPU with native bf16, else fp32 "
-            "with product texts in int8 where that keeps fp32's vectors)"
-        ),
+        help=PRECISION_HELP,
     )
     p.add_argument(
         "--decode",

@@ -12,7 +12,7 @@ its text tower where that keeps fp32's vectors on this CPU (``search/text_int8.p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,34 +63,46 @@ class ProductTexts:
     """The text tower an ingest's product texts go through, settled on the first batch with texts:
     the int8 copy where ``product_text_encoder`` allows it (``auto`` precision on a CPU, a wide
     enough tower, and probes that include those first texts keep fp32's vectors), else the model
-    in its own precision (always, with ``int8`` False). ``described`` says which, and why."""
+    in its own precision (always, with ``int8`` False). ``described`` says which, and why. Used
+    from the ingest's loop alone (one thread)."""
 
     def __init__(self, embedder: Embedder, int8: bool = True):
-        self.embedder = embedder
-        self.encoder: Embedder | Int8TextEncoder | None = None if int8 else embedder
+        self.embedder, self.int8 = embedder, int8
+        self.encoder: Embedder | Int8TextEncoder | None = None
         self.described = ""
 
     def encode(self, items: Sequence[ReadItem]) -> np.ndarray:
         if self.encoder is None:
-            fast, self.described = product_text_encoder(self.embedder, [i.row.product.text for i in items])
-            self.encoder = fast or self.embedder
+            self.encoder, self.described = self._settle([i.row.product.text for i in items])
         return self.encoder.encode_token_ids([item.text_ids for item in items])  # type: ignore[misc]
+
+    def _settle(self, samples: list[str]) -> tuple[Embedder | Int8TextEncoder, str]:
+        if not self.int8:
+            return self.embedder, self.embedder.precision
+        fast, described = product_text_encoder(self.embedder, samples)
+        return fast or self.embedder, described
+
+
+@dataclass(frozen=True)
+class EmbedState:
+    """What an ingest's embed stage keeps from batch to batch: the text tower it settled on, the
+    pinned buffer pixels cross to a GPU from, and the image limits (for a JPEG the GPU rejects and
+    Pillow decodes here instead)."""
+
+    texts: ProductTexts
+    buffer: PinnedBuffer = field(default_factory=PinnedBuffer)
+    policy: ImagePolicy = ImagePolicy()
 
 
 def embed_items(
-    items: Sequence[ReadItem],
-    embedder: Embedder,
-    meta: CollectionMeta,
-    buffer: PinnedBuffer | None = None,
-    policy: ImagePolicy = ImagePolicy(),
-    texts: ProductTexts | None = None,
+    items: Sequence[ReadItem], embedder: Embedder, meta: CollectionMeta, state: EmbedState | None = None
 ) -> EmbedResult:
-    """Both towers over the batch; the early-fused vector when the collection has one. ``policy``
-    is the ingest's image limits, for a JPEG the GPU rejects and Pillow decodes here instead;
-    ``texts`` the ingest's text tower (the model in its own precision when None)."""
-    kept, vectors, errors = image_vectors(items, embedder, buffer or PinnedBuffer(), policy)
+    """Both towers over the batch; the early-fused vector when the collection has one. Without
+    ``state``: the model in its own precision for texts, default image limits."""
+    state = state or EmbedState(ProductTexts(embedder, int8=False))
+    kept, vectors, errors = image_vectors(items, embedder, state.buffer, state.policy)
     products = [item.row.product for item in kept]
-    text_vectors = tokenized_texts(kept, texts or ProductTexts(embedder, int8=False))
+    text_vectors = tokenized_texts(kept, state.texts)
     batch = embed_points(products, vectors, [item.payload for item in kept], embedder, meta, text_vectors)
     return EmbedResult(batch, errors)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from shelfsight.ingest.catalog import Catalog, Columns, RowError, read_catalog
-from shelfsight.ingest.embed_stage import PinnedBuffer, ProductTexts, embed_items
+from shelfsight.ingest.embed_stage import EmbedState, ProductTexts, embed_items
 from shelfsight.ingest.gpu_decode import gpu_decoding_available, require_gpu_decoding
 from shelfsight.ingest.read_stage import ReadContext, ReadItem, ReadJob, ReadPool, read_in_threads
 from shelfsight.ingest.write_process import PointStore, WriteProcess
@@ -64,6 +64,9 @@ CPU_BATCH = 32
 # Inside an ingest, where the read stage's workers share the cores, less is left of it: 480 texts
 # took 3.2 s against 3.6-3.9 s, the images about the same.
 CPU_FORWARD_BATCH = 16
+# Catalogs of fewer rows keep product texts in the model's precision: making and checking the
+# int8 text tower (about a second for the ViT-B/32 shape) would cost more than it saves.
+INT8_MIN_ROWS = 256
 # Threads reading images when the read stage runs in this process (small catalogs, --workers 0).
 READ_THREADS = 2
 # Worker processes start (about a second) only for catalogs with images for more batches than this.
@@ -105,7 +108,9 @@ class IngestReport:
     # which overlap embedding), "embed", "write" (upserts and payload updates), "finish" (prune, index),
     # "calibrate" (the vocabulary and relevance floor, search/relevance.py).
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    # What product texts ran in, and why (``embed_stage.ProductTexts``); empty when none were embedded.
+    # What product texts ran in, and why (``embed_stage.ProductTexts``); empty when none were
+    # embedded from the read stage's tokens (a model without a fast tokenizer embeds them as strings,
+    # in its own precision).
     text_tower: str = ""
 
     def summary(self) -> dict[str, Any]:
@@ -216,7 +221,7 @@ def ingest_catalog(
             items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
             report.time("read", sum(item.seconds for item in items))
             _embed_and_write(writer, embedder, options.collection, meta, items, report, plan)
-    report.text_tower = plan.texts.described
+    report.text_tower = plan.embed.texts.described
     with _timed(report, "finish"):
         _finish(store, options, catalog, report)
     if report.ingested or report.updated or report.pruned or not meta.vocabulary:
@@ -231,14 +236,13 @@ def ingest_catalog(
 @dataclass(frozen=True)
 class ReadPlan:
     """How this run reads: the context workers get, rows per batch, worker count, and whether in
-    processes (``ReadPool``) or threads."""
+    processes (``ReadPool``) or threads; and what its embed stage keeps between batches."""
 
     ctx: ReadContext
     batch_size: int
     workers: int
     processes: bool
-    texts: ProductTexts
-    buffer: PinnedBuffer = field(default_factory=PinnedBuffer)
+    embed: EmbedState
 
     def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
         if self.processes:
@@ -249,7 +253,8 @@ class ReadPlan:
 def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, options: IngestOptions) -> ReadPlan:
     """Settle the automatic options for this machine and catalog: the batch (256 on a GPU, 32 on a
     CPU, whose towers run it 16 at a time), the workers (the usable cores), processes once the
-    images fill a few batches, and GPU decoding where ``options.decode`` asks for it or, for 'auto', where the GPU decoder exists."""
+    images fill a few batches, and GPU decoding where ``options.decode`` asks for it or, for
+    'auto', where the GPU decoder exists."""
     device = embedder.torch_device
     on_gpu = device.startswith("cuda")
     batch_size = options.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
@@ -272,9 +277,10 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
     processes = options.processes
     if processes is None:
         processes = catalog.with_images > PROCESS_MIN_BATCHES * batch_size
+    embed = EmbedState(ProductTexts(embedder, int8=catalog.total >= INT8_MIN_ROWS), policy=options.images)
     if workers == 0:  # asked for no processes: read in threads of this one
-        return ReadPlan(ctx, batch_size, READ_THREADS, False, ProductTexts(embedder))
-    return ReadPlan(ctx, batch_size, workers, processes, ProductTexts(embedder))
+        return ReadPlan(ctx, batch_size, READ_THREADS, False, embed)
+    return ReadPlan(ctx, batch_size, workers, processes, embed)
 
 
 def usable_cores() -> int:
@@ -393,7 +399,7 @@ def _embed_and_write(
         )
     if batch.to_embed:
         with _timed(report, "embed"):
-            result = embed_items(batch.to_embed, embedder, meta, plan.buffer, plan.ctx.policy, plan.texts)
+            result = embed_items(batch.to_embed, embedder, meta, plan.embed)
         report.errors.extend(result.errors)
         writer.submit(
             lambda store: store.upsert(name, result.batch.points),

@@ -95,8 +95,9 @@ class Int8TextEncoder:
 
     @classmethod
     def build(cls, embedder: Embedder, probes: Sequence[str] = PROBES) -> tuple[Int8TextEncoder | None, float]:
-        """The int8 encoder and the least probe cosine to fp32; (None, cosine) when it falls short
-        of ``MIN_COSINE``, (None, nan) when the model is not on the CPU or int8 cannot run."""
+        """The int8 encoder and the least probe cosine to fp32 (an fp32 copy of the tower) and to
+        the model itself; (None, cosine) when it falls short of ``MIN_COSINE``, (None, nan) when
+        the model is not on the CPU or int8 cannot run."""
         if str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
         clip = _clip_model(embedder)
@@ -106,8 +107,12 @@ class Int8TextEncoder:
             tower = _quantized(exact)
         tokenizer, max_tokens = embedder.model.tokenizer, embedder.max_tokens
         encoder = cls(tower.eval(), tokenizer, max_tokens, embedder.batch_size)
-        reference = cls(exact.eval(), tokenizer, max_tokens).encode_texts(list(probes))
-        cosine = float(np.min(np.sum(encoder.encode_texts(list(probes)) * reference, axis=1)))
+        fast = encoder.encode_texts(list(probes))
+        references = (
+            cls(exact.eval(), tokenizer, max_tokens).encode_texts(list(probes)),
+            embedder.encode_texts(probes),
+        )
+        cosine = min(float(np.min(np.sum(fast * reference, axis=1))) for reference in references)
         if cosine < MIN_COSINE:
             log.info("int8 text tower not used: probe cosine to fp32 %.4f < %.3f", cosine, MIN_COSINE)
             return None, cosine
@@ -145,11 +150,15 @@ def product_text_encoder(embedder: Embedder, samples: Sequence[str]) -> tuple[In
     own = embedder.precision
     if embedder.requested_precision != "auto" or embedder.torch_device != "cpu" or own != "fp32":
         return None, own
-    width = int(_clip_model(embedder).text_model.config.hidden_size)
-    if width < MIN_PRODUCT_WIDTH:
-        return None, f"{own} (int8 only for text towers {MIN_PRODUCT_WIDTH} wide or more; this one is {width})"
-    probes = [*PROBES, *samples[:PRODUCT_PROBES]]
-    fast, cosine = Int8TextEncoder.build(embedder, probes)
+    try:
+        width = int(_clip_model(embedder).text_model.config.hidden_size)
+        if width < MIN_PRODUCT_WIDTH:
+            return None, f"{own} (int8 only for text towers {MIN_PRODUCT_WIDTH} wide or more; this one is {width})"
+        probes = [*PROBES, *samples[:PRODUCT_PROBES]]
+        fast, cosine = Int8TextEncoder.build(embedder, probes)
+    except Exception as exc:  # int8 is only a speed-up: a model it cannot copy or quantize runs as it is
+        log.warning("int8 text tower unavailable, product texts run in %s: %r", own, exc)
+        return None, f"{own} (int8 unavailable: {exc!r})"
     if fast is None:
         why = "no int8 kernels here" if np.isnan(cosine) else f"int8 kept only cosine {cosine:.4f} to fp32"
         return None, f"{own} ({why})"

@@ -7,8 +7,8 @@ layer, PyTorch's causal scaled-dot-product attention, and the final norm and pro
 end-of-text token alone. Padding needs no mask: attention is causal, so the end-of-text token of
 a text never sees the pads that follow it.
 
-It is built from a loaded ``CLIPModel`` and checked against it by its caller (``text_int8``),
-which also makes its Linear layers int8.
+It is built from a loaded ``CLIPModel`` by ``text_int8``, which makes its Linear layers int8 and
+checks the result against both an fp32 copy of this tower and the model itself.
 
 Example::
 
