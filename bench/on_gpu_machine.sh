@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# On the GPU machine, in a copy of this repository with .whl/ from bench/gpu_wheels.sh: install
+# the wheels beside the machine's own torch, then run the ingest benchmark at 1000 px and 224 px.
+# Figures and the whole log go to $OUT (or ./gpu-out). Through the device tool:
+#   run(command="bash bench/on_gpu_machine.sh", carry=[".whl"], timeout_s=540)
+# PY, DEVICE, N and WHEELS override the interpreter, device, catalog size and wheels, for a smoke
+# run on a machine without a GPU: WHEELS='.whl/shelfsight-*.whl' PY=.venv/bin/python DEVICE=cpu N=64
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$(realpath -m "${OUT:-$repo/gpu-out}")
+PY=${PY:-python3}
+mkdir -p "$OUT"
+# shellcheck disable=SC2086  # WHEELS is a glob
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    ${WHEELS:-$repo/.whl/*.whl} || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+cd /tmp || exit 1 # so the checkout's shelfsight/ folder cannot shadow the installed package
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+    "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+    timeout 480 "$PY" "$repo/bench/ingest_throughput.py" --device "${DEVICE:-cuda}" --image-size 1000 --also-224 \
+        ${N:+--n "$N"} --workdir /tmp/shelfsight-bench --json "$OUT/ingest_gpu.json"
+} 2>&1 | tee "$OUT/ingest_gpu.log"
