@@ -140,7 +140,9 @@ def normalize_pixels(batch: torch.Tensor, spec: PixelSpec, dtype: torch.dtype) -
     import torch
 
     scale = torch.tensor([spec.scale / s for s in spec.std], device=batch.device, dtype=torch.float32)
-    shift = torch.tensor([m / s for m, s in zip(spec.mean, spec.std, strict=True)], device=batch.device)
+    shift = torch.tensor(
+        [m / s for m, s in zip(spec.mean, spec.std, strict=True)], device=batch.device, dtype=torch.float32
+    )
     floats = batch.to(torch.float32)
-    floats.mul_(scale).sub_(shift.to(torch.float32))
+    floats.mul_(scale).sub_(shift)
     return floats.permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format)

@@ -39,6 +39,8 @@ MIN_COSINE = 0.995
 MIN_PRODUCT_WIDTH = 512
 # Catalog texts added to the probes when an ingest checks the int8 tower.
 PRODUCT_PROBES = 8
+# Query texts per int8 pass: as many as ``serve`` batches into one (search/batching.py).
+QUERY_BATCH = 32
 # Texts like shoppers' queries: short, with colours, materials, kinds, a brand-like word, numbers.
 PROBES = (
     "red leather bag",
@@ -87,17 +89,21 @@ def int8_supported() -> str | None:
 class Int8TextEncoder:
     """Texts through an int8 copy of the text tower; the model itself is left as it was."""
 
-    def __init__(self, tower: Any, tokenizer: Any, max_tokens: int, batch_size: int = 32):
+    def __init__(self, tower: Any, tokenizer: Any, max_tokens: int, batch_size: int = QUERY_BATCH):
         self.tower = tower
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.batch_size = batch_size
 
     @classmethod
-    def build(cls, embedder: Embedder, probes: Sequence[str] = PROBES) -> tuple[Int8TextEncoder | None, float]:
-        """The int8 encoder and the least probe cosine to fp32 (an fp32 copy of the tower) and to
-        the model itself; (None, cosine) when it falls short of ``MIN_COSINE``, (None, nan) when
-        the model is not on the CPU or int8 cannot run."""
+    def build(
+        cls, embedder: Embedder, probes: Sequence[str] = PROBES, batch_size: int = QUERY_BATCH
+    ) -> tuple[Int8TextEncoder | None, float]:
+        """The int8 encoder and the least probe cosine to the model itself and to fp32 (the model,
+        or an fp32 copy of the tower where the model runs in half); (None, cosine) when it falls short of ``MIN_COSINE``, (None, nan) when
+        the model is not on the CPU or int8 cannot run. ``batch_size``: texts per pass (int8 scales
+        activations per pass, so it is fixed here, not taken from the embedder, which an ingest
+        may have set)."""
         if str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
         clip = _clip_model(embedder)
@@ -105,13 +111,12 @@ class Int8TextEncoder:
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensor types as deprecated
             warnings.simplefilter("ignore", UserWarning)
             tower = _quantized(exact)
-        tokenizer, max_tokens = embedder.model.tokenizer, embedder.max_tokens
-        encoder = cls(tower.eval(), tokenizer, max_tokens, embedder.batch_size)
-        fast = encoder.encode_texts(list(probes))
-        references = (
-            cls(exact.eval(), tokenizer, max_tokens).encode_texts(list(probes)),
-            embedder.encode_texts(probes),
-        )
+        tokenizer, max_tokens, probes = embedder.model.tokenizer, embedder.max_tokens, list(probes)
+        encoder = cls(tower.eval(), tokenizer, max_tokens, batch_size)
+        fast = encoder.encode_texts(probes)
+        references = [embedder.encode_texts(probes)]
+        if embedder.precision != "fp32":  # the model itself is not fp32's reference: add the tower's
+            references.append(cls(exact.eval(), tokenizer, max_tokens).encode_texts(probes))
         cosine = min(float(np.min(np.sum(fast * reference, axis=1))) for reference in references)
         if cosine < MIN_COSINE:
             log.info("int8 text tower not used: probe cosine to fp32 %.4f < %.3f", cosine, MIN_COSINE)
@@ -155,7 +160,7 @@ def product_text_encoder(embedder: Embedder, samples: Sequence[str]) -> tuple[In
         if width < MIN_PRODUCT_WIDTH:
             return None, f"{own} (int8 only for text towers {MIN_PRODUCT_WIDTH} wide or more; this one is {width})"
         probes = [*PROBES, *samples[:PRODUCT_PROBES]]
-        fast, cosine = Int8TextEncoder.build(embedder, probes)
+        fast, cosine = Int8TextEncoder.build(embedder, probes, embedder.batch_size)
     except Exception as exc:  # int8 is only a speed-up: a model it cannot copy or quantize runs as it is
         log.warning("int8 text tower unavailable, product texts run in %s: %r", own, exc)
         return None, f"{own} (int8 unavailable: {exc!r})"

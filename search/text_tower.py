@@ -8,7 +8,8 @@ end-of-text token alone. Padding needs no mask: attention is causal, so the end-
 a text never sees the pads that follow it.
 
 It is built from a loaded ``CLIPModel`` by ``text_int8``, which makes its Linear layers int8 and
-checks the result against both an fp32 copy of this tower and the model itself.
+checks the result against the model itself and, where the model runs in half, an fp32 copy of
+this tower.
 
 Example::
 
