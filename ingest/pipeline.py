@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -337,7 +338,8 @@ def _jobs(
 class _Writer:
     """Store writes on their own thread, so writing one batch overlaps embedding the next. At most
     one write waits (memory stays bounded); ``lock`` keeps the store to one call at a time. What a
-    write counts is added to the report once it has landed."""
+    write counts is added to the report once it has landed: for a ``WriteProcess``, whose upserts
+    return before they land, once the next write returns or the last is settled."""
 
     def __init__(self, store: PointStore, lock: threading.Lock, on_progress: Callable[[int], None] | None):
         self.store = store
@@ -345,9 +347,10 @@ class _Writer:
         self.on_progress = on_progress
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shelfsight-write")
         self._pending: tuple[Future[float], Callable[[float], None]] | None = None
+        self._unlanded: deque[tuple[Callable[[float], None], float]] = deque()
 
     def submit(self, write: Callable[[PointStore], None], landed: Callable[[float], None]) -> None:
-        """Run ``write`` on the writer thread once the previous write has landed; ``landed`` gets
+        """Run ``write`` on the writer thread once the previous write has returned; ``landed`` gets
         the seconds the write itself took (not the time it waited in line)."""
         self.wait()
 
@@ -367,7 +370,25 @@ class _Writer:
         if self._pending is not None:
             future, landed = self._pending
             self._pending = None
-            landed(future.result())
+            self._unlanded.append((landed, future.result()))
+            self._count_landed()
+
+    def settle(self) -> None:
+        """Wait for every write to land; the wait counts as the last write's time."""
+        self.wait()
+        if isinstance(self.store, WriteProcess) and self._unlanded:
+            started = time.perf_counter()
+            with self.lock:
+                self.store.settle()
+            landed, seconds = self._unlanded.pop()
+            self._unlanded.append((landed, seconds + time.perf_counter() - started))
+        self._count_landed()
+
+    def _count_landed(self) -> None:
+        unanswered = self.store.unanswered if isinstance(self.store, WriteProcess) else 0
+        while len(self._unlanded) > unanswered:
+            landed, seconds = self._unlanded.popleft()
+            landed(seconds)
 
     def __enter__(self) -> _Writer:
         return self
@@ -375,7 +396,7 @@ class _Writer:
     def __exit__(self, *exc: object) -> None:
         try:
             if exc[0] is None:
-                self.wait()
+                self.settle()
         finally:
             self._pool.shutdown(wait=True)
 

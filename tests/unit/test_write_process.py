@@ -67,11 +67,26 @@ def test_writes_through_the_child_are_in_the_store_after_it_closes(edge):
 def test_a_store_error_in_the_child_is_raised_here_and_the_child_goes_on(edge):
     edge.release("c")
     with WriteProcess(edge.root, "c") as child:
+        child.upsert("c", _points(3, dim=5))
         with pytest.raises(BadInputError, match="dimension|8"):
-            child.upsert("c", _points(3, dim=5))
+            child.settle()
         child.upsert("c", _points(4))
         assert len(child.retrieve("c", [p.id for p in _points(4)])) == 4
     assert edge.count("c") == 4
+
+
+def test_upserts_are_pipelined_one_deep_and_a_failure_surfaces_with_the_next_call(edge):
+    edge.release("c")
+    with WriteProcess(edge.root, "c") as child:
+        child.upsert("c", _points(3, dim=5))  # returns before the child has answered
+        assert child.unanswered == 1
+        with pytest.raises(BadInputError, match="dimension|8"):
+            child.upsert("c", _points(4))  # sent, then the bad batch's answer is taken
+        assert child.unanswered == 1
+        child.upsert("c", _points(2, start=4))
+        child.settle()
+        assert child.unanswered == 0
+    assert edge.count("c") == 6  # the batches after the bad one all landed
 
 
 def test_a_collection_this_process_still_holds_is_refused_clearly(edge):
@@ -120,3 +135,44 @@ def _alive(pid: int) -> bool:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+
+
+def test_the_ingest_counts_a_pipelined_batch_only_once_it_has_landed(edge):
+    """The pipeline's writer thread: with the write process, an upsert returns before its batch
+    lands, so a batch is counted when the next write returns or the last is settled; a batch the
+    child refuses is never counted, and its error stops the run."""
+    import threading
+
+    from shelfsight.ingest.pipeline import _Writer
+
+    edge.release("c")
+    landed: list[int] = []
+    with WriteProcess(edge.root, "c") as child:
+        writer = _Writer(child, threading.Lock(), None)
+        with pytest.raises(BadInputError, match="dimension|8"):
+            with writer:
+                for k, (n, dim) in enumerate(((3, 8), (2, 5), (4, 8))):  # the middle batch is refused
+                    points = _points(n, start=k * 10, dim=dim)
+                    writer.submit(lambda store, p=points: store.upsert("c", p), lambda s, n=n: landed.append(n))
+                writer.wait()
+        assert landed == [3]
+        child.settle()  # the batch after the refused one was sent and lands
+    assert edge.count("c") == 7
+
+
+def test_the_last_pipelined_batch_is_counted_when_the_writer_settles(edge):
+    import threading
+
+    from shelfsight.ingest.pipeline import _Writer
+
+    edge.release("c")
+    landed: list[int] = []
+    with WriteProcess(edge.root, "c") as child:
+        with _Writer(child, threading.Lock(), None) as writer:
+            for k, n in enumerate((3, 4)):
+                points = _points(n, start=k * 10)
+                writer.submit(lambda store, p=points: store.upsert("c", p), lambda s, n=n: landed.append(n))
+            writer.wait()
+            assert landed == [3] and child.unanswered == 1  # the last batch is sent, not yet counted
+        assert landed == [3, 4] and child.unanswered == 0
+    assert edge.count("c") == 7
