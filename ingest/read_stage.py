@@ -335,16 +335,21 @@ InFlight = deque[tuple[ReadJob, "int | None", "list[tuple[int, Future[Packed]]]"
 
 class ReadPool:
     """Reads jobs in ``workers`` processes, yielding each job's items in order. A job is read in
-    parts of ``PART_ROWS`` rows, so all workers share the next batch and the first one is ready
+    parts of ``part_rows`` rows, so all workers share the next batch and the first one is ready
     soon. Jobs of up to ``rows`` rows hand their pixels over in shared memory; the pixels of the
-    items a step yields stay valid until the next step."""
+    items a step yields stay valid until the next step. ``ahead`` jobs are in flight, the one the
+    caller works on included: with ``ahead=1`` the next job is read only once the caller asks for
+    it, so reading never runs beside the caller's work."""
 
-    def __init__(self, ctx: ReadContext, workers: int, ahead: int | None = None, rows: int = 0):
+    def __init__(
+        self, ctx: ReadContext, workers: int, ahead: int | None = None, rows: int = 0, part_rows: int = PART_ROWS
+    ):
         self.ctx = ctx
         self.workers = max(1, workers)
+        self.part_rows = part_rows
         # jobs in flight: enough parts queued for every worker to have 1 + JOBS_AHEAD_PER_WORKER
         parts = self.workers * (1 + JOBS_AHEAD_PER_WORKER)
-        self.ahead = ahead or max(2, -(-parts * PART_ROWS // max(rows, PART_ROWS)))
+        self.ahead = max(2, -(-parts * part_rows // max(rows, part_rows))) if ahead is None else max(1, ahead)
         self.rows = rows
 
     def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
@@ -382,8 +387,9 @@ class ReadPool:
             slot = slots.free.popleft() if slots is not None and len(job.rows) <= slots.rows else None
             parts: list[tuple[int, Future[Packed]]] = []
             in_flight.append((job, slot, parts))  # in flight before submit, so a broken pool cannot lose it
-            for first in range(0, len(job.rows), PART_ROWS):
-                part = ReadJob(job.rows[first : first + PART_ROWS], job.stored_hashes[first : first + PART_ROWS])
+            for first in range(0, len(job.rows), self.part_rows):
+                last = first + self.part_rows
+                part = ReadJob(job.rows[first:last], job.stored_hashes[first:last])
                 parts.append((first, pool.submit(_read_in_worker, part, slot, first)))
 
     def _isolate(self, job: ReadJob) -> list[ReadItem]:

@@ -313,6 +313,41 @@ def test_worker_pixels_arrive_in_shared_memory_equal_to_the_workers_own(embedder
         assert isinstance(block.base, mmap.mmap) == (len(rows) <= pool_rows)
 
 
+def test_reading_between_passes_reads_nothing_beside_the_caller_and_shares_each_batch(embedder, catalog_dir):
+    """``ahead=1``: the next job is taken (and read) only once the caller asks for it; its parts go
+    to every worker; items and pixels still come back in order."""
+    from shelfsight.ingest.catalog import read_catalog
+    from shelfsight.ingest.read_stage import ReadJob, ReadPool, read_job
+
+    parsed = read_catalog(catalog_dir / "catalog.csv")
+    ctx = ReadContext(parsed.base_dir, ImagePolicy(), embedder.model_id, None, embedder.pixel_spec)
+    jobs = [parsed.rows[i : i + 8] for i in range(0, 24, 8)]
+    taken: list[int] = []
+
+    def job_stream():
+        for k, rows in enumerate(jobs):
+            taken.append(k)
+            yield ReadJob(rows, [None] * len(rows))
+
+    pool = ReadPool(ctx, 2, ahead=1, rows=8, part_rows=4)
+    for k, (rows, items) in enumerate(zip(jobs, pool.read(job_stream()))):
+        assert taken == list(range(k + 1))  # nothing beyond the batch the caller holds
+        assert [i.row for i in items] == list(rows)
+        expected = [e.pixels for e in read_job(ReadJob(rows, [None] * len(rows)), ctx)]
+        assert all(np.array_equal(i.pixels, e) for i, e in zip(items, expected))
+
+
+def test_a_cpu_ingest_reads_between_the_towers_passes(embedder, catalog_dir):
+    from shelfsight.ingest.catalog import read_catalog
+    from shelfsight.ingest.pipeline import plan_reading
+    from shelfsight.search.store.base import CollectionMeta
+
+    parsed = read_catalog(catalog_dir / "catalog.csv")
+    meta = CollectionMeta(model=embedder.model_id, dimension=embedder.dimension)
+    plan = plan_reading(parsed, embedder, meta, IngestOptions(batch_size=8, workers=2, processes=True))
+    assert plan.between_passes and plan.processes  # this embedder runs on the CPU
+
+
 @pytest.mark.parametrize("room", [read_stage.JPEG_BYTES_PER_ROW, 3_000])
 def test_jpegs_for_the_gpu_cross_in_shared_memory_as_long_as_they_fit(embedder, catalog_dir, monkeypatch, room):
     """For GPU decoding a worker hands over the file's own bytes; those that do not fit the job's
