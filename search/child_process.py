@@ -44,7 +44,17 @@ class ChildProcess:
     ``send`` now, ``receive`` later). Calls are made from one thread at a time (the caller's lock).
     An exception in the child is raised here as itself."""
 
-    def __init__(self, module: str, args: list[str], error: type[ShelfsightError], what: str, gone_hint: str = ""):
+    def __init__(
+        self,
+        module: str,
+        args: list[str],
+        error: type[ShelfsightError],
+        what: str,
+        gone_hint: str = "",
+        wait: bool = True,
+    ):
+        """Start the child; with ``wait``, wait for its greeting here, else at the first answer
+        taken (the child starts while this process goes on; a child that cannot start says so then)."""
         self.error, self.what, self.gone_hint = error, what, gone_hint
         from_parent, to_child = os.pipe()  # (read end, write end)
         from_child, to_parent = os.pipe()
@@ -55,11 +65,21 @@ class ChildProcess:
         os.close(to_parent)
         self._send = Connection(to_child, readable=False)
         self._recv = Connection(from_child, writable=False)
+        self.greeting: Any = None
+        self._greeted = False
+        if wait:
+            self._greet()
+
+    def _greet(self) -> None:
+        """Take the child's greeting, the first thing it sends, once; raise why it did not start."""
+        if self._greeted:
+            return
+        self._greeted = True
         try:
             self.greeting = self._answer(START_TIMEOUT_S)
-        except error as exc:
+        except self.error as exc:
             self._stop()
-            raise error(f"{what} did not start: {exc}; its error is above") from exc
+            raise self.error(f"{self.what} did not start: {exc}; its error is above") from exc
         except BaseException:
             self._stop()
             raise
@@ -82,10 +102,12 @@ class ChildProcess:
         try:
             self._send.send_bytes(pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as exc:
+            self._greet()  # a child that could not start has said why before it exited
             raise self._gone() from exc
 
     def receive(self) -> Any:
         """The answer to the oldest call not yet answered (its exception raised here)."""
+        self._greet()
         return self._answer(None)
 
     def close(self) -> None:

@@ -91,8 +91,11 @@ def test_upserts_are_pipelined_one_deep_and_a_failure_surfaces_with_the_next_cal
 
 def test_a_collection_this_process_still_holds_is_refused_clearly(edge):
     edge.count("c")  # holds the shard's lock
+    child = WriteProcess(edge.root, "c")  # starts in the background, and gives up
+    child._child._popen.wait(timeout=60)
     with pytest.raises(StoreUnavailableError, match="another process"):
-        WriteProcess(edge.root, "c")
+        child.upsert("c", _points(2))  # the first call says why, not just that the child is gone
+    child.close()
 
 
 PARENT = textwrap.dedent(
