@@ -192,9 +192,12 @@ def upsert_rate(embedder: Embedder, catalog: Path, work: Path, batch: int, throu
         if through_process:
             store.release("products")
         target: Any = WriteProcess(store.root, "products") if through_process else store
+        target.retrieve("products", [])  # the write process starts in the background: wait for it
         started = time.perf_counter()
         for i in range(0, len(points), batch):
             target.upsert("products", points[i : i + batch])
+        if through_process:
+            target.settle()  # the last batch has landed
         elapsed = time.perf_counter() - started
         if through_process:
             target.close()

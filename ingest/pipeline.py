@@ -292,7 +292,7 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
     embed = EmbedState(ProductTexts(embedder, int8=catalog.total >= INT8_MIN_ROWS), policy=options.images)
     if workers == 0:  # asked for no processes: read in threads of this one
         return ReadPlan(ctx, batch_size, READ_THREADS, False, embed)
-    return ReadPlan(ctx, batch_size, workers, processes, embed, between_passes=not on_gpu)
+    return ReadPlan(ctx, batch_size, workers, processes, embed, between_passes=device == "cpu")
 
 
 def usable_cores() -> int:
