@@ -12,7 +12,7 @@ its text tower where that keeps fp32's vectors on this CPU (``search/text_int8.p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,7 +104,8 @@ def embed_items(
     products = [item.row.product for item in kept]
     text_vectors = tokenized_texts(kept, state.texts)
     batch = embed_points(products, vectors, [item.payload for item in kept], embedder, meta, text_vectors)
-    return EmbedResult(batch, errors)
+    points = [replace(point, words=item.words) for point, item in zip(batch.points, kept)]
+    return EmbedResult(replace(batch, points=points), errors)
 
 
 def tokenized_texts(items: Sequence[ReadItem], texts: ProductTexts) -> TextVectors | None:

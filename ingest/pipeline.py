@@ -44,7 +44,7 @@ from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import IncompatibleCollectionError
 from shelfsight.search.images import ImagePolicy
 from shelfsight.search.indexing import EmbeddedBatch, keep_derived
-from shelfsight.search.lexical import BM25, product_words
+from shelfsight.search.lexical import BM25, product_words, word_fields
 from shelfsight.search.records import point_id
 from shelfsight.search.relevance import calibrate
 from shelfsight.search.settings import DEFAULT_COLLECTION
@@ -285,6 +285,8 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
         gpu_jpeg,
         embedder.tokenizer_json,
         embedder.max_tokens,
+        meta.bm25 if BM25 in meta.sparse_vectors else None,
+        tuple(word_fields(meta)),
     )
     processes = options.processes
     if processes is None:

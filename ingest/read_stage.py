@@ -37,8 +37,10 @@ from shelfsight.ingest.catalog import CatalogRow, RowError
 from shelfsight.search.errors import ShelfsightError
 from shelfsight.search.images import ImageError, ImagePolicy, decode_image, read_image_bytes
 from shelfsight.search.indexing import content_hash, product_payload
+from shelfsight.search.lexical import bm25_document, document_text
 from shelfsight.search.parent_death import die_with_parent
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
+from shelfsight.search.store.base import Sparse
 
 # Parts of jobs queued per worker beyond the one it works on: enough to never starve the model,
 # few enough that memory stays bounded (a 256-row job of 224-px pixels is 38 MB).
@@ -77,6 +79,10 @@ class ReadContext:
     gpu_jpeg: bool = False  # hand plain JPEGs over as bytes, for decoding on the GPU
     tokenizer_json: str | None = None  # tokenize texts here too (None: the model's process does)
     max_tokens: int = 77
+    # The collection's BM25 settings and keyword fields: each product's BM25 words are made here
+    # (None: the collection has no BM25 vector, or the store makes them from the payload).
+    bm25: dict[str, Any] | None = None
+    word_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class ReadItem:
     image: Image.Image | None = None  # for the model's own processor
     text_ids: np.ndarray | None = None  # the text's token ids, when the reader tokenizes
     text_truncated: bool = False  # the text was longer than the text tower reads
+    words: Sparse | None = None  # its BM25 words, for a product to embed (``ReadContext.bm25``)
     pixel_row: int = -1  # in transit between processes: the pixels' row in the job's block
     jpeg_span: tuple[int, int] | None = None  # in transit: (start, length) of the JPEG in the job's slot
     error: RowError | None = None
@@ -127,6 +134,8 @@ def read_row(row: CatalogRow, stored_hash: str | None, ctx: ReadContext) -> Read
     payload = product_payload(row.product, digest, ctx.base_dir)
     if stored_hash != digest and row.product.text and ctx.tokenizer_json:
         prepared.update(_tokenize(row.product.text, ctx))
+    if stored_hash != digest and ctx.bm25 is not None:  # off the write path, which holds the GIL
+        prepared["words"] = bm25_document(document_text(payload, ctx.word_fields), ctx.bm25)
     return ReadItem(row, None, digest, payload, **prepared, seconds=time.perf_counter() - started)
 
 

@@ -107,22 +107,26 @@ class WriteProcess:
         self.close()
 
 
-def pack_points(points: Sequence[PointRecord]) -> tuple[list[str], list[dict[str, Any]], tuple[str, ...], Any]:
-    """Points as ids, payloads, vector names and one (points, names, dim) float32 block: pickling
-    one block is a copy, pickling a thousand small arrays is a thousand objects."""
+Packed = tuple[list[str], list[dict[str, Any]], list[Any], tuple[str, ...], Any]
+
+
+def pack_points(points: Sequence[PointRecord]) -> Packed:
+    """Points as ids, payloads, BM25 words, vector names and one (points, names, dim) float32
+    block: pickling one block is a copy, pickling a thousand small arrays is a thousand objects."""
+    ids, payloads, words = [p.id for p in points], [p.payload for p in points], [p.words for p in points]
     names = tuple(points[0].vectors) if points else ()
     if all(tuple(p.vectors) == names for p in points):
         block = np.stack([np.stack([p.vectors[n] for n in names]) for p in points]).astype(np.float32, copy=False)
-        return [p.id for p in points], [p.payload for p in points], names, block
-    return [p.id for p in points], [p.payload for p in points], (), [p.vectors for p in points]
+        return ids, payloads, words, names, block
+    return ids, payloads, words, (), [p.vectors for p in points]
 
 
 def unpack_points(
-    ids: list[str], payloads: list[dict[str, Any]], names: tuple[str, ...], vectors: Any
+    ids: list[str], payloads: list[dict[str, Any]], words: list[Any], names: tuple[str, ...], vectors: Any
 ) -> list[PointRecord]:
     if names:
-        return [PointRecord(i, dict(zip(names, block)), p) for i, p, block in zip(ids, payloads, vectors)]
-    return [PointRecord(i, v, p) for i, p, v in zip(ids, payloads, vectors)]
+        vectors = [dict(zip(names, block)) for block in vectors]
+    return [PointRecord(i, v, p, w) for i, p, w, v in zip(ids, payloads, words, vectors)]
 
 
 # --- the child ---------------------------------------------------------------------------------

@@ -214,11 +214,14 @@ class CollectionMeta:
 
 @dataclass(frozen=True)
 class PointRecord:
-    """A point to write: its id (UUID string), named vectors and payload."""
+    """A point to write: its id (UUID string), named vectors and payload; ``words``, its BM25
+    words when they were made already (the ingest's read workers make them), else the store makes
+    them from the payload."""
 
     id: str
     vectors: dict[str, np.ndarray]
     payload: dict[str, Any]
+    words: Sparse | None = None
 
 
 @dataclass(frozen=True)

@@ -313,6 +313,27 @@ def test_worker_pixels_arrive_in_shared_memory_equal_to_the_workers_own(embedder
         assert isinstance(block.base, mmap.mmap) == (len(rows) <= pool_rows)
 
 
+def test_read_workers_make_the_bm25_words_the_store_would_make(embedder, catalog_dir):
+    """Off the write path: a product to embed gets the words the store would make from its payload
+    (keyword fields included); an unchanged one gets none."""
+    from shelfsight.ingest.catalog import read_catalog
+    from shelfsight.ingest.read_stage import read_row
+    from shelfsight.search.lexical import bm25_document, product_words, word_fields
+    from shelfsight.search.store.base import CollectionMeta
+
+    parsed = read_catalog(catalog_dir / "catalog.csv")
+    meta = CollectionMeta(model=embedder.model_id, dimension=embedder.dimension, fields=parsed.fields)
+    assert word_fields(meta)  # the catalog has keyword fields (brand, colour, ...)
+    ctx = ReadContext(
+        parsed.base_dir, ImagePolicy(), embedder.model_id, None, embedder.pixel_spec,
+        bm25=meta.bm25, word_fields=tuple(word_fields(meta)),
+    )  # fmt: skip
+    for row in parsed.rows[:6]:
+        item = read_row(row, None, ctx)
+        assert item.words is not None and item.words == bm25_document(product_words(item.payload, meta), meta.bm25)
+        assert read_row(row, item.content_hash, ctx).words is None
+
+
 def test_reading_between_passes_reads_nothing_beside_the_caller_and_shares_each_batch(embedder, catalog_dir):
     """``ahead=1``: the next job is taken (and read) only once the caller asks for it; its parts go
     to every worker; items and pixels still come back in order."""

@@ -77,6 +77,26 @@ def test_facets(filled):
     assert dict(store.facet(name, "category", (Range("price", lt=4.0),))) == {"shoe": 2, "bag": 1, "hat": 1}
 
 
+def test_bm25_words_given_with_a_point_are_the_ones_stored(store, collection_name):
+    """The ingest's read workers make each product's BM25 words; a point that brings them is
+    found by them, and a point without them by the words the store makes from its payload."""
+    from shelfsight.search.lexical import BM25, bm25_document, bm25_query
+
+    store.create_collection(collection_name, META)
+    given, made = _points(2)
+    given = PointRecord(given.id, given.vectors, given.payload, words=bm25_document("zebra"))
+    store.upsert(collection_name, [given, made])
+    assert BM25 in META.sparse_vectors
+
+    def found(text: str) -> list[str]:
+        lists, _ = store.query(collection_name, [NearestQuery(bm25_query(text), BM25, 5)])
+        return [hit.payload["product_id"] for hit in lists[0]]
+
+    assert found("zebra") == ["0"]
+    assert found("shoe") == []  # point 0's payload words were not used: its own words were
+    assert found("bag") == ["1"]
+
+
 def test_nearest_with_filter_and_threshold(filled):
     store, name, points = filled
     lists, fused = store.query(name, [NearestQuery(points[4].vectors["image"], "image", 5)])

@@ -38,11 +38,17 @@ def edge(tmp_path):
 
 
 def test_points_cross_as_one_block_and_come_back_the_same():
+    from dataclasses import replace
+
+    from shelfsight.search.lexical import bm25_document
+
     points = _points(5)
-    ids, payloads, names, block = pack_points(points)
+    points[1] = replace(points[1], words=bm25_document("red leather bag"))
+    ids, payloads, words, names, block = pack_points(points)
     assert names == ("image", "text") and block.shape == (5, 2, 8) and block.dtype == np.float32
-    again = unpack_points(ids, payloads, names, block)
+    again = unpack_points(ids, payloads, words, names, block)
     assert [p.id for p in again] == [p.id for p in points] and [p.payload for p in again] == [p.payload for p in points]
+    assert [p.words for p in again] == [p.words for p in points] and again[1].words is not None
     for mine, theirs in zip(again, points):
         assert all(np.array_equal(mine.vectors[n], theirs.vectors[n]) for n in names)
 
