@@ -19,6 +19,7 @@ every forward batch is distinct. Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -113,12 +114,32 @@ def token_ids(embedder: Embedder, texts: list[str]) -> tuple[list[np.ndarray], f
     """The texts tokenized as the read stage's workers do (one thread here), and texts/s."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_str(embedder.tokenizer_json)  # type: ignore[arg-type]
+    assert embedder.tokenizer_json is not None
+    tokenizer = Tokenizer.from_str(embedder.tokenizer_json)
     tokenizer.no_padding()
     tokenizer.enable_truncation(embedder.max_tokens)
     started = time.perf_counter()
     ids = [np.asarray(tokenizer.encode(t).ids, dtype=np.int32) for t in texts]
     return ids, len(texts) / (time.perf_counter() - started)
+
+
+def text_rates(rates: dict[str, float], results: dict[str, Any], embedder: Embedder, texts: list[str]) -> None:
+    """The tokenizer and the text tower as ingest runs them (token ids from the workers); for a
+    model without a fast tokenizer, whose texts ingest embeds as strings, ``encode_texts``."""
+    if embedder.tokenizer_json is None:
+        embedder.encode_texts(texts[:8])
+        started = time.perf_counter()
+        embedder.encode_texts(texts)
+        rates[f"texts, {embedder.precision}, encode_texts (no fast tokenizer)"] = len(texts) / (
+            time.perf_counter() - started
+        )
+        results["text_tower"] = embedder.precision
+        return
+    ids, rates["tokenizer alone, 1 thread (the read stage's)"] = token_ids(embedder, texts)
+    rates[f"text tower, {embedder.precision}, token ids in"] = text_rate(embedder, ids)
+    int8, results["text_tower"] = product_text_encoder(embedder, texts)
+    if int8 is not None:
+        rates["text tower, int8 (ingest's choice here)"] = text_rate(int8, ids)
 
 
 def text_rate(encoder: Embedder | Int8TextEncoder, ids: list[np.ndarray]) -> float:
@@ -167,43 +188,50 @@ def fast_path_cosine(embedder: Embedder, catalog: Path, count: int, gpu: bool) -
 
 def upsert_rate(embedder: Embedder, catalog: Path, work: Path, batch: int, through_process: bool) -> float:
     """Points/s of the store's upserts alone: the catalog's payloads with random unit vectors
-    (image, text, fused), in the ingest's batches, into a fresh embedded store; in this process,
-    or (``through_process``) through the ingest's write process, pipe and pickling included."""
+    (image, text, fused) and their BM25 words made beforehand, as the read stage makes them, in
+    the ingest's batches, into a fresh embedded store; in this process, or (``through_process``)
+    through the ingest's write process, pipe and pickling included."""
     from shelfsight.ingest.pipeline import ensure_collection
     from shelfsight.ingest.write_process import WriteProcess
-    from shelfsight.search.indexing import content_hash, product_payload
-    from shelfsight.search.records import point_id
-    from shelfsight.search.store.base import PointRecord
 
     parsed = read_catalog(catalog)
     store = EdgeStore(work / f"db-upsert-{time.monotonic_ns()}")
     try:
         meta = ensure_collection(store, embedder, "products", parsed.fields, 0.5, False)
-        rng = np.random.default_rng(0)
-        points = []
-        for row in parsed.rows:
-            vectors = {
-                n: v / np.linalg.norm(v)
-                for n in meta.vectors
-                for v in [rng.standard_normal(meta.dimension).astype(np.float32)]
-            }
-            payload = product_payload(row.product, content_hash("m", row.product.text, None, 0.5), parsed.base_dir)
-            points.append(PointRecord(point_id(row.product.id), vectors, payload))
-        if through_process:
-            store.release("products")
-        target: Any = WriteProcess(store.root, "products") if through_process else store
-        target.retrieve("products", [])  # the write process starts in the background: wait for it
-        started = time.perf_counter()
-        for i in range(0, len(points), batch):
-            target.upsert("products", points[i : i + batch])
-        if through_process:
-            target.settle()  # the last batch has landed
-        elapsed = time.perf_counter() - started
-        if through_process:
-            target.close()
+        points = random_points(parsed, meta)
+        with contextlib.ExitStack() as stack:
+            target: Any = store
+            if through_process:
+                store.release("products")
+                target = stack.enter_context(WriteProcess(store.root, "products"))
+            target.retrieve("products", [])  # the write process starts in the background: wait for it
+            started = time.perf_counter()
+            for i in range(0, len(points), batch):
+                target.upsert("products", points[i : i + batch])
+            if through_process:
+                target.settle()  # the last batch has landed
+            elapsed = time.perf_counter() - started
         return len(points) / elapsed
     finally:
         store.close()
+
+
+def random_points(parsed: Any, meta: Any) -> list[Any]:
+    """The catalog's products as points with random unit vectors and their BM25 words."""
+    from shelfsight.search.indexing import content_hash, product_payload
+    from shelfsight.search.lexical import bm25_document, product_words
+    from shelfsight.search.records import point_id
+    from shelfsight.search.store.base import PointRecord
+
+    rng = np.random.default_rng(0)
+    points = []
+    for row in parsed.rows:
+        vectors = {n: v / np.linalg.norm(v) for n in meta.vectors for v in [rng.standard_normal(meta.dimension)]}
+        payload = product_payload(row.product, content_hash("m", row.product.text, None, 0.5), parsed.base_dir)
+        words = bm25_document(product_words(payload, meta), meta.bm25)
+        vectors = {n: v.astype(np.float32) for n, v in vectors.items()}
+        points.append(PointRecord(point_id(row.product.id), vectors, payload, words))
+    return points
 
 
 def ingest_rate(catalog: Path, embedder: Embedder, work: Path, decode: str, workers: int | None) -> dict[str, Any]:
@@ -285,11 +313,7 @@ def measure(
     size, catalog = next(iter(catalogs.items()))
     parsed = read_catalog(catalog)
     texts = [r.product.text for r in parsed.rows[:1024]]
-    ids, rates["tokenizer alone, 1 thread (the read stage's)"] = token_ids(embedder, texts)
-    rates[f"text tower, {embedder.precision}, token ids in"] = text_rate(embedder, ids)
-    int8, results["text_tower"] = product_text_encoder(embedder, texts)
-    if int8 is not None:
-        rates["text tower, int8 (ingest's choice here)"] = text_rate(int8, ids)
+    text_rates(rates, results, embedder, texts)
     sample = [decode_image((parsed.base_dir / r.product.image).read_bytes()) for r in parsed.rows[:64]]  # type: ignore[operator]
     rates["model's processor, 1 thread"] = processor_rate(embedder, sample)
     for through_process in (False, True):

@@ -4,7 +4,8 @@
 
 ``read_row`` (ingest/read_stage.py) reads an image's bytes, hashes what would be embedded and,
 only when the hash changed, prepares the model's input; it runs in worker processes, several
-batches ahead of the model. ``sort_batch`` splits a batch into new or changed products,
+batches ahead of a model on a GPU, and between the passes of a model on the CPU, whose threads
+fill every core (``ReadPlan.between_passes``). ``sort_batch`` splits a batch into new or changed products,
 payload-only updates and unchanged ones. ``embed_items`` (ingest/embed_stage.py) runs both towers
 on the model's device. The write stage upserts on its own thread while the next batch is embedded;
 for an embedded store and a catalog read in processes, that thread hands each batch to a write
@@ -105,8 +106,8 @@ class IngestReport:
     pruned: int = 0
     seconds: float = 0.0
     errors: list[RowError] = field(default_factory=list)
-    # Seconds per stage: "read" (image reading, hashing and decoding, summed over worker threads,
-    # which overlap embedding), "embed", "write" (upserts and payload updates), "finish" (prune, index),
+    # Seconds per stage: "read" (image reading, hashing and decoding, summed over the workers,
+    # which overlap embedding on a GPU), "embed", "write" (upserts and payload updates), "finish" (prune, index),
     # "calibrate" (the vocabulary and relevance floor, search/relevance.py).
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # What product texts ran in, and why (``embed_stage.ProductTexts``); empty when none were
@@ -294,7 +295,7 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
     embed = EmbedState(ProductTexts(embedder, int8=catalog.total >= INT8_MIN_ROWS), policy=options.images)
     if workers == 0:  # asked for no processes: read in threads of this one
         return ReadPlan(ctx, batch_size, READ_THREADS, False, embed)
-    return ReadPlan(ctx, batch_size, workers, processes, embed, between_passes=device == "cpu")
+    return ReadPlan(ctx, batch_size, workers, processes, embed, between_passes=processes and device == "cpu")
 
 
 def usable_cores() -> int:
@@ -352,7 +353,9 @@ class _Writer:
     """Store writes on their own thread, so writing one batch overlaps embedding the next. At most
     one write waits (memory stays bounded); ``lock`` keeps the store to one call at a time. What a
     write counts is added to the report once it has landed: for a ``WriteProcess``, whose upserts
-    return before they land, once the next write returns or the last is settled."""
+    return before they land, once the next write returns or the last is settled. (A run into a
+    collection that holds products looks up stored hashes before each batch, which settles the
+    write before it: only a fresh collection's writes are pipelined.)"""
 
     def __init__(self, store: PointStore, lock: threading.Lock, on_progress: Callable[[int], None] | None):
         self.store = store
@@ -398,6 +401,8 @@ class _Writer:
         self._count_landed()
 
     def _count_landed(self) -> None:
+        # Read without the lock: this runs on the loop's thread while the writer thread is idle
+        # (its write returned), so only this thread can change the count meanwhile.
         unanswered = self.store.unanswered if isinstance(self.store, WriteProcess) else 0
         while len(self._unlanded) > unanswered:
             landed, seconds = self._unlanded.popleft()

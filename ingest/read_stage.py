@@ -2,7 +2,7 @@
 process that runs the model.
 
 Each batch of rows becomes one job for a pool of processes (``ReadPool``), a few batches ahead of
-embedding, results in catalog order. A worker reads an image (path or guarded URL), hashes what
+embedding (or, for a model on the CPU, only between its passes), results in catalog order. A worker reads an image (path or guarded URL), hashes what
 would be embedded, and only when the hash differs from the stored one prepares the model's input:
 uint8 pixels (``search/pixels.py``), or the JPEG's bytes when the GPU decodes JPEGs (``gpu_jpeg``),
 or, for a model whose processor ``PixelSpec`` cannot express, a decoded PIL image.
@@ -363,7 +363,7 @@ class ReadPool:
 
     def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
         slots = None
-        if self.rows and self.ctx.spec is not None:  # one slot more than in flight: the one being embedded
+        if self.rows and self.ctx.spec is not None:  # a slot for each job in flight, and a spare
             jpeg_bytes = JPEG_BYTES_PER_ROW if self.ctx.gpu_jpeg else 0
             slots = PixelSlots(self.ahead + 1, self.rows, (*self.ctx.spec.crop, 3), jpeg_bytes)
         pool = _process_pool(self.ctx, self.workers, slots)

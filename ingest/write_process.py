@@ -17,6 +17,7 @@ store's write-ahead log, and the next run resumes from it.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from shelfsight.search.child_process import ChildProcess, connect, fail, greet, 
 from shelfsight.search.errors import ShelfsightError
 from shelfsight.search.store.base import PointRecord, StoredPoint
 from shelfsight.search.store.edge import EdgeStore
+
+log = logging.getLogger(__name__)
 
 
 class WriteProcessError(ShelfsightError):
@@ -49,10 +52,10 @@ class WriteProcess:
     at a time (the pipeline's store lock).
 
     Upserts are pipelined: ``upsert`` sends its points and returns once the child has answered the
-    upsert before it, so the child writes one batch while this process packs and sends the next
-    (packing, pickling and the pipe cost about a sixth of what the child's write costs). At most
-    one upsert is unanswered (``unanswered``); its error, if it fails, is raised by the next call,
-    by ``settle`` or by ``close``. Every other call waits for its own answer.
+    upsert before it, so this process packs and pickles the next batch while the child writes one
+    (a batch bigger than the pipe's buffer is then sent as the child takes it). At most one upsert
+    is unanswered (``unanswered``); its error, if it fails, is raised by the next call, by
+    ``settle`` or by ``close``. Every other call settles first and waits for its own answer.
 
     The child starts in the background (an interpreter, its imports and the shard: about 0.15 s
     here) while the ingest reads and embeds its first batch; one that cannot start, such as for a
@@ -65,7 +68,6 @@ class WriteProcess:
             WriteProcessError,
             "the ingest's write process",
             "; what it wrote so far is stored, and running the ingest again resumes from there",
-            wait=False,
         )
         self.unanswered = 0
 
@@ -74,6 +76,8 @@ class WriteProcess:
         return self._child.call("retrieve", name, list(ids), with_vectors)  # type: ignore[no-any-return]
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
+        if not points:
+            return
         self._child.send("upsert", name, *pack_points(points))
         self.unanswered += 1
         while self.unanswered > 1:
@@ -103,8 +107,14 @@ class WriteProcess:
     def __enter__(self) -> WriteProcess:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the error on its way out is the one to report, not what closing then ran into
+            self.close()
+        except Exception as close_error:
+            log.warning("%s while closing the write process after an earlier error", close_error)
 
 
 Packed = tuple[list[str], list[dict[str, Any]], list[Any], tuple[str, ...], Any]

@@ -13,6 +13,7 @@ state this process's threads left them. It dies with its parent (``die_with_pare
 Parent side::
 
     child = ChildProcess("shelfsight.search.text_process", [model], TextProcessError, "the query text process")
+    print(child.greeting)                       # waits until it is ready
     vectors = child.call("encode", ["red bag"])
     child.close()
 
@@ -37,24 +38,19 @@ from shelfsight.search.errors import ShelfsightError
 from shelfsight.search.parent_death import die_with_parent
 
 START_TIMEOUT_S = 120.0
+# A failed call's answer stays this small (a pipe's buffer is 64 KiB on Linux): see ``_dumps``.
+MAX_FAILURE_BYTES = 16_384
 
 
 class ChildProcess:
     """A child running ``module.main``; ``call`` sends one call and waits for its answer (or
     ``send`` now, ``receive`` later). Calls are made from one thread at a time (the caller's lock).
-    An exception in the child is raised here as itself."""
+    An exception in the child is raised here as itself.
 
-    def __init__(
-        self,
-        module: str,
-        args: list[str],
-        error: type[ShelfsightError],
-        what: str,
-        gone_hint: str = "",
-        wait: bool = True,
-    ):
-        """Start the child; with ``wait``, wait for its greeting here, else at the first answer
-        taken (the child starts while this process goes on; a child that cannot start says so then)."""
+    The child starts in the background: its greeting is taken when first needed (``greeting``,
+    the first answer, ``close``), and a child that could not start says why there."""
+
+    def __init__(self, module: str, args: list[str], error: type[ShelfsightError], what: str, gone_hint: str = ""):
         self.error, self.what, self.gone_hint = error, what, gone_hint
         from_parent, to_child = os.pipe()  # (read end, write end)
         from_child, to_parent = os.pipe()
@@ -65,10 +61,15 @@ class ChildProcess:
         os.close(to_parent)
         self._send = Connection(to_child, readable=False)
         self._recv = Connection(from_child, writable=False)
-        self.greeting: Any = None
+        self._greeting: Any = None
         self._greeted = False
-        if wait:
-            self._greet()
+        self._broken = False  # an interrupt left a message half sent or an answer untaken
+
+    @property
+    def greeting(self) -> Any:
+        """What the child said when ready (waits for it; raises why it did not start)."""
+        self._greet()
+        return self._greeting
 
     def _greet(self) -> None:
         """Take the child's greeting, the first thing it sends, once; raise why it did not start."""
@@ -76,7 +77,7 @@ class ChildProcess:
             return
         self._greeted = True
         try:
-            self.greeting = self._answer(START_TIMEOUT_S)
+            self._greeting = self._answer(START_TIMEOUT_S)
         except self.error as exc:
             self._stop()
             raise self.error(f"{self.what} did not start: {exc}; its error is above") from exc
@@ -99,11 +100,15 @@ class ChildProcess:
     def send(self, op: str, *args: Any) -> None:
         """Send a call without waiting for its answer; ``receive`` takes the answers in the order
         the calls were sent. While the child works on one call, this process can prepare the next."""
+        message = pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self._send.send_bytes(pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL))
+            self._send.send_bytes(message)
         except OSError as exc:
             self._greet()  # a child that could not start has said why before it exited
             raise self._gone() from exc
+        except BaseException:
+            self._broken = True
+            raise
 
     def receive(self) -> Any:
         """The answer to the oldest call not yet answered (its exception raised here)."""
@@ -111,8 +116,13 @@ class ChildProcess:
         return self._answer(None)
 
     def close(self) -> None:
-        """Ask the child to finish (``close``), then wait for it to exit."""
+        """Ask the child to finish (``close``), then wait for it to exit; a child that could not
+        start raises why. After an interrupt mid-call the pipe is out of step: the child is killed."""
         try:
+            if self._broken:
+                self._popen.kill()
+                return
+            self._greet()
             if self._popen.poll() is None:
                 self.call("close")
         finally:
@@ -125,6 +135,9 @@ class ChildProcess:
             ok, value = pickle.loads(self._recv.recv_bytes())
         except (EOFError, OSError) as exc:
             raise self._gone() from exc
+        except BaseException:
+            self._broken = True
+            raise
         if not ok:
             raise value
         return value
@@ -183,7 +196,15 @@ def serve_calls(calls: dict[str, Callable[..., Any]], recv: Connection, send: Co
 
 
 def _dumps(answer: tuple[bool, Any]) -> bytes:
+    """An answer as bytes. An exception that does not pickle, or pickles larger than
+    ``MAX_FAILURE_BYTES``, gets there as its text: the parent may be blocked sending the next
+    call, so a failure must fit the pipe's buffer rather than wait for the parent to read."""
+    ok, value = answer
     try:
-        return pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # an exception that does not pickle: its text still gets there
-        return pickle.dumps((False, ShelfsightError(f"{type(answer[1]).__name__}: {answer[1]}")))
+        data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        data = None
+    if data is None or (not ok and len(data) > MAX_FAILURE_BYTES):
+        text = f"{type(value).__name__}: {value}"[: MAX_FAILURE_BYTES // 8]
+        return pickle.dumps((False, ShelfsightError(text)))
+    return data

@@ -191,7 +191,9 @@ class QdrantStore(ABC):
         """The point's dense vectors, and its BM25 words when the collection has them."""
         vectors = _as_lists(point.vectors)
         if BM25 in meta.sparse_vectors:
-            words = point.words or bm25_document(product_words(point.payload, meta), meta.bm25)
+            words = point.words
+            if words is None:
+                words = bm25_document(product_words(point.payload, meta), meta.bm25)
             vectors[BM25] = self.dialect.sparse(list(words.indices), list(words.values))
         return vectors
 

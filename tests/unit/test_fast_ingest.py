@@ -334,12 +334,30 @@ def test_read_workers_make_the_bm25_words_the_store_would_make(embedder, catalog
         assert read_row(row, item.content_hash, ctx).words is None
 
 
-def test_reading_between_passes_reads_nothing_beside_the_caller_and_shares_each_batch(embedder, catalog_dir):
-    """``ahead=1``: the next job is taken (and read) only once the caller asks for it; its parts go
-    to every worker; items and pixels still come back in order."""
+def test_reading_between_passes_reads_nothing_beside_the_caller_and_shares_each_batch(
+    embedder, catalog_dir, monkeypatch
+):
+    """``ahead=1``: the next job is taken (and read) only once the caller asks for it; it goes to
+    the workers in parts of ``part_rows``; items and pixels still come back in order."""
     from shelfsight.ingest.catalog import read_catalog
     from shelfsight.ingest.read_stage import ReadJob, ReadPool, read_job
 
+    parts: list[int] = []
+    real_pool = read_stage._process_pool
+
+    def counting_pool(*args, **kwargs):
+        pool = real_pool(*args, **kwargs)
+        submit = pool.submit
+
+        def counted(fn, *a, **k):
+            if fn is read_stage._read_in_worker:
+                parts.append(len(a[0].rows))
+            return submit(fn, *a, **k)
+
+        pool.submit = counted
+        return pool
+
+    monkeypatch.setattr(read_stage, "_process_pool", counting_pool)
     parsed = read_catalog(catalog_dir / "catalog.csv")
     ctx = ReadContext(parsed.base_dir, ImagePolicy(), embedder.model_id, None, embedder.pixel_spec)
     jobs = [parsed.rows[i : i + 8] for i in range(0, 24, 8)]
@@ -353,20 +371,38 @@ def test_reading_between_passes_reads_nothing_beside_the_caller_and_shares_each_
     pool = ReadPool(ctx, 2, ahead=1, rows=8, part_rows=4)
     for k, (rows, items) in enumerate(zip(jobs, pool.read(job_stream()))):
         assert taken == list(range(k + 1))  # nothing beyond the batch the caller holds
+        assert parts == [4, 4] * (k + 1)  # each batch in two parts, one a worker
         assert [i.row for i in items] == list(rows)
         expected = [e.pixels for e in read_job(ReadJob(rows, [None] * len(rows)), ctx)]
         assert all(np.array_equal(i.pixels, e) for i, e in zip(items, expected))
 
 
-def test_a_cpu_ingest_reads_between_the_towers_passes(embedder, catalog_dir):
+def test_a_cpu_ingest_reads_between_the_towers_passes(embedder, catalog_dir, monkeypatch):
+    """The CPU plan asks its pool for one batch at a time, shared by every worker; a plan that
+    reads in threads has no pool to ask."""
+    from shelfsight.ingest import pipeline
     from shelfsight.ingest.catalog import read_catalog
-    from shelfsight.ingest.pipeline import plan_reading
     from shelfsight.search.store.base import CollectionMeta
 
+    monkeypatch.setattr(embedder, "batch_size", embedder.batch_size)  # plan_reading sets it
+    asked: list[dict] = []
+
+    class Recorder:
+        def __init__(self, ctx, workers, **kwargs):
+            asked.append({"workers": workers, **kwargs})
+
+        def read(self, jobs):
+            return iter(())
+
+    monkeypatch.setattr(pipeline, "ReadPool", Recorder)
     parsed = read_catalog(catalog_dir / "catalog.csv")
     meta = CollectionMeta(model=embedder.model_id, dimension=embedder.dimension)
-    plan = plan_reading(parsed, embedder, meta, IngestOptions(batch_size=8, workers=2, processes=True))
-    assert plan.between_passes and plan.processes  # this embedder runs on the CPU
+    plan = pipeline.plan_reading(parsed, embedder, meta, IngestOptions(batch_size=8, workers=2, processes=True))
+    assert plan.between_passes  # this embedder runs on the CPU
+    list(plan.read(iter(())))
+    assert asked == [{"workers": 2, "ahead": 1, "rows": 8, "part_rows": 4}]
+    threads = pipeline.plan_reading(parsed, embedder, meta, IngestOptions(batch_size=8, workers=2, processes=False))
+    assert not threads.between_passes
 
 
 @pytest.mark.parametrize("room", [read_stage.JPEG_BYTES_PER_ROW, 3_000])

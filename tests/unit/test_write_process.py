@@ -185,3 +185,50 @@ def test_the_last_pipelined_batch_is_counted_when_the_writer_settles(edge):
             assert landed == [3] and child.unanswered == 1  # the last batch is sent, not yet counted
         assert landed == [3, 4] and child.unanswered == 0
     assert edge.count("c") == 7
+
+
+def test_a_child_that_could_not_start_says_why_when_closed_unused(edge):
+    edge.count("c")  # holds the shard's lock
+    child = WriteProcess(edge.root, "c")
+    child._child._popen.wait(timeout=60)  # gave up before any call
+    with pytest.raises(StoreUnavailableError, match="another process"):
+        child.close()
+
+
+def test_an_error_on_its_way_out_is_not_replaced_by_a_pending_upserts_error(edge):
+    edge.release("c")
+    with pytest.raises(RuntimeError, match="the embed stage failed"):
+        with WriteProcess(edge.root, "c") as child:
+            child.upsert("c", _points(3, dim=5))  # refused, unanswered when the error comes
+            raise RuntimeError("the embed stage failed")
+    assert child._child.returncode == 0  # closed in order all the same
+    assert edge.count("c") == 0
+
+
+def test_an_interrupt_while_waiting_for_an_answer_has_the_child_killed_not_misread(edge):
+    edge.release("c")
+    child = WriteProcess(edge.root, "c")
+    assert child._child.greeting is None  # started (the write process greets with nothing)
+    child.upsert("c", _points(3))
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    child._child._recv.recv_bytes = interrupted  # the answer stays in the pipe
+    with pytest.raises(KeyboardInterrupt):
+        child.settle()
+    child.close()  # does not take the stale answer as the reply to "close"
+    assert child._child.returncode == -signal.SIGKILL
+
+
+def test_a_failure_too_big_for_the_pipe_crosses_as_its_text():
+    import pickle
+
+    from shelfsight.search.child_process import MAX_FAILURE_BYTES, _dumps
+    from shelfsight.search.errors import ShelfsightError
+
+    data = _dumps((False, BadInputError("x" * 200_000)))
+    assert len(data) <= MAX_FAILURE_BYTES
+    ok, error = pickle.loads(data)
+    assert not ok and isinstance(error, ShelfsightError) and str(error).startswith("BadInputError: xxx")
+    assert pickle.loads(_dumps((True, "y" * 200_000)))[1] == "y" * 200_000  # answers keep their size
