@@ -268,6 +268,12 @@ def main() -> None:
     parser.add_argument("--also-224", action="store_true", help="also ingest a catalog of 224-px JPEGs")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
     parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="after the figures, profile one more ingest (the model's process, main thread) into this file",
+    )
+    parser.add_argument(
         "--no-native-bf16",
         action="store_true",
         help="act as a CPU without native bf16 (auto then keeps images in fp32), to see that case here",
@@ -297,6 +303,28 @@ def main() -> None:
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.profile:
+        decode = "gpu" if gpu_decoding_available(embedder.torch_device) else "cpu"
+        profile_ingest(next(iter(catalogs.values())), embedder, work, decode, args.profile)
+
+
+def profile_ingest(catalog: Path, embedder: Embedder, work: Path, decode: str, out: Path) -> None:
+    """One more ingest under cProfile (the thread that runs the model: the loop, decoding on the
+    GPU, the towers' launches); the top functions by own time and by cumulative time go to ``out``."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run = ingest_rate(catalog, embedder, work, decode, None)
+    profiler.disable()
+    text = io.StringIO()
+    text.write(f"ingest of {catalog}, decode {decode}: {run}\n\n")
+    for order in ("tottime", "cumulative"):
+        pstats.Stats(profiler, stream=text).sort_stats(order).print_stats(45)
+    out.write_text(text.getvalue())
+    print(f"profile of one more ingest (decode {decode}) written to {out}", flush=True)
 
 
 def measure(
