@@ -213,22 +213,23 @@ def ingest_catalog(
         catalog = read_catalog(catalog, options.columns)
     report = IngestReport()
     meta = ensure_collection(store, embedder, options.collection, catalog.fields, options.fused_weight, options.reindex)
-    plan = plan_reading(catalog, embedder, meta, options)
-    lock = threading.Lock()
-    stored: dict[str, dict[str, Any]] = {}
-    fresh = store.count(options.collection) == 0  # nothing stored: no hashes to look up
-    with _point_store(store, options.collection, plan) as points, _Writer(points, lock, on_progress) as writer:
-        jobs = _jobs(points, options.collection, catalog, plan.batch_size, lock, stored, report, writer, fresh)
-        for items in plan.read(jobs):
-            items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
-            report.time("read", sum(item.seconds for item in items))
-            _embed_and_write(writer, embedder, options.collection, meta, items, report, plan)
-    report.text_tower = plan.embed.texts.described
-    with _timed(report, "finish"):
-        _finish(store, options, catalog, report)
-    if report.ingested or report.updated or report.pruned or not meta.vocabulary:
-        with _timed(report, "calibrate"):
-            calibrate(store, embedder, options.collection)
+    with _callers_batch_kept(embedder):
+        plan = plan_reading(catalog, embedder, meta, options)
+        lock = threading.Lock()
+        stored: dict[str, dict[str, Any]] = {}
+        fresh = store.count(options.collection) == 0  # nothing stored: no hashes to look up
+        with _point_store(store, options.collection, plan) as points, _Writer(points, lock, on_progress) as writer:
+            jobs = _jobs(points, options.collection, catalog, plan.batch_size, lock, stored, report, writer, fresh)
+            for items in plan.read(jobs):
+                items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
+                report.time("read", sum(item.seconds for item in items))
+                _embed_and_write(writer, embedder, options.collection, meta, items, report, plan)
+        report.text_tower = plan.embed.texts.described
+        with _timed(report, "finish"):
+            _finish(store, options, catalog, report)
+        if report.ingested or report.updated or report.pruned or not meta.vocabulary:
+            with _timed(report, "calibrate"):
+                calibrate(store, embedder, options.collection)
     report.skipped = len(report.errors)
     report.errors.sort(key=lambda e: e.row)
     report.seconds = time.perf_counter() - started
@@ -304,6 +305,16 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+@contextmanager
+def _callers_batch_kept(embedder: Embedder) -> Iterator[None]:
+    """``plan_reading`` sets the embedder's forward batch for the run; the caller's comes back after."""
+    batch = embedder.batch_size
+    try:
+        yield
+    finally:
+        embedder.batch_size = batch
 
 
 @contextmanager

@@ -377,6 +377,25 @@ def test_reading_between_passes_reads_nothing_beside_the_caller_and_shares_each_
         assert all(np.array_equal(i.pixels, e) for i, e in zip(items, expected))
 
 
+def test_an_ingest_leaves_the_callers_embedder_as_it_found_it(
+    store, collection_name, embedder, catalog_dir, monkeypatch
+):
+    """The run's forward batch (16 on a CPU) is the run's: a caller who searches with the same
+    embedder afterwards gets its own batch size back."""
+    monkeypatch.setattr(embedder, "batch_size", 5)
+    seen: list[int] = []
+    real = embedder.encode_pixels
+
+    def spy(pixels):
+        seen.append(embedder.batch_size)
+        return real(pixels)
+
+    monkeypatch.setattr(embedder, "encode_pixels", spy)
+    options = IngestOptions(collection=collection_name, batch_size=8, workers=0)
+    assert ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options).ingested == 48
+    assert seen and set(seen) == {8} and embedder.batch_size == 5
+
+
 def test_a_cpu_ingest_reads_between_the_towers_passes(embedder, catalog_dir, monkeypatch):
     """The CPU plan asks its pool for one batch at a time, shared by every worker; a plan that
     reads in threads has no pool to ask."""
