@@ -287,8 +287,8 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
         gpu_jpeg,
         embedder.tokenizer_json,
         embedder.max_tokens,
-        meta.bm25 if BM25 in meta.sparse_vectors else None,
-        tuple(word_fields(meta)),
+        bm25=meta.bm25 if BM25 in meta.sparse_vectors else None,
+        word_fields=tuple(word_fields(meta)),
     )
     processes = options.processes
     if processes is None:
@@ -451,10 +451,11 @@ def _embed_and_write(
         with _timed(report, "embed"):
             result = embed_items(batch.to_embed, embedder, meta, plan.embed)
         report.errors.extend(result.errors)
-        writer.submit(
-            lambda store: store.upsert(name, result.batch.points),
-            lambda seconds: _landed(report, result.batch, seconds),
-        )
+        if result.batch.points:  # a batch whose every image failed to decode has nothing to write
+            writer.submit(
+                lambda store: store.upsert(name, result.batch.points),
+                lambda seconds: _landed(report, result.batch, seconds),
+            )
     writer.progress(len(items))
 
 

@@ -37,7 +37,7 @@ from shelfsight.ingest.catalog import CatalogRow, RowError
 from shelfsight.search.errors import ShelfsightError
 from shelfsight.search.images import ImageError, ImagePolicy, decode_image, read_image_bytes
 from shelfsight.search.indexing import content_hash, product_payload
-from shelfsight.search.lexical import bm25_document, document_text
+from shelfsight.search.lexical import bm25_document, document_text, forget_bm25_models
 from shelfsight.search.parent_death import die_with_parent
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
 from shelfsight.search.store.base import Sparse
@@ -194,6 +194,8 @@ def _init_worker(ctx: ReadContext, slots: PixelSlots | None, parent: int) -> Non
     global _WORKER_CONTEXT, _WORKER_SLOTS
     _WORKER_CONTEXT, _WORKER_SLOTS = ctx, slots
     die_with_parent(parent=parent)  # it holds a copy of the store's lock file
+    _tokenizer.cache_clear()  # native objects are made again here, not shared through the fork
+    forget_bm25_models()
 
 
 class PixelSlots:
@@ -318,8 +320,9 @@ def _ping() -> bool:
 def _process_pool(ctx: ReadContext, workers: int, slots: PixelSlots | None = None) -> ProcessPoolExecutor:
     """Worker processes, forked: they start in milliseconds and need no importable ``__main__``.
     They touch none of what they inherit but this module's functions (no model, no store, no CUDA),
-    so the parent's threads and locks do not matter to them. A pool that cannot even answer a ping
-    is an environment problem, raised, not a bad row."""
+    so the parent's threads and locks do not matter to them; what they use of native libraries
+    (the tokenizer, qdrant-edge's BM25) they make anew after the fork (``_init_worker``). A pool
+    that cannot even answer a ping is an environment problem, raised, not a bad row."""
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("fork"),

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from shelfsight.search.child_process import ChildProcess, connect, fail, greet, serve_calls
 from shelfsight.search.errors import ShelfsightError
-from shelfsight.search.store.base import PointRecord, StoredPoint
+from shelfsight.search.store.base import PointRecord, Sparse, StoredPoint
 from shelfsight.search.store.edge import EdgeStore
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ class WriteProcess:
         """Flush and close the child's shard and wait for it to exit; an unanswered upsert's error
         is raised once the child has closed."""
         try:
-            self.settle()
+            if not self._child.broken:  # after an interrupt the answers are out of step: just stop it
+                self.settle()
         finally:
             self._child.close()
 
@@ -117,14 +118,14 @@ class WriteProcess:
             log.warning("%s while closing the write process after an earlier error", close_error)
 
 
-Packed = tuple[list[str], list[dict[str, Any]], list[Any], tuple[str, ...], Any]
+Packed = tuple[list[str], list[dict[str, Any]], list[Sparse | None], tuple[str, ...], Any]
 
 
 def pack_points(points: Sequence[PointRecord]) -> Packed:
     """Points as ids, payloads, BM25 words, vector names and one (points, names, dim) float32
     block: pickling one block is a copy, pickling a thousand small arrays is a thousand objects."""
     ids, payloads, words = [p.id for p in points], [p.payload for p in points], [p.words for p in points]
-    names = tuple(points[0].vectors) if points else ()
+    names = tuple(points[0].vectors)  # at least one point: WriteProcess.upsert sends none otherwise
     if all(tuple(p.vectors) == names for p in points):
         block = np.stack([np.stack([p.vectors[n] for n in names]) for p in points]).astype(np.float32, copy=False)
         return ids, payloads, words, names, block
@@ -132,7 +133,7 @@ def pack_points(points: Sequence[PointRecord]) -> Packed:
 
 
 def unpack_points(
-    ids: list[str], payloads: list[dict[str, Any]], words: list[Any], names: tuple[str, ...], vectors: Any
+    ids: list[str], payloads: list[dict[str, Any]], words: list[Sparse | None], names: tuple[str, ...], vectors: Any
 ) -> list[PointRecord]:
     if names:
         vectors = [dict(zip(names, block)) for block in vectors]

@@ -86,6 +86,11 @@ class ChildProcess:
             raise
 
     @property
+    def broken(self) -> bool:
+        """An interrupt left a call half sent or an answer untaken: the pipe is out of step."""
+        return self._broken
+
+    @property
     def pid(self) -> int:
         return self._popen.pid
 
@@ -120,8 +125,7 @@ class ChildProcess:
         start raises why. After an interrupt mid-call the pipe is out of step: the child is killed."""
         try:
             if self._broken:
-                self._popen.kill()
-                return
+                return  # _stop kills it
             self._greet()
             if self._popen.poll() is None:
                 self.call("close")
@@ -152,6 +156,8 @@ class ChildProcess:
     def _stop(self) -> None:
         for conn in (self._send, self._recv):
             conn.close()
+        if self._broken:  # nothing it says can be trusted now: no grace period
+            self._popen.kill()
         try:
             self._popen.wait(timeout=30)
         except subprocess.TimeoutExpired:

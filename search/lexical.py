@@ -40,6 +40,11 @@ def _model(settings: tuple[tuple[str, Any], ...]) -> Any:
     return qe.Bm25(qe.Bm25Config(**dict(settings)))
 
 
+def forget_bm25_models() -> None:
+    """Drop the BM25 models made so far (a forked worker makes its own)."""
+    _model.cache_clear()
+
+
 def _bm25(settings: Mapping[str, Any] | None) -> Any:
     return _model(tuple(sorted((settings or BM25_SETTINGS).items())))
 
