@@ -36,7 +36,7 @@ from shelfsight.data.generate import write_catalog
 from shelfsight.ingest.catalog import read_catalog
 from shelfsight.ingest.gpu_decode import decode_jpegs, gpu_decoding_available
 from shelfsight.ingest.pipeline import CPU_FORWARD_BATCH, IngestOptions, ingest_catalog, usable_cores
-from shelfsight.ingest.read_stage import ReadContext, ReadJob, ReadPool
+from shelfsight.ingest.read_stage import ReadContext, ReadJob, ReadPool, text_tokenizer
 from shelfsight.search import precision
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.images import ImagePolicy, decode_image
@@ -112,12 +112,8 @@ def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int) -
 
 def token_ids(embedder: Embedder, texts: list[str]) -> tuple[list[np.ndarray], float]:
     """The texts tokenized as the read stage's workers do (one thread here), and texts/s."""
-    from tokenizers import Tokenizer
-
     assert embedder.tokenizer_json is not None
-    tokenizer = Tokenizer.from_str(embedder.tokenizer_json)
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(embedder.max_tokens)
+    tokenizer = text_tokenizer(embedder.tokenizer_json, embedder.max_tokens)
     started = time.perf_counter()
     ids = [np.asarray(tokenizer.encode(t).ids, dtype=np.int32) for t in texts]
     return ids, len(texts) / (time.perf_counter() - started)
@@ -226,10 +222,10 @@ def random_points(parsed: Any, meta: Any) -> list[Any]:
     rng = np.random.default_rng(0)
     points = []
     for row in parsed.rows:
-        vectors = {n: v / np.linalg.norm(v) for n in meta.vectors for v in [rng.standard_normal(meta.dimension)]}
+        draws = {n: rng.standard_normal(meta.dimension).astype(np.float32) for n in meta.vectors}
+        vectors = {n: v / np.linalg.norm(v) for n, v in draws.items()}
         payload = product_payload(row.product, content_hash("m", row.product.text, None, 0.5), parsed.base_dir)
         words = bm25_document(product_words(payload, meta), meta.bm25)
-        vectors = {n: v.astype(np.float32) for n, v in vectors.items()}
         points.append(PointRecord(point_id(row.product.id), vectors, payload, words))
     return points
 

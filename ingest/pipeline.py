@@ -5,8 +5,8 @@
 ``read_row`` (ingest/read_stage.py) reads an image's bytes, hashes what would be embedded and,
 only when the hash changed, prepares the model's input; it runs in worker processes, several
 batches ahead of a model on a GPU, and between the passes of a model on the CPU, whose threads
-fill every core (``ReadPlan.between_passes``). ``sort_batch`` splits a batch into new or changed products,
-payload-only updates and unchanged ones. ``embed_items`` (ingest/embed_stage.py) runs both towers
+fill every core (``ReadPlan.between_passes``). ``sort_batch`` splits a batch into new or changed
+products, payload-only updates and unchanged ones. ``embed_items`` (ingest/embed_stage.py) runs both towers
 on the model's device. The write stage upserts on its own thread while the next batch is embedded;
 for an embedded store and a catalog read in processes, that thread hands each batch to a write
 process that owns the collection meanwhile (ingest/write_process.py).
@@ -107,8 +107,8 @@ class IngestReport:
     seconds: float = 0.0
     errors: list[RowError] = field(default_factory=list)
     # Seconds per stage: "read" (image reading, hashing and decoding, summed over the workers,
-    # which overlap embedding on a GPU), "embed", "write" (upserts and payload updates), "finish" (prune, index),
-    # "calibrate" (the vocabulary and relevance floor, search/relevance.py).
+    # which overlap embedding on a GPU), "embed", "write" (upserts and payload updates), "finish"
+    # (prune, index), "calibrate" (the vocabulary and relevance floor, search/relevance.py).
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # What product texts ran in, and why (``embed_stage.ProductTexts``); empty when none were
     # embedded from the read stage's tokens (a model without a fast tokenizer embeds them as strings,

@@ -2,8 +2,8 @@
 process that runs the model.
 
 Each batch of rows becomes one job for a pool of processes (``ReadPool``), a few batches ahead of
-embedding (or, for a model on the CPU, only between its passes), results in catalog order. A worker reads an image (path or guarded URL), hashes what
-would be embedded, and only when the hash differs from the stored one prepares the model's input:
+embedding (or, for a model on the CPU, only between its passes), results in catalog order. A
+worker reads an image (path or guarded URL), hashes what would be embedded, and only when the hash differs from the stored one prepares the model's input:
 uint8 pixels (``search/pixels.py``), or the JPEG's bytes when the GPU decodes JPEGs (``gpu_jpeg``),
 or, for a model whose processor ``PixelSpec`` cannot express, a decoded PIL image.
 
@@ -132,22 +132,23 @@ def read_row(row: CatalogRow, stored_hash: str | None, ctx: ReadContext) -> Read
         error = RowError(row.row, row.product.id, exc.reason, exc.hint)
         return ReadItem(row, None, error=error, seconds=time.perf_counter() - started)
     payload = product_payload(row.product, digest, ctx.base_dir)
-    if stored_hash != digest and row.product.text and ctx.tokenizer_json:
-        prepared.update(_tokenize(row.product.text, ctx))
-    if stored_hash != digest and ctx.bm25 is not None:  # off the write path, which holds the GIL
-        prepared["words"] = bm25_document(document_text(payload, ctx.word_fields), ctx.bm25)
+    if stored_hash != digest:  # to embed: its token ids, and its BM25 words off the GIL-bound write path
+        if row.product.text and ctx.tokenizer_json:
+            prepared.update(_tokenize(row.product.text, ctx))
+        if ctx.bm25 is not None:
+            prepared["words"] = bm25_document(document_text(payload, ctx.word_fields), ctx.bm25)
     return ReadItem(row, None, digest, payload, **prepared, seconds=time.perf_counter() - started)
 
 
 def _tokenize(text: str, ctx: ReadContext) -> dict[str, Any]:
-    encoding = _tokenizer(ctx.tokenizer_json, ctx.max_tokens).encode(text)  # type: ignore[arg-type]
+    encoding = text_tokenizer(ctx.tokenizer_json, ctx.max_tokens).encode(text)  # type: ignore[arg-type]
     return {"text_ids": np.asarray(encoding.ids, dtype=np.int32), "text_truncated": bool(encoding.overflowing)}
 
 
 @lru_cache(maxsize=2)
-def _tokenizer(spec: str, max_tokens: int) -> Any:
+def text_tokenizer(spec: str, max_tokens: int) -> Any:
     """The model's tokenizer rebuilt from its JSON, cutting at ``max_tokens`` (markers included),
-    unpadded: the model's process pads each batch."""
+    unpadded: the model's process pads each batch. The one the workers use (and the benchmark)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(spec)
@@ -194,7 +195,7 @@ def _init_worker(ctx: ReadContext, slots: PixelSlots | None, parent: int) -> Non
     global _WORKER_CONTEXT, _WORKER_SLOTS
     _WORKER_CONTEXT, _WORKER_SLOTS = ctx, slots
     die_with_parent(parent=parent)  # it holds a copy of the store's lock file
-    _tokenizer.cache_clear()  # native objects are made again here, not shared through the fork
+    text_tokenizer.cache_clear()  # native objects are made again here, not shared through the fork
     forget_bm25_models()
 
 

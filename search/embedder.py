@@ -215,8 +215,9 @@ class Embedder:
         Half weights spare autocast from casting every weight on every pass: the ViT-B/32-shape
         vision tower ran 71-72 images/s with bf16 weights against 64-68 with fp32 weights under
         bf16 autocast (2 AVX-512 BF16 cores, batches of 32, best of 4 in each of two runs).
-        Autocast stays around each pass for the fp32 inputs and the norms. What 'auto' picks below fp32 must match fp32 on probe images and texts, or
-        the model is loaded again in fp32 (with a warning)."""
+        Autocast stays around each pass for the fp32 inputs and the norms. What 'auto' picks below
+        fp32 must match fp32 on probe images and texts, or the model is loaded again in fp32 (with a
+        warning)."""
         device = str(model.device)
         chosen = resolve_precision(self.requested_precision, device)
         if chosen == "fp32":

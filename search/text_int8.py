@@ -100,10 +100,10 @@ class Int8TextEncoder:
         cls, embedder: Embedder, probes: Sequence[str] = PROBES, batch_size: int = QUERY_BATCH
     ) -> tuple[Int8TextEncoder | None, float]:
         """The int8 encoder and the least probe cosine to the model itself and to fp32 (the model,
-        or an fp32 copy of the tower where the model runs in half); (None, cosine) when it falls short of ``MIN_COSINE``, (None, nan) when
-        the model is not on the CPU or int8 cannot run. ``batch_size``: texts per pass (int8 scales
-        activations per pass, so it is fixed here, not taken from the embedder, which an ingest
-        may have set)."""
+        or an fp32 copy of the tower where the model runs in half); (None, cosine) when it falls
+        short of ``MIN_COSINE``, (None, nan) when the model is not on the CPU or int8 cannot run.
+        ``batch_size``: texts per pass (int8 scales activations per pass, so it is fixed here, not
+        taken from the embedder, which an ingest may have set)."""
         if str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
         clip = _clip_model(embedder)
