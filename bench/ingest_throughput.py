@@ -41,7 +41,7 @@ from shelfsight.search import precision
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.images import ImagePolicy, decode_image
 from shelfsight.search.pixels import prepare_pixels
-from shelfsight.search.precision import autocast, cpu_runs_bf16
+from shelfsight.search.precision import cpu_runs_bf16, inference
 from shelfsight.search.store.edge import EdgeStore
 from shelfsight.search.text_int8 import Int8TextEncoder, product_text_encoder
 from shelfsight.train.model_init import init_model
@@ -100,7 +100,7 @@ def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int) -
     size = embedder.pixel_spec.crop  # type: ignore[union-attr]
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = [torch.randn((batch, 3, *size), generator=gen, device=device) for _ in range(batches + 1)]
-    with torch.inference_mode(), autocast(precision, device):
+    with inference(precision, device):
         inner.get_image_features(pixel_values=inputs[-1])  # warm-up (kernels, autotuning)
         _sync(device)
         started = time.perf_counter()
@@ -155,15 +155,19 @@ def processor_rate(embedder: Embedder, images: list[Any]) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
-def read_stage_rate(catalog: Path, embedder: Embedder, workers: int, batch: int, gpu_jpeg: bool) -> float:
-    """Rows/s of the read stage alone (read, hash, decode, resize in worker processes), no model."""
+def read_stage_rate(catalog: Path, embedder: Embedder, workers: int, batch: int, gpu_jpeg: bool) -> tuple[float, float]:
+    """Rows/s of the read stage alone (read, hash, decode, resize in worker processes), no model;
+    and a worker's milliseconds per row (rows/s falls short of workers / that when the workers
+    wait on the process that takes their rows, or share cores)."""
     parsed = read_catalog(catalog)
     ctx = ReadContext(parsed.base_dir, ImagePolicy(), "bench", None, embedder.pixel_spec, gpu_jpeg)
     rows = parsed.rows
     jobs = (ReadJob(rows[i : i + batch], [None] * len(rows[i : i + batch])) for i in range(0, len(rows), batch))
     started = time.perf_counter()
-    count = sum(len(items) for items in ReadPool(ctx, workers, rows=batch).read(jobs))
-    return count / (time.perf_counter() - started)
+    count, seconds = 0, 0.0
+    for items in ReadPool(ctx, workers, rows=batch).read(jobs):
+        count, seconds = count + len(items), seconds + sum(item.seconds for item in items)
+    return count / (time.perf_counter() - started), 1000 * seconds / max(1, count)
 
 
 def fast_path_cosine(embedder: Embedder, catalog: Path, count: int, gpu: bool) -> float:
@@ -245,6 +249,9 @@ def ingest_rate(catalog: Path, embedder: Embedder, work: Path, decode: str, work
         "items_per_s": report.ingested / report.seconds,
         # without the once-per-run index build and calibration, which do not grow with the GPU's speed
         "pipeline_items_per_s": report.ingested / (report.seconds - once),
+        # and without the start too (catalog, collection, workers, the first batch's read): the
+        # rate a catalog of any size is read, embedded and written at
+        "steady_items_per_s": report.ingested / (report.seconds - once - report.stage_seconds.get("start", 0.0)),
         "stage_seconds": {k: round(v, 2) for k, v in report.stage_seconds.items()},
         "seconds": round(report.seconds, 2),
         "text_tower": report.text_tower,
@@ -263,6 +270,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="read-stage processes (default: usable cores)")
     parser.add_argument("--also-224", action="store_true", help="also ingest a catalog of 224-px JPEGs")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="only the pure forward and the ingests (for a large --n: end to end at a catalog's size)",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -295,7 +307,7 @@ def main() -> None:
     catalogs = {args.image_size: make_catalog(work / f"catalog-{args.image_size}-{n}", n, args.image_size, workers)}
     if args.also_224 and args.image_size != 224:
         catalogs[224] = make_catalog(work / f"catalog-224-{n}", n, 224, workers)
-    measure(results, embedder, catalogs, work, workers, on_gpu)
+    measure(results, embedder, catalogs, work, workers, args.ingest_only)
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -324,38 +336,20 @@ def profile_ingest(catalog: Path, embedder: Embedder, work: Path, decode: str, o
 
 
 def measure(
-    results: dict[str, Any], embedder: Embedder, catalogs: dict[int, Path], work: Path, workers: int, on_gpu: bool
+    results: dict[str, Any],
+    embedder: Embedder,
+    catalogs: dict[int, Path],
+    work: Path,
+    workers: int,
+    ingest_only: bool = False,
 ) -> None:
+    on_gpu = embedder.torch_device.startswith("cuda")
     half = "fp16" if on_gpu else "bf16"
-    rates = results.setdefault("rates", {})
-    best: dict[str, float] = {}
-    for batch, batches in [(256, 12)] if on_gpu else [(32, 3), (CPU_FORWARD_BATCH, 96 // CPU_FORWARD_BATCH)]:
-        for kind in ("fp32", half):
-            rate = rates[f"forward {kind}, batches of {batch}"] = forward_rate(embedder, kind, batch, batches)
-            best[kind] = max(best.get(kind, 0.0), rate)
-    print(f"forward: best {best['fp32']:.1f} fp32, {best[half]:.1f} {half} images/s", flush=True)
+    best = forward_rates(results.setdefault("rates", {}), embedder, on_gpu)
     size, catalog = next(iter(catalogs.items()))
-    parsed = read_catalog(catalog)
-    texts = [r.product.text for r in parsed.rows[:1024]]
-    text_rates(rates, results, embedder, texts)
-    sample = [decode_image((parsed.base_dir / r.product.image).read_bytes()) for r in parsed.rows[:64]]  # type: ignore[operator]
-    rates["model's processor, 1 thread"] = processor_rate(embedder, sample)
-    for through_process in (False, True):
-        where = "write process" if through_process else "this process"
-        rates[f"store upserts alone, {where}"] = upsert_rate(
-            embedder, catalog, work, 256 if on_gpu else 32, through_process
-        )
-    rates[f"read stage, {workers} processes, Pillow"] = read_stage_rate(
-        catalog, embedder, workers, 256 if on_gpu else 32, False
-    )
     decodes = ["cpu"] + (["gpu"] if gpu_decoding_available(embedder.torch_device) else [])
-    results["cosine"] = {}
-    for d in decodes:
-        try:
-            results["cosine"][d] = fast_path_cosine(embedder, catalog, 32, d == "gpu")
-        except Exception as exc:
-            print(f"fast path cosine ({d}) failed: {type(exc).__name__}: {exc}", flush=True)
-    print(f"fast path least cosine to the model's processor: {results['cosine']}", flush=True)
+    if not ingest_only:
+        component_rates(results, embedder, catalog, work, workers, decodes)
     ingests = results.setdefault("ingest", {})
     for px, cat in catalogs.items():
         for decode in decodes:
@@ -366,12 +360,12 @@ def measure(
                 print(f"{key} failed: {type(exc).__name__}: {exc}", flush=True)
                 continue
             print(key, ingests[key], flush=True)
-    if results["text_tower"].startswith("int8"):  # side by side: texts in the model's own precision
+    if not ingest_only and results["text_tower"].startswith("int8"):  # texts in the model's own precision too
         own = Embedder(embedder.model_path, device=embedder.device, precision=embedder.precision)
         key = f"ingest {size}-px, decode cpu, texts {own.precision}"
         ingests[key] = ingest_rate(catalog, own, work, "cpu", None)
         print(key, ingests[key], flush=True)
-    if workers > 2:  # the same with one core left to the model's process (its threads hold the GIL)
+    if not ingest_only and workers > 2:  # one core left to the model's process (its threads hold the GIL)
         key = f"ingest {size}-px, decode cpu, {workers - 1} workers"
         ingests[key] = ingest_rate(catalog, embedder, work, "cpu", workers - 1)
         print(key, ingests[key], flush=True)
@@ -379,21 +373,62 @@ def measure(
     results["ratio_half"] = {k: v["items_per_s"] / best[half] for k, v in ingests.items()}
 
 
+def forward_rates(rates: dict[str, float], embedder: Embedder, on_gpu: bool) -> dict[str, float]:
+    """The vision tower alone, fp32 and half, on ready tensors; the best rate of each."""
+    half = "fp16" if on_gpu else "bf16"
+    best: dict[str, float] = {}
+    for batch, batches in [(256, 12)] if on_gpu else [(32, 3), (CPU_FORWARD_BATCH, 96 // CPU_FORWARD_BATCH)]:
+        for kind in ("fp32", half):
+            rate = rates[f"forward {kind}, batches of {batch}"] = forward_rate(embedder, kind, batch, batches)
+            best[kind] = max(best.get(kind, 0.0), rate)
+    print(f"forward: best {best['fp32']:.1f} fp32, {best[half]:.1f} {half} images/s", flush=True)
+    return best
+
+
+def component_rates(
+    results: dict[str, Any], embedder: Embedder, catalog: Path, work: Path, workers: int, decodes: list[str]
+) -> None:
+    """Each stage alone: the tokenizer and text tower, the model's processor, store upserts, the
+    read stage; and the fast paths' least cosine to the model's processor."""
+    rates = results["rates"]
+    batch = 256 if embedder.torch_device.startswith("cuda") else 32
+    parsed = read_catalog(catalog)
+    text_rates(rates, results, embedder, [r.product.text for r in parsed.rows[:1024]])
+    sample = [decode_image((parsed.base_dir / r.product.image).read_bytes()) for r in parsed.rows[:64]]  # type: ignore[operator]
+    rates["model's processor, 1 thread"] = processor_rate(embedder, sample)
+    for through_process in (False, True):
+        where = "write process" if through_process else "this process"
+        rates[f"store upserts alone, {where}"] = upsert_rate(embedder, catalog, work, batch, through_process)
+    rates[f"read stage, {workers} processes, Pillow"], results["read_worker_ms_per_row"] = read_stage_rate(
+        catalog, embedder, workers, batch, False
+    )
+    results["cosine"] = {}
+    for d in decodes:
+        try:
+            results["cosine"][d] = fast_path_cosine(embedder, catalog, 32, d == "gpu")
+        except Exception as exc:
+            print(f"fast path cosine ({d}) failed: {type(exc).__name__}: {exc}", flush=True)
+    print(f"fast path least cosine to the model's processor: {results['cosine']}", flush=True)
+
+
 def report(results: dict[str, Any]) -> None:
     print(f"\n{results['machine']}\n{results['n']} products, auto precision {results['precision_auto']}")
-    print(f"product texts in ingest: {results['text_tower']}\n")
+    print(f"product texts in ingest: {results.get('text_tower', 'see each ingest')}\n")
     print(f"| {'what':<44} | {'items/s':>9} |\n|{'-' * 46}|{'-' * 11}|")
     for what, rate in results["rates"].items():
         print(f"| {what:<44} | {rate:>9.1f} |")
     for what, run in results["ingest"].items():
         print(f"| {what:<44} | {run['items_per_s']:>9.1f} |")
         print(f"| {what + ' (no index build/calibrate)':<44} | {run['pipeline_items_per_s']:>9.1f} |")
+        print(f"| {what + ' (steady: no start either)':<44} | {run['steady_items_per_s']:>9.1f} |")
     print()
     for what, ratio in results["ratio"].items():
         print(f"{what}: {ratio:.2f}x the best pure fp32 forward, {results['ratio_half'][what]:.2f}x the best half one")
     for what, run in results["ingest"].items():
         print(f"{what}: stage seconds {run['stage_seconds']} of {run['seconds']} s")
-    print(f"fast path least cosine: {results['cosine']}")
+    if "cosine" in results:
+        print(f"fast path least cosine: {results['cosine']}")
+        print(f"read stage alone: {results['read_worker_ms_per_row']:.2f} ms of a worker per row")
 
 
 if __name__ == "__main__":

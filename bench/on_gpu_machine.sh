@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine, in a copy of this repository with .whl/ from bench/gpu_wheels.sh: install
-# the wheels beside the machine's own torch, then run the ingest benchmark at 1000 px and 224 px.
+# the wheels beside the machine's own torch, then run the ingest benchmark at 1000 px and 224 px,
+# and the ingests alone of a larger 1000-px catalog (SCALE_N products, 16384 unless set; 0 skips
+# them), where the run's fixed costs weigh less. STANDARD=0 skips the first part.
 # Figures and the whole log go to $OUT (or ./gpu-out). Through the device tool:
-#   run(command="bash bench/on_gpu_machine.sh", carry=[".whl"], timeout_s=540)
+#   run(command="bash bench/on_gpu_machine.sh", carry=[".whl"], timeout_s=600)
 # PY, DEVICE, N and WHEELS override the interpreter, device, catalog size and wheels, for a smoke
 # run on a machine without a GPU: WHEELS='.whl/shelfsight-*.whl' PY=.venv/bin/python DEVICE=cpu N=64
 set -uo pipefail
@@ -18,7 +20,13 @@ cd /tmp || exit 1 # so the checkout's shelfsight/ folder cannot shadow the insta
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
     "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-    timeout 480 "$PY" "$repo/bench/ingest_throughput.py" --device "${DEVICE:-cuda}" --image-size 1000 --also-224 \
-        ${N:+--n "$N"} --workdir /tmp/shelfsight-bench --json "$OUT/ingest_gpu.json" \
-        --profile "$OUT/ingest_profile.txt"
+    if [ "${STANDARD:-1}" != 0 ]; then
+        timeout 400 "$PY" "$repo/bench/ingest_throughput.py" --device "${DEVICE:-cuda}" --image-size 1000 \
+            --also-224 ${N:+--n "$N"} --workdir /tmp/shelfsight-bench --json "$OUT/ingest_gpu.json" \
+            --profile "$OUT/ingest_profile.txt"
+    fi
+    if [ "${SCALE_N:-16384}" != 0 ]; then
+        timeout 240 "$PY" "$repo/bench/ingest_throughput.py" --device "${DEVICE:-cuda}" --image-size 1000 \
+            --ingest-only --n "${SCALE_N:-16384}" --workdir /tmp/shelfsight-bench --json "$OUT/ingest_gpu_scale.json"
+    fi
 } 2>&1 | tee "$OUT/ingest_gpu.log"

@@ -11,7 +11,7 @@ its text tower where that keeps fp32's vectors on this CPU (``search/text_int8.p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -71,10 +71,16 @@ class ProductTexts:
         self.encoder: Embedder | Int8TextEncoder | None = None
         self.described = ""
 
-    def encode(self, items: Sequence[ReadItem]) -> np.ndarray:
+    def queue(self, items: Sequence[ReadItem]) -> Callable[[], np.ndarray]:
+        """The items' token ids queued on the tower (``Embedder.queue_token_ids``); the function
+        returned gives their vectors."""
         if self.encoder is None:
             self.encoder, self.described = self._settle([i.row.product.text for i in items])
-        return self.encoder.encode_token_ids([item.text_ids for item in items])  # type: ignore[misc]
+        ids: list[np.ndarray] = [item.text_ids for item in items]  # type: ignore[misc]
+        if isinstance(self.encoder, Embedder):
+            return self.encoder.queue_token_ids(ids)
+        vectors = self.encoder.encode_token_ids(ids)
+        return lambda: vectors
 
     def _settle(self, samples: list[str]) -> tuple[Embedder | Int8TextEncoder, str]:
         if not self.int8:
@@ -100,25 +106,30 @@ def embed_items(
     """Both towers over the batch; the early-fused vector when the collection has one. Without
     ``state``: the model in its own precision for texts, default image limits."""
     state = state or EmbedState(ProductTexts(embedder, int8=False))
+    texts = queue_texts(items, state.texts)  # first: on a GPU, both towers are queued before either is awaited
     kept, vectors, errors = image_vectors(items, embedder, state.buffer, state.policy)
     products = [item.row.product for item in kept]
-    text_vectors = tokenized_texts(kept, state.texts)
+    text_vectors = texts(kept) if texts is not None else None
     batch = embed_points(products, vectors, [item.payload for item in kept], embedder, meta, text_vectors)
     points = [replace(point, words=item.words) for point, item in zip(batch.points, kept)]
     return EmbedResult(replace(batch, points=points), errors)
 
 
-def tokenized_texts(items: Sequence[ReadItem], texts: ProductTexts) -> TextVectors | None:
-    """The text vectors of items the read stage tokenized; None when it did not (the texts are
-    then encoded from strings)."""
-    with_text = [i for i, item in enumerate(items) if item.row.product.text]
-    if any(items[i].text_ids is None for i in with_text):
+def queue_texts(items: Sequence[ReadItem], texts: ProductTexts) -> Callable[[Sequence[ReadItem]], TextVectors] | None:
+    """The text tower queued for the items the read stage tokenized; None when it did not (the
+    texts are then encoded from strings). The function returned gives the text vectors of the
+    items it is handed, which are these items less any the images dropped."""
+    with_text = [item for item in items if item.row.product.text]
+    if any(item.text_ids is None for item in with_text):
         return None
-    vectors: list[np.ndarray | None] = [None] * len(items)
-    encoded = texts.encode([items[i] for i in with_text]) if with_text else []
-    for i, vector in zip(with_text, encoded):
-        vectors[i] = vector
-    return TextVectors(vectors, sum(items[i].text_truncated for i in with_text))
+    pending = texts.queue(with_text) if with_text else None
+
+    def vectors_of(kept: Sequence[ReadItem]) -> TextVectors:
+        by_item = {id(item): v for item, v in zip(with_text, pending() if pending else [])}
+        truncated = sum(item.text_truncated for item in kept if id(item) in by_item)
+        return TextVectors([by_item.get(id(item)) for item in kept], truncated)
+
+    return vectors_of
 
 
 def image_vectors(

@@ -40,13 +40,13 @@ def require_gpu_decoding(device: str) -> None:
         )
 
 
-def decode_jpegs(jpegs: Sequence[bytes], spec: PixelSpec, device: str) -> tuple[torch.Tensor, list[int]]:
+def decode_jpegs(jpegs: Sequence[bytes | memoryview], spec: PixelSpec, device: str) -> tuple[torch.Tensor, list[int]]:
     """Decode, resize and crop JPEGs on ``device``. Returns the (k, h, w, 3) uint8 batch of those that
     decoded and the positions (in ``jpegs``) of those that did not."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
+    data = [torch.frombuffer(_writable(j), dtype=torch.uint8) for j in jpegs]
     try:
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         failed: list[int] = []
@@ -61,6 +61,14 @@ def decode_jpegs(jpegs: Sequence[bytes], spec: PixelSpec, device: str) -> tuple[
     for positions, batch in _by_size(images):
         out[positions] = _resize_and_crop(batch, spec)
     return out, failed
+
+
+def _writable(jpeg: bytes | memoryview) -> bytes | bytearray | memoryview:
+    """The JPEG as a buffer torch can wrap without a warning: a writable view as it is (the read
+    stage's shared memory, no copy of the ~250 KB), anything read-only copied."""
+    if isinstance(jpeg, memoryview) and not jpeg.readonly:
+        return jpeg
+    return bytearray(jpeg)
 
 
 def _by_size(images: Sequence[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:

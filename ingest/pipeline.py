@@ -106,9 +106,10 @@ class IngestReport:
     pruned: int = 0
     seconds: float = 0.0
     errors: list[RowError] = field(default_factory=list)
-    # Seconds per stage: "read" (image reading, hashing and decoding, summed over the workers,
-    # which overlap embedding on a GPU), "embed", "write" (upserts and payload updates), "finish"
-    # (prune, index), "calibrate" (the vocabulary and relevance floor, search/relevance.py).
+    # Seconds per stage: "start" (until the first batch is read: the catalog, the collection, the
+    # workers' start), "read" (image reading, hashing and decoding, summed over the workers, which
+    # overlap embedding on a GPU), "embed", "write" (upserts and payload updates), "finish" (prune,
+    # index), "calibrate" (the vocabulary and relevance floor, search/relevance.py).
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # What product texts ran in, and why (``embed_stage.ProductTexts``); empty when none were
     # embedded from the read stage's tokens (a model without a fast tokenizer embeds them as strings,
@@ -221,6 +222,8 @@ def ingest_catalog(
         with _point_store(store, options.collection, plan) as points, _Writer(points, lock, on_progress) as writer:
             jobs = _jobs(points, options.collection, catalog, plan.batch_size, lock, stored, report, writer, fresh)
             for items in plan.read(jobs):
+                if "start" not in report.stage_seconds:
+                    report.time("start", time.perf_counter() - started)
                 items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
                 report.time("read", sum(item.seconds for item in items))
                 _embed_and_write(writer, embedder, options.collection, meta, items, report, plan)

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 from shelfsight.search.errors import BadInputError, ModelUnavailableError
 from shelfsight.search.pixels import PixelSpec, normalize_pixels
-from shelfsight.search.precision import MIN_COSINE, autocast, resolve_precision, torch_dtype
+from shelfsight.search.precision import MIN_COSINE, inference, resolve_precision, torch_dtype
 from shelfsight.search.settings import DEFAULT_MODEL, MODELS_ROOT_ENV
 from shelfsight.search.settings import models_root as env_models_root
 
@@ -321,7 +321,7 @@ class Embedder:
             return np.zeros((0, 0), dtype=np.float32)
         batch = batch.to(self.torch_device, non_blocking=True)
         parts = []
-        with torch.inference_mode(), autocast(self.precision, self.torch_device):
+        with inference(self.precision, self.torch_device):
             for start in range(0, len(batch), self.batch_size):
                 values = normalize_pixels(batch[start : start + self.batch_size], spec, torch.float32)
                 parts.append(_features(inner.get_image_features(pixel_values=values)).float())
@@ -338,29 +338,39 @@ class Embedder:
         """Embed texts tokenized elsewhere (``tokenizer_json``, with start and end markers, at most
         ``max_tokens``): sorted by length and padded per batch here, so little is spent on padding;
         the text tower in ``precision``. (n, d) float32 unit rows, in the given order."""
+        return self.queue_token_ids(token_ids)()
+
+    def queue_token_ids(self, token_ids: Sequence[np.ndarray]) -> Callable[[], np.ndarray]:
+        """``encode_token_ids`` in two steps: the text tower's passes are queued on the model's
+        device now, and the function returned waits for them and gives the vectors. On a GPU the
+        caller can queue more work (the images) before waiting; on a CPU the passes run now."""
         import torch
 
         if not token_ids:
-            return np.zeros((0, 0), dtype=np.float32)
+            return lambda: np.zeros((0, 0), dtype=np.float32)
         inner: Any = self.model[0].model
         parts = []
         batches = LengthBatches(token_ids, self.batch_size, self.model.tokenizer.pad_token_id or 0)
-        with torch.inference_mode(), autocast(self.precision, self.torch_device):
+        with inference(self.precision, self.torch_device):
             for ids, mask in batches:
                 ids_t = torch.from_numpy(ids).to(self.torch_device, non_blocking=True)
                 mask_t = torch.from_numpy(mask).to(self.torch_device, non_blocking=True)
                 parts.append(_features(inner.get_text_features(input_ids=ids_t, attention_mask=mask_t)).float())
-        vectors = torch.nn.functional.normalize(torch.cat(parts), dim=-1).cpu().numpy()
-        return self._checked(batches.in_given_order(vectors))
+
+        def vectors() -> np.ndarray:
+            with torch.inference_mode():
+                rows = torch.nn.functional.normalize(torch.cat(parts), dim=-1).cpu().numpy()
+            return self._checked(batches.in_given_order(rows))
+
+        return vectors
 
     def _encode(self, items: list[Any]) -> np.ndarray:
-        import torch
 
         model = self.model
         # Texts beyond the position table would crash the text tower; truncate like CLIP does.
         if model.max_seq_length is None or model.max_seq_length > CLIP_MAX_TOKENS:
             model.max_seq_length = CLIP_MAX_TOKENS
-        with torch.inference_mode(), autocast(self.precision, self.torch_device):
+        with inference(self.precision, self.torch_device):
             vectors = model.encode(
                 items,
                 batch_size=self.batch_size,
@@ -438,7 +448,7 @@ def _probe_vectors(model: SentenceTransformer, precision: str, device: str) -> l
     texts = ["red leather bag", "a photo of a blue striped shirt", "wooden kitchen chair"]
     vectors = []
     for items in (images, texts):
-        with autocast(precision, device):
+        with inference(precision, device):
             vectors.append(normalize_rows(model.encode(items, convert_to_numpy=True)))
     return vectors
 

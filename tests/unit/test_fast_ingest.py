@@ -21,7 +21,7 @@ from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.images import ImagePolicy, decode_image
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
-from shelfsight.search.precision import resolve_precision
+from shelfsight.search.precision import inference, resolve_precision
 from shelfsight.search.records import point_id
 from shelfsight.train.model_init import init_model
 
@@ -153,6 +153,22 @@ def test_bf16_on_a_cpu_stays_close_to_fp32(tiny_model_dir):
     assert float((fp32.encode_texts(texts) * bf16.encode_texts(texts)).sum(axis=1).min()) > 0.98
     image = as_photo(render(draw_specs(1, seed=2)[0], random.Random(0)), SIZE, random.Random(0))
     assert float((fp32.encode_images([image]) * bf16.encode_images([image])).sum()) > 0.98
+
+
+def test_towers_on_cuda_skip_cudnn_attention_and_leave_the_choice_as_it_was():
+    """cuDNN's attention plans one shape at a time (17 ms each on an H200), and texts come in a
+    new padded length nearly every batch: the towers run on the other attention kernels there.
+    The switch is process-wide state in torch, so it must be put back afterwards."""
+    import torch
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with inference("fp32", "cuda"):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.is_inference_mode_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with inference("fp32", "cpu"):  # nothing to choose on a CPU
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
 
 
 def test_half_precision_stores_the_weights_in_half_and_a_failed_probe_reloads_fp32(tiny_model_dir, monkeypatch):
@@ -442,3 +458,37 @@ def test_jpegs_for_the_gpu_cross_in_shared_memory_as_long_as_they_fit(embedder, 
             assert bytes(item.jpeg) == (parsed.base_dir / row.product.image).read_bytes()
             kinds.add(type(item.jpeg))
     assert kinds == ({memoryview} if room > 100_000 else {memoryview, bytes})
+
+
+def test_a_picture_the_models_process_cannot_decode_drops_its_row_and_no_other_text(
+    embedder, catalog_dir, tmp_path, monkeypatch
+):
+    """Both towers are queued before either is awaited; a JPEG that neither the GPU decoder nor
+    Pillow takes leaves the batch as a bad row, and every other product keeps its own text vector."""
+    from dataclasses import replace
+
+    from shelfsight.ingest import gpu_decode
+    from shelfsight.ingest.catalog import read_catalog
+    from shelfsight.ingest.embed_stage import embed_items
+    from shelfsight.ingest.pipeline import ensure_collection
+    from shelfsight.search.store.edge import EdgeStore
+
+    catalog = read_catalog(catalog_dir / "catalog.csv")
+    ctx = ReadContext(
+        catalog.base_dir, ImagePolicy(), "m", None, embedder.pixel_spec, False, embedder.tokenizer_json, 77
+    )
+    items = [read_stage.read_row(row, None, ctx) for row in catalog.rows[:3]]
+    items[1] = replace(items[1], pixels=None, jpeg=b"\xff\xd8 not a JPEG after all")
+    monkeypatch.setattr(gpu_decode, "decode_jpegs", lambda jpegs, spec, device: (None, list(range(len(jpegs)))))
+    store = EdgeStore(tmp_path / "db")
+    try:
+        meta = ensure_collection(store, embedder, "products", catalog.fields, 0.5, False)
+        result = embed_items(items, embedder, meta)
+    finally:
+        store.close()
+    assert [(e.row, e.product_id) for e in result.errors] == [(items[1].row.row, items[1].row.product.id)]
+    kept = [items[0], items[2]]
+    assert [p.payload["product_id"] for p in result.batch.points] == [i.row.product.id for i in kept]
+    expected = embedder.encode_texts([i.row.product.text for i in kept])
+    stored = np.stack([p.vectors["text"] for p in result.batch.points])
+    assert float((stored * expected).sum(axis=1).min()) > 0.9999
