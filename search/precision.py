@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -69,24 +70,47 @@ def torch_dtype(precision: str) -> torch.dtype:
 
 @contextlib.contextmanager
 def inference(precision: str, device: str) -> Iterator[None]:
-    """How the towers run: no autograd, ``autocast(precision)``, and on CUDA every attention kernel
-    but cuDNN's. cuDNN builds an execution plan for each new input shape, about 17 ms of the
+    """How the towers run: no autograd, ``autocast(precision)``, and on CUDA without cuDNN's
+    attention kernel. cuDNN builds an execution plan for each new input shape, about 17 ms of the
     calling thread; texts come padded to a different length nearly every batch, so the text tower
     ran at 1,200-1,800 texts/s in fp16 on an H200, against 23,000-31,000 with the plans cached or
     with the other kernels (measured 2026-11-27, ViT-B/32 shape, batches of 256)."""
     import torch
 
-    with torch.inference_mode(), autocast(precision, device), _attention_kernels(device):
+    off = _CUDNN_ATTENTION_OFF if device.startswith("cuda") else contextlib.nullcontext()
+    with torch.inference_mode(), autocast(precision, device), off:
         yield
 
 
-def _attention_kernels(device: str) -> contextlib.AbstractContextManager[None]:
-    if not device.startswith("cuda"):
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+class _CudnnAttentionOff:
+    """cuDNN's attention kernel off while any thread is inside, as it was once none is. The switch
+    is process-wide in torch (``sdpa_kernel`` too), so concurrent towers (a server's requests)
+    count themselves in and out rather than each restoring what it saw on entry."""
 
-    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    return sdpa_kernel(backends)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._was = True
+
+    def __enter__(self) -> None:
+        import torch
+
+        with self._lock:
+            if self._inside == 0:
+                self._was = bool(torch.backends.cuda.cudnn_sdp_enabled())  # type: ignore[no-untyped-call]
+                torch.backends.cuda.enable_cudnn_sdp(False)
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                torch.backends.cuda.enable_cudnn_sdp(self._was)
+
+
+_CUDNN_ATTENTION_OFF = _CudnnAttentionOff()
 
 
 @contextlib.contextmanager

@@ -157,17 +157,37 @@ def test_bf16_on_a_cpu_stays_close_to_fp32(tiny_model_dir):
 
 def test_towers_on_cuda_skip_cudnn_attention_and_leave_the_choice_as_it_was():
     """cuDNN's attention plans one shape at a time (17 ms each on an H200), and texts come in a
-    new padded length nearly every batch: the towers run on the other attention kernels there.
-    The switch is process-wide state in torch, so it must be put back afterwards."""
+    new padded length nearly every batch: the towers run without it on CUDA. The switch is
+    process-wide in torch, so it comes back only when the last of overlapping towers is done,
+    and the other kernels' switches are left alone."""
+    import threading
+
     import torch
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
+    flash = torch.backends.cuda.flash_sdp_enabled()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def second() -> None:
+        first_in.wait()
+        with inference("fp32", "cuda"):
+            second_in.set()
+            first_out.wait()
+            seen.append(torch.backends.cuda.cudnn_sdp_enabled())  # the first has left; this one has not
+
+    thread = threading.Thread(target=second)
+    thread.start()
     with inference("fp32", "cuda"):
-        assert not torch.backends.cuda.cudnn_sdp_enabled()
-        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
-        assert torch.is_inference_mode_enabled()
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.is_inference_mode_enabled()
+        first_in.set()
+        second_in.wait()
+    first_out.set()
+    thread.join()
+    assert seen == [False]
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
-    with inference("fp32", "cpu"):  # nothing to choose on a CPU
+    assert torch.backends.cuda.flash_sdp_enabled() == flash
+    with inference("fp32", "cpu"):  # nothing to switch on a CPU
         assert torch.backends.cuda.cudnn_sdp_enabled() == before
 
 
