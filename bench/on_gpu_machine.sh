@@ -21,7 +21,7 @@ cd /tmp || exit 1 # so the checkout's shelfsight/ folder cannot shadow the insta
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
     "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
     if [ "${STANDARD:-1}" != 0 ]; then
-        timeout 400 "$PY" "$repo/bench/ingest_throughput.py" --device "${DEVICE:-cuda}" --image-size 1000 \
+        timeout 300 "$PY" "$repo/bench/ingest_throughput.py" --device "${DEVICE:-cuda}" --image-size 1000 \
             --also-224 ${N:+--n "$N"} --workdir /tmp/shelfsight-bench --json "$OUT/ingest_gpu.json" \
             --profile "$OUT/ingest_profile.txt"
     fi

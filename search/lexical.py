@@ -29,7 +29,6 @@ BM25 = "bm25"
 # Payload fields that are never product words.
 _NOT_WORDS = ("image", "content_hash", "has_image")
 _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*", re.UNICODE)
-_DIGIT = re.compile(r"\d")
 # The vocabulary keeps this many of the most common words (typos are corrected towards them).
 VOCABULARY_SIZE = 50_000
 
@@ -92,7 +91,7 @@ def vocabulary(texts: Iterable[str], size: int = VOCABULARY_SIZE) -> dict[str, i
     crowd real words out of a large catalog's vocabulary."""
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update([w for w in set(words(text)) if not _DIGIT.search(w)])
+        counts.update([w for w in set(words(text)) if not any(map(str.isdigit, w))])
     return dict(counts.most_common(size))
 
 

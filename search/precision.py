@@ -73,8 +73,9 @@ def inference(precision: str, device: str) -> Iterator[None]:
     """How the towers run: no autograd, ``autocast(precision)``, and on CUDA without cuDNN's
     attention kernel. cuDNN builds an execution plan for each new input shape, about 17 ms of the
     calling thread; texts come padded to a different length nearly every batch, so the text tower
-    ran at 1,200-1,800 texts/s in fp16 on an H200, against 23,000-31,000 with the plans cached or
-    with the other kernels (measured 2026-11-27, ViT-B/32 shape, batches of 256)."""
+    ran at 1,200-1,800 texts/s in fp16 on an H200, against 15,000-19,000 without cuDNN (token ids
+    in, vectors back on the host) and 31,000 with every plan already made (measured 2026-11-27,
+    ViT-B/32 shape, batches of 256)."""
     import torch
 
     off = _CUDNN_ATTENTION_OFF if device.startswith("cuda") else contextlib.nullcontext()
@@ -85,7 +86,8 @@ def inference(precision: str, device: str) -> Iterator[None]:
 class _CudnnAttentionOff:
     """cuDNN's attention kernel off while any thread is inside, as it was once none is. The switch
     is process-wide in torch (``sdpa_kernel`` too), so concurrent towers (a server's requests)
-    count themselves in and out rather than each restoring what it saw on entry."""
+    count themselves in and out rather than each restoring what it saw on entry. The last one out
+    restores what the first one in found: a change to the switch made meanwhile is undone."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

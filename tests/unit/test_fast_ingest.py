@@ -170,20 +170,23 @@ def test_towers_on_cuda_skip_cudnn_attention_and_leave_the_choice_as_it_was():
     seen: list[bool] = []
 
     def second() -> None:
-        first_in.wait()
-        with inference("fp32", "cuda"):
-            second_in.set()
-            first_out.wait()
-            seen.append(torch.backends.cuda.cudnn_sdp_enabled())  # the first has left; this one has not
+        if first_in.wait(timeout=10):
+            with inference("fp32", "cuda"):
+                second_in.set()
+                if first_out.wait(timeout=10):
+                    seen.append(torch.backends.cuda.cudnn_sdp_enabled())  # the first has left; this one has not
 
-    thread = threading.Thread(target=second)
+    thread = threading.Thread(target=second, daemon=True)
     thread.start()
-    with inference("fp32", "cuda"):
-        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.is_inference_mode_enabled()
+    try:
+        with inference("fp32", "cuda"):
+            assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.is_inference_mode_enabled()
+            first_in.set()
+            assert second_in.wait(timeout=10)
+    finally:
         first_in.set()
-        second_in.wait()
-    first_out.set()
-    thread.join()
+        first_out.set()
+        thread.join(timeout=10)
     assert seen == [False]
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
     assert torch.backends.cuda.flash_sdp_enabled() == flash
