@@ -365,7 +365,6 @@ class Embedder:
         return vectors
 
     def _encode(self, items: list[Any]) -> np.ndarray:
-
         model = self.model
         # Texts beyond the position table would crash the text tower; truncate like CLIP does.
         if model.max_seq_length is None or model.max_seq_length > CLIP_MAX_TOKENS:
