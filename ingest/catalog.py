@@ -90,7 +90,7 @@ class Catalog:
         for frame in read_frames(self.path, size):
             rows: list[CatalogRow] = []
             errors: list[RowError] = []
-            for record in frame.to_dict(orient="records"):
+            for record in _records(frame, self.schema):
                 number += 1
                 result = _read_row(number, record, self.schema, first_seen)
                 (errors if isinstance(result, RowError) else rows).append(result)  # type: ignore[arg-type]
@@ -154,6 +154,38 @@ def _frames(path: Path, size: int) -> Iterator[pd.DataFrame]:
         raise CatalogError(
             f"unknown catalog format: {path.name}; use .csv, .tsv, .jsonl, .json or .parquet (optionally .gz)"
         )
+
+
+def _records(frame: pd.DataFrame, schema: _Schema) -> Iterator[dict[str, Any]]:
+    """The frame's rows as dicts of clean cells (``_clean``), read a column at a time (pandas'
+    own row dicts cost twice as much), with the numeric columns' cells parsed a column at a
+    time too: a cell that is a finite number becomes a float, any other stays as it was, for
+    ``_payload`` to report."""
+    names = [str(c) for c in frame.columns]
+    columns = [[_clean(v) for v in frame[c].tolist()] for c in frame.columns]
+    for name, cells in zip(names, columns):
+        if name in schema.numeric:
+            _parse_numbers(cells)
+    for values in zip(*columns):
+        yield dict(zip(names, values))
+
+
+def _parse_numbers(cells: list[Any]) -> None:
+    """Each cell that parses as a finite number, as a float, in place."""
+    try:
+        parsed = pd.to_numeric(pd.Series(cells, dtype=object), errors="coerce").tolist()
+    except (TypeError, ValueError):  # a cell pandas cannot even look at (a list): one at a time
+        parsed = [_number(cell) for cell in cells]
+    for i, (cell, number) in enumerate(zip(cells, parsed)):
+        if cell is not None and isinstance(number, (int, float)) and math.isfinite(number):
+            cells[i] = float(number) + 0.0  # -0 reads as 0
+
+
+def _number(cell: Any) -> float:
+    try:
+        return float(pd.to_numeric(cell, errors="coerce"))
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _clean(value: Any) -> Any:
@@ -283,10 +315,8 @@ def _payload(record: dict[str, Any], schema: _Schema) -> dict[str, Any] | tuple[
         if value is None:
             continue
         if col in schema.numeric:
-            number_value = pd.to_numeric(value, errors="coerce")
-            if pd.isna(number_value) or not math.isfinite(float(number_value)):
+            if not isinstance(value, float) or not math.isfinite(value):  # ``_records`` made numbers floats
                 return col, value
-            value = float(number_value)
         elif not isinstance(value, (str, list)):
             value = str(value)
         payload[col] = value

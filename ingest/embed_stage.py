@@ -22,7 +22,7 @@ from shelfsight.search.embedder import Embedder
 from shelfsight.search.images import ImageError, ImagePolicy
 from shelfsight.search.indexing import EmbeddedBatch, TextVectors, embed_points
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
-from shelfsight.search.store.base import CollectionMeta
+from shelfsight.search.store.base import CollectionMeta, PointRecord
 from shelfsight.search.text_int8 import Int8TextEncoder, product_text_encoder
 
 if TYPE_CHECKING:
@@ -105,61 +105,79 @@ def embed_items(
 ) -> EmbedResult:
     """Both towers over the batch; the early-fused vector when the collection has one. Without
     ``state``: the model in its own precision for texts, default image limits."""
+    return queue_items(items, embedder, meta, state)()
+
+
+def queue_items(
+    items: Sequence[ReadItem], embedder: Embedder, meta: CollectionMeta, state: EmbedState | None = None
+) -> Callable[[], EmbedResult]:
+    """``embed_items`` in two steps: the images are decoded and both towers queued on the model's
+    device now; the function returned waits for them and makes the points. On a GPU the caller
+    reads and sorts the next batch meanwhile; on a CPU the towers run now."""
     state = state or EmbedState(ProductTexts(embedder, int8=False))
-    texts = queue_texts(items, state.texts)  # first: on a GPU, both towers are queued before either is awaited
-    kept, vectors, errors = image_vectors(items, embedder, state.buffer, state.policy)
-    products = [item.row.product for item in kept]
-    text_vectors = texts(kept) if texts is not None else None
-    batch = embed_points(products, vectors, [item.payload for item in kept], embedder, meta, text_vectors)
-    points = [replace(point, words=item.words) for point, item in zip(batch.points, kept)]
-    return EmbedResult(replace(batch, points=points), errors)
+    kept, images, errors = queue_images(items, embedder, state.buffer, state.policy)
+    texts = queue_texts(kept, state.texts)
+
+    def finish() -> EmbedResult:
+        products = [item.row.product for item in kept]
+        payloads = [item.payload for item in kept]
+        batch = embed_points(products, images(), payloads, embedder, meta, texts() if texts else None)
+        points = [PointRecord(p.id, p.vectors, p.payload, item.words) for p, item in zip(batch.points, kept)]
+        return EmbedResult(replace(batch, points=points), errors)
+
+    return finish
 
 
-def queue_texts(items: Sequence[ReadItem], texts: ProductTexts) -> Callable[[Sequence[ReadItem]], TextVectors] | None:
+def queue_texts(items: Sequence[ReadItem], texts: ProductTexts) -> Callable[[], TextVectors] | None:
     """The text tower queued for the items the read stage tokenized; None when it did not (the
-    texts are then encoded from strings). The function returned gives the text vectors of the
-    items it is handed, which are these items less any the images dropped."""
-    with_text = [item for item in items if item.row.product.text]
-    if any(item.text_ids is None for item in with_text):
+    texts are then encoded from strings). The function returned gives the items' text vectors."""
+    with_text = [k for k, item in enumerate(items) if item.row.product.text]
+    if any(items[k].text_ids is None for k in with_text):
         return None
-    pending = texts.queue(with_text) if with_text else None
+    pending = texts.queue([items[k] for k in with_text]) if with_text else None
 
-    def vectors_of(kept: Sequence[ReadItem]) -> TextVectors:
-        by_item = {id(item): v for item, v in zip(with_text, pending() if pending else [])}
-        truncated = sum(item.text_truncated for item in kept if id(item) in by_item)
-        return TextVectors([by_item.get(id(item)) for item in kept], truncated)
+    def vectors() -> TextVectors:
+        out: list[np.ndarray | None] = [None] * len(items)
+        for k, vector in zip(with_text, pending() if pending else []):
+            out[k] = vector
+        return TextVectors(out, sum(items[k].text_truncated for k in with_text))
 
-    return vectors_of
+    return vectors
 
 
-def image_vectors(
+def queue_images(
     items: Sequence[ReadItem], embedder: Embedder, buffer: PinnedBuffer, policy: ImagePolicy = ImagePolicy()
-) -> tuple[list[ReadItem], list[np.ndarray | None], list[RowError]]:
-    """Each item's image vector (None without a picture); items whose JPEG failed to decode are
-    dropped and returned as errors."""
+) -> tuple[list[ReadItem], Callable[[], list[np.ndarray | None]], list[RowError]]:
+    """The items whose images decoded (JPEGs on the GPU decode now), the vision tower queued for
+    their pictures, and the errors of those dropped. The function returned gives each kept item's
+    image vector (None without a picture)."""
     with_picture = [i for i, item in enumerate(items) if item.has_picture]
-    vectors: list[np.ndarray | None] = [None] * len(items)
-    if not with_picture:
-        return list(items), vectors, []
     pictures = [items[i] for i in with_picture]
-    if all(p.image is not None for p in pictures):
+    bad: set[int] = set()
+    if not pictures:
+        pending: Callable[[], np.ndarray] = lambda: np.zeros((0, 0), dtype=np.float32)  # noqa: E731
+    elif all(p.image is not None for p in pictures):
         encoded = embedder.encode_images([p.image for p in pictures])  # type: ignore[misc]
-        bad: set[int] = set()
+        pending = lambda: encoded  # noqa: E731
     else:
-        encoded, bad = _encode_prepared(pictures, embedder, buffer, policy)
-    good = [i for j, i in enumerate(with_picture) if j not in bad]
-    for position, vector in zip(good, encoded):
-        vectors[position] = vector
+        pending, bad = _queue_prepared(pictures, embedder, buffer, policy)
     dropped = {with_picture[j] for j in bad}
-    errors = [_decode_error(items[i]) for i in sorted(dropped)]
-    kept = [(item, v) for i, (item, v) in enumerate(zip(items, vectors)) if i not in dropped]
-    return [k for k, _ in kept], [v for _, v in kept], errors
+    good = [i for j, i in enumerate(with_picture) if j not in bad]
+
+    def vectors() -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = [None] * len(items)
+        for position, vector in zip(good, pending()):
+            out[position] = vector
+        return [v for i, v in enumerate(out) if i not in dropped]
+
+    kept = [item for i, item in enumerate(items) if i not in dropped]
+    return kept, vectors, [_decode_error(items[i]) for i in sorted(dropped)]
 
 
-def _encode_prepared(
+def _queue_prepared(
     pictures: Sequence[ReadItem], embedder: Embedder, buffer: PinnedBuffer, policy: ImagePolicy
-) -> tuple[np.ndarray, set[int]]:
-    """Pixels and GPU-decoded JPEGs in one device batch, in order; the positions that failed."""
+) -> tuple[Callable[[], np.ndarray], set[int]]:
+    """Pixels and GPU-decoded JPEGs queued in one device batch, in order; the positions that failed."""
     import torch
 
     spec = embedder.pixel_spec
@@ -169,13 +187,13 @@ def _encode_prepared(
     arrays = {j: p.pixels for j, p in enumerate(pictures) if p.pixels is not None}
     decoded, bad = _gpu_decode(pictures, jpeg_at, spec, device, arrays, policy)
     if len(bad) == len(pictures):
-        return np.zeros((0, 0), dtype=np.float32), bad
+        return lambda: np.zeros((0, 0), dtype=np.float32), bad
     cpu_at = sorted(arrays)
     staged = buffer.stage([arrays[j] for j in cpu_at], device) if cpu_at else None  # type: ignore[misc]
     if not decoded:
-        return embedder.encode_pixels(staged), bad  # every picture came from the CPU, in order
+        return embedder.queue_pixels(staged), bad  # every picture came from the CPU, in order
     parts = decoded | {j: staged[k] for k, j in enumerate(cpu_at)}  # type: ignore[index]
-    return embedder.encode_pixels(torch.stack([parts[j] for j in sorted(parts)])), bad
+    return embedder.queue_pixels(torch.stack([parts[j] for j in sorted(parts)])), bad
 
 
 def _gpu_decode(

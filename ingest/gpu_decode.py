@@ -57,8 +57,11 @@ def decode_jpegs(jpegs: Sequence[bytes | memoryview], spec: PixelSpec, device: s
                 images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:
                 failed.append(i)
+    groups = _by_size(images)
+    if len(groups) == 1:  # photos of one size (the usual catalog): no scatter, which would wait for the device
+        return _resize_and_crop(groups[0][1], spec), failed
     out = torch.empty((len(images), spec.crop[0], spec.crop[1], 3), dtype=torch.uint8, device=device)
-    for positions, batch in _by_size(images):
+    for positions, batch in groups:
         out[positions] = _resize_and_crop(batch, spec)
     return out, failed
 

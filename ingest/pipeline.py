@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from shelfsight.ingest.catalog import Catalog, Columns, RowError, read_catalog
-from shelfsight.ingest.embed_stage import EmbedState, ProductTexts, embed_items
+from shelfsight.ingest.embed_stage import EmbedState, ProductTexts, queue_items
 from shelfsight.ingest.gpu_decode import gpu_decoding_available, require_gpu_decoding
 from shelfsight.ingest.read_stage import ReadContext, ReadItem, ReadJob, ReadPool, read_in_threads
 from shelfsight.ingest.write_process import PointStore, WriteProcess
@@ -221,12 +221,20 @@ def ingest_catalog(
         fresh = store.count(options.collection) == 0  # nothing stored: no hashes to look up
         with _point_store(store, options.collection, plan) as points, _Writer(points, lock, on_progress) as writer:
             jobs = _jobs(points, options.collection, catalog, plan.batch_size, lock, stored, report, writer, fresh)
-            for items in plan.read(jobs):
+            run = _Run(writer, embedder, options.collection, meta, report, plan)
+            finish: Callable[[], None] | None = None
+            for items in plan.read(jobs):  # the next batch is read while the device runs the last
                 if "start" not in report.stage_seconds:
                     report.time("start", time.perf_counter() - started)
-                items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
+                if stored:
+                    items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
                 report.time("read", sum(item.seconds for item in items))
-                _embed_and_write(writer, embedder, options.collection, meta, items, report, plan)
+                batch = run.sort(items)
+                if finish is not None:
+                    finish()
+                finish = run.launch(batch, len(items))
+            if finish is not None:
+                finish()
         report.text_tower = plan.embed.texts.described
         with _timed(report, "finish"):
             _finish(store, options, catalog, report)
@@ -433,33 +441,50 @@ class _Writer:
             self._pool.shutdown(wait=True)
 
 
-def _embed_and_write(
-    writer: _Writer,
-    embedder: Embedder,
-    name: str,
-    meta: CollectionMeta,
-    items: Sequence[ReadItem],
-    report: IngestReport,
-    plan: ReadPlan,
-) -> None:
-    batch = sort_batch(items, meta)
-    report.errors.extend(batch.errors)
-    report.unchanged += batch.unchanged
-    if batch.payload_only:
-        writer.submit(
-            lambda store: _write_payloads(store, name, meta, batch.payload_only),
-            lambda seconds: _landed_payloads(report, len(batch.payload_only), seconds),
-        )
-    if batch.to_embed:
-        with _timed(report, "embed"):
-            result = embed_items(batch.to_embed, embedder, meta, plan.embed)
-        report.errors.extend(result.errors)
-        if result.batch.points:  # a batch whose every image failed to decode has nothing to write
-            writer.submit(
-                lambda store: store.upsert(name, result.batch.points),
-                lambda seconds: _landed(report, result.batch, seconds),
-            )
-    writer.progress(len(items))
+@dataclass(frozen=True)
+class _Run:
+    """What the loop hands each batch to: it sorts the batch, then launches its embedding (the
+    towers queued on the model's device) and returns what finishes it (waits for the vectors,
+    queues the writes). The loop finishes a batch only after the next one is read and sorted, so
+    on a GPU that reading overlaps the towers; the next batch's towers are queued only after
+    the last batch's vectors are back, so no two batches share the device's queue."""
+
+    writer: _Writer
+    embedder: Embedder
+    name: str
+    meta: CollectionMeta
+    report: IngestReport
+    plan: ReadPlan
+
+    def sort(self, items: Sequence[ReadItem]) -> SortedBatch:
+        batch = sort_batch(items, self.meta)
+        self.report.errors.extend(batch.errors)
+        self.report.unchanged += batch.unchanged
+        return batch
+
+    def launch(self, batch: SortedBatch, rows: int) -> Callable[[], None]:
+        with _timed(self.report, "embed"):
+            pending = queue_items(batch.to_embed, self.embedder, self.meta, self.plan.embed) if batch.to_embed else None
+
+        def finish() -> None:
+            name, meta, report, writer = self.name, self.meta, self.report, self.writer
+            if batch.payload_only:
+                writer.submit(
+                    lambda store: _write_payloads(store, name, meta, batch.payload_only),
+                    lambda seconds: _landed_payloads(report, len(batch.payload_only), seconds),
+                )
+            if pending is not None:
+                with _timed(report, "embed"):
+                    result = pending()
+                report.errors.extend(result.errors)
+                if result.batch.points:  # a batch whose every image failed to decode has nothing to write
+                    writer.submit(
+                        lambda store: store.upsert(name, result.batch.points),
+                        lambda seconds: _landed(report, result.batch, seconds),
+                    )
+            writer.progress(rows)
+
+        return finish
 
 
 def _landed(report: IngestReport, embedded: EmbeddedBatch, seconds: float) -> None:

@@ -310,6 +310,11 @@ class Embedder:
         """Embed prepared pixels: (n, h, w, 3) uint8 from ``search.pixels.prepare_pixels``, on any
         device (pinned CPU memory copies without blocking). Normalization runs on the model's device,
         the vision tower in ``precision``. Returns (n, d) float32 unit rows."""
+        return self.queue_pixels(pixels)()
+
+    def queue_pixels(self, pixels: np.ndarray | torch.Tensor) -> Callable[[], np.ndarray]:
+        """``encode_pixels`` in two steps, as ``queue_token_ids``: the vision tower's passes are
+        queued on the model's device now, and the function returned waits for them."""
         import torch
 
         spec = self.pixel_spec
@@ -318,14 +323,14 @@ class Embedder:
         inner: Any = self.model[0].model
         batch = torch.as_tensor(pixels)
         if len(batch) == 0:
-            return np.zeros((0, 0), dtype=np.float32)
+            return lambda: np.zeros((0, 0), dtype=np.float32)
         batch = batch.to(self.torch_device, non_blocking=True)
         parts = []
         with inference(self.precision, self.torch_device):
             for start in range(0, len(batch), self.batch_size):
                 values = normalize_pixels(batch[start : start + self.batch_size], spec, torch.float32)
                 parts.append(_features(inner.get_image_features(pixel_values=values)).float())
-        return self._checked(torch.nn.functional.normalize(torch.cat(parts), dim=-1).cpu().numpy())
+        return lambda: self._awaited(parts)
 
     @property
     def tokenizer_json(self) -> str | None:
@@ -343,26 +348,41 @@ class Embedder:
     def queue_token_ids(self, token_ids: Sequence[np.ndarray]) -> Callable[[], np.ndarray]:
         """``encode_token_ids`` in two steps: the text tower's passes are queued on the model's
         device now, and the function returned waits for them and gives the vectors. On a GPU the
-        caller can queue more work (the images) before waiting; on a CPU the passes run now."""
+        caller can queue more work (the images, the next batch's reading) before waiting; on a CPU
+        the passes run now. Nothing here waits for the device: the ids cross from pinned memory,
+        and a causal (CLIP) text tower gets no padding mask, which would be checked on the host
+        (``causal_text``)."""
         import torch
 
         if not token_ids:
             return lambda: np.zeros((0, 0), dtype=np.float32)
         inner: Any = self.model[0].model
+        on_gpu = self.torch_device.startswith("cuda")
         parts = []
         batches = LengthBatches(token_ids, self.batch_size, self.model.tokenizer.pad_token_id or 0)
         with inference(self.precision, self.torch_device):
             for ids, mask in batches:
-                ids_t = torch.from_numpy(ids).to(self.torch_device, non_blocking=True)
-                mask_t = torch.from_numpy(mask).to(self.torch_device, non_blocking=True)
-                parts.append(_features(inner.get_text_features(input_ids=ids_t, attention_mask=mask_t)).float())
+                ids_t = torch.from_numpy(ids)
+                ids_t = (ids_t.pin_memory() if on_gpu else ids_t).to(self.torch_device, non_blocking=True)
+                masks = {} if self.causal_text else {"attention_mask": torch.from_numpy(mask).to(self.torch_device)}
+                parts.append(_features(inner.get_text_features(input_ids=ids_t, **masks)).float())
+        return lambda: batches.in_given_order(self._awaited(parts))
 
-        def vectors() -> np.ndarray:
-            with torch.inference_mode():
-                rows = torch.nn.functional.normalize(torch.cat(parts), dim=-1).cpu().numpy()
-            return self._checked(batches.in_given_order(rows))
+    @property
+    def causal_text(self) -> bool:
+        """Whether the text tower is CLIP's, whose attention is causal: a token sees only those
+        before it, so padding after a text's end-of-text token (where its vector is read) changes
+        nothing, and the padding mask can be left out."""
+        inner = self.model[0].model
+        return getattr(getattr(inner, "config", None), "model_type", None) == "clip"
 
-        return vectors
+    def _awaited(self, parts: list[torch.Tensor]) -> np.ndarray:
+        """The queued passes' outputs on the host as unit rows (this waits for the device)."""
+        import torch
+
+        with torch.inference_mode():
+            rows = torch.nn.functional.normalize(torch.cat(parts), dim=-1).cpu().numpy()
+        return self._checked(rows)
 
     def _encode(self, items: list[Any]) -> np.ndarray:
         model = self.model

@@ -86,10 +86,10 @@ def _text_precision(store: VectorStore, embedder: Embedder, collection: str, nam
     """How often a search for a value's text, by the text vector, returns products with that value
     (mean share of the top 10, over up to 20 values)."""
     sample = values[:: max(1, len(values) // 20)]
-    shares = []
-    for value, vector in zip(sample, embedder.encode_texts(sample)):
-        results, _ = store.query(collection, [NearestQuery(vector, "text", 10)])
-        shares.append(np.mean([p.payload.get(name) == value for p in results[0]]) if results[0] else 0.0)
+    results, _ = store.query(collection, [NearestQuery(v, "text", 10) for v in embedder.encode_texts(sample)])
+    shares = [
+        np.mean([p.payload.get(name) == value for p in hits]) if hits else 0.0 for value, hits in zip(sample, results)
+    ]
     return float(np.mean(shares))
 
 

@@ -49,6 +49,19 @@ def test_bad_rows_reported_rest_kept(tmp_path):
     assert all(e.hint for e in cat.errors)
 
 
+def test_a_number_column_holding_a_list_or_infinity_reports_those_rows(tmp_path):
+    """JSONL can put anything in a number column: a list or Infinity there is a bad row with the
+    usual reason, the column's other rows keep their numbers."""
+    prices = [[1, 2], float("inf"), 5, "6.5", -0.0] + list(range(10))
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"id": str(i), "title": "Mug", "price": p}) for i, p in enumerate(prices)))
+    cat = read_catalog(path)
+    assert cat.fields == {"price": "float"}
+    reasons = {e.row: e.reason for e in cat.errors}
+    assert reasons == {1: "price [1, 2] is not a number", 2: "price inf is not a number"}
+    assert [r.product.fields["price"] for r in cat.rows[:3]] == [5.0, 6.5, 0.0]
+
+
 def test_jsonl_and_parquet_and_column_mapping(tmp_path):
     rows = [{"sku": 10, "name": "Blue mug", "img": "m.jpg", "price": 7.5, "in_stock": True}]
     jsonl = tmp_path / "c.jsonl"

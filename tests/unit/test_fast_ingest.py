@@ -423,13 +423,13 @@ def test_an_ingest_leaves_the_callers_embedder_as_it_found_it(
     embedder afterwards gets its own batch size back."""
     monkeypatch.setattr(embedder, "batch_size", 5)
     seen: list[int] = []
-    real = embedder.encode_pixels
+    real = embedder.queue_pixels
 
     def spy(pixels):
         seen.append(embedder.batch_size)
         return real(pixels)
 
-    monkeypatch.setattr(embedder, "encode_pixels", spy)
+    monkeypatch.setattr(embedder, "queue_pixels", spy)
     options = IngestOptions(collection=collection_name, batch_size=8, workers=0)
     assert ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options).ingested == 48
     assert seen and set(seen) == {8} and embedder.batch_size == 5
