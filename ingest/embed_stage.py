@@ -7,6 +7,9 @@ neither the GPU nor Pillow can decode leaves the batch as a bad row.
 
 Texts arrive tokenized; ``ProductTexts`` runs them through the model, or through an int8 copy of
 its text tower where that keeps fp32's vectors on this CPU (``search/text_int8.py``).
+
+``queue_items`` queues a batch's work on the device and returns what waits for it, so the ingest
+reads the next batch meanwhile; ``embed_items`` does both at once.
 """
 
 from __future__ import annotations
