@@ -3,8 +3,7 @@
 Prints, side by side: the vision tower's pure forward on ready tensors (fp32 and half: fp16 on a
 GPU, bf16 on a CPU), the text tower, preprocessing alone (the model's own processor on one thread,
 and the read stage's worker processes), end-to-end ``ingest_catalog`` (texts, hashing, store writes,
-index build and calibration included) for each decode mode (on a GPU also ``auto``, which shares
-the JPEGs between the GPU decoder and the workers' Pillow), and the ratio of ingest to the pure fp32
+index build and calibration included) for each decode mode, and the ratio of ingest to the pure fp32
 forward (the best of the batch sizes tried: 32, and on a CPU also the 16 its ingest runs). The
 ingests keep an early-fused vector (``--fused-weight 0.5``, as the demo does): three 512-d vectors a
 product, like the store-only upsert row. Also the fast image path's least cosine to the model's own
@@ -259,7 +258,6 @@ def ingest_rate(catalog: Path, embedder: Embedder, work: Path, decode: str, work
         "stage_seconds": {k: round(v, 2) for k, v in report.stage_seconds.items()},
         "seconds": round(report.seconds, 2),
         "text_tower": report.text_tower,
-        "gpu_decoded": report.gpu_decoded,
     }
 
 
@@ -331,7 +329,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.profile:
-        decode = "auto" if gpu_decoding_available(embedder.torch_device) else "cpu"
+        decode = "gpu" if gpu_decoding_available(embedder.torch_device) else "cpu"
         profile_ingest(next(iter(catalogs.values())), embedder, work, decode, args.profile)
 
 
@@ -371,7 +369,7 @@ def measure(
         component_rates(results, embedder, catalog, work, workers, decodes)
     ingests = results.setdefault("ingest", {})
     for px, cat in catalogs.items():
-        for decode in decodes + (["auto"] if "gpu" in decodes else []):  # auto: JPEGs shared by GPU and workers
+        for decode in decodes:
             key = f"ingest {px}-px, decode {decode}"
             try:
                 ingests[key] = ingest_rate(cat, embedder, work, decode, None)

@@ -40,7 +40,7 @@ from typing import Any
 from shelfsight.ingest.catalog import Catalog, Columns, RowError, read_catalog
 from shelfsight.ingest.embed_stage import EmbedState, ProductTexts, queue_items
 from shelfsight.ingest.gpu_decode import gpu_decoding_available, require_gpu_decoding
-from shelfsight.ingest.read_stage import DecodeShare, ReadContext, ReadItem, ReadJob, ReadPool, read_in_threads
+from shelfsight.ingest.read_stage import ReadContext, ReadItem, ReadJob, ReadPool, read_in_threads
 from shelfsight.ingest.write_process import PointStore, WriteProcess
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import IncompatibleCollectionError
@@ -105,7 +105,6 @@ class IngestReport:
     text_only: int = 0
     truncated: int = 0
     pruned: int = 0
-    gpu_decoded: int = 0  # JPEGs handed to the GPU decoder (the other images: Pillow, in the read stage)
     seconds: float = 0.0
     errors: list[RowError] = field(default_factory=list)
     # Seconds per stage: "start" (until the first batch is read: the catalog, the collection, the
@@ -127,7 +126,6 @@ class IngestReport:
             "text_only": self.text_only,
             "truncated": self.truncated,
             "pruned": self.pruned,
-            "gpu_decoded": self.gpu_decoded,
             "seconds": round(self.seconds, 3),
             "items_per_second": round(self.ingested / self.seconds, 2) if self.seconds else 0.0,
             "stage_seconds": {stage: round(s, 3) for stage, s in self.stage_seconds.items()},
@@ -260,11 +258,7 @@ class ReadPlan:
     preempts one of them stalls the whole pass at its next barrier, so reading beside the towers
     cost them more than the reading itself: ViT-B/32 shape, 2 cores, 1000-px JPEGs, the towers took
     10.7-11.4 s of a 480-product ingest with reads alongside, 9.5 s between passes, and the ingest
-    ran at 37.8-39.2 against 40.9-41.4 products/s (the demo model: 260-268 against 271-291).
-
-    ``share_jpegs`` (``--decode auto`` with the GPU decoder): the workers decode a share of the
-    JPEGs with Pillow and hand the rest to the GPU, the share following whichever side is behind
-    (``read_stage.DecodeShare``)."""
+    ran at 37.8-39.2 against 40.9-41.4 products/s (the demo model: 260-268 against 271-291)."""
 
     ctx: ReadContext
     batch_size: int
@@ -272,14 +266,12 @@ class ReadPlan:
     processes: bool
     embed: EmbedState
     between_passes: bool = False
-    share_jpegs: bool = False
 
     def read(self, jobs: Iterator[ReadJob]) -> Iterator[list[ReadItem]]:
         if not self.processes:
             return read_in_threads(jobs, self.ctx, self.workers)
         if not self.between_passes:
-            share = DecodeShare() if self.share_jpegs else None
-            return ReadPool(self.ctx, self.workers, rows=self.batch_size, share=share).read(jobs)
+            return ReadPool(self.ctx, self.workers, rows=self.batch_size).read(jobs)
         share = -(-self.batch_size // self.workers)  # every worker on the next batch
         return ReadPool(self.ctx, self.workers, ahead=1, rows=self.batch_size, part_rows=share).read(jobs)
 
@@ -316,9 +308,7 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
     embed = EmbedState(ProductTexts(embedder, int8=catalog.total >= INT8_MIN_ROWS), policy=options.images)
     if workers == 0:  # asked for no processes: read in threads of this one
         return ReadPlan(ctx, batch_size, READ_THREADS, False, embed)
-    return ReadPlan(
-        ctx, batch_size, workers, processes, embed, processes and device == "cpu", gpu_jpeg and options.decode == "auto"
-    )
+    return ReadPlan(ctx, batch_size, workers, processes, embed, between_passes=processes and device == "cpu")
 
 
 def usable_cores() -> int:
@@ -474,7 +464,6 @@ class _Run:
         return batch
 
     def launch(self, batch: SortedBatch, rows: int) -> Callable[[], None]:
-        self.report.gpu_decoded += sum(item.jpeg is not None for item in batch.to_embed)
         with _timed(self.report, "embed"):
             pending = queue_items(batch.to_embed, self.embedder, self.meta, self.plan.embed) if batch.to_embed else None
 

@@ -18,7 +18,6 @@ than it saves below a few batches.
 from __future__ import annotations
 
 import io
-import math
 import mmap
 import multiprocessing
 import os
@@ -49,8 +48,6 @@ JOBS_AHEAD_PER_WORKER = 2
 # Rows a worker reads at a time: a job (one batch of the model's) is split into parts this size.
 PART_ROWS = 32
 PING_TIMEOUT_S = 60.0
-# How far ``DecodeShare`` moves at each batch: from half to all or none in 16 batches.
-DECODE_SHARE_STEP = 1 / 32
 # Room in a job's shared slot for each row's JPEG, when the GPU decodes them: a 1000-px product
 # photo is 100 to 250 KB. A job whose JPEGs need more sends the rest pickled.
 JPEG_BYTES_PER_ROW = 256 * 1024
@@ -122,16 +119,15 @@ class ReadJob:
     stored_hashes: Sequence[str | None]
 
 
-def read_row(row: CatalogRow, stored_hash: str | None, ctx: ReadContext, gpu: bool = True) -> ReadItem:
-    """Image bytes, content hash and payload; the image is prepared only when the hash changed
-    (``gpu`` False: decoded here even where the context hands JPEGs to the GPU)."""
+def read_row(row: CatalogRow, stored_hash: str | None, ctx: ReadContext) -> ReadItem:
+    """Image bytes, content hash and payload; the image is prepared only when the hash changed."""
     started = time.perf_counter()
     try:
         image_bytes = read_image_bytes(row.product.image, ctx.base_dir, ctx.policy) if row.product.image else None
         digest = content_hash(ctx.model_id, row.product.text, image_bytes, ctx.fused_weight)
         prepared: dict[str, Any] = {}  # what the embed stage needs, for new or changed products
         if image_bytes is not None and stored_hash != digest:
-            prepared = _prepare(image_bytes, row.product.image or "image", ctx, gpu)
+            prepared = _prepare(image_bytes, row.product.image or "image", ctx)
     except ImageError as exc:
         error = RowError(row.row, row.product.id, exc.reason, exc.hint)
         return ReadItem(row, None, error=error, seconds=time.perf_counter() - started)
@@ -161,10 +157,10 @@ def text_tokenizer(spec: str, max_tokens: int) -> Any:
     return tokenizer
 
 
-def _prepare(data: bytes, name: str, ctx: ReadContext, gpu: bool) -> dict[str, Any]:
+def _prepare(data: bytes, name: str, ctx: ReadContext) -> dict[str, Any]:
     if ctx.spec is None:
         return {"image": decode_image(data, ctx.policy, name)}
-    if ctx.gpu_jpeg and gpu and gpu_decodable(data, ctx.policy):
+    if ctx.gpu_jpeg and gpu_decodable(data, ctx.policy):
         return {"jpeg": data}
     return {"pixels": prepare_pixels(data, ctx.spec, ctx.policy, name)}
 
@@ -185,48 +181,19 @@ def gpu_decodable(data: bytes, policy: ImagePolicy) -> bool:
         return False
 
 
-def read_job(job: ReadJob, ctx: ReadContext, gpu_share: float = 1.0) -> list[ReadItem]:
-    """The job's rows read; of the JPEGs the GPU could decode, ``gpu_share`` go to it, spread evenly."""
-    return [
-        read_row(row, stored, ctx, gpu=math.floor((k + 1) * gpu_share) > math.floor(k * gpu_share))
-        for k, (row, stored) in enumerate(zip(job.rows, job.stored_hashes))
-    ]
-
-
-class DecodeShare:
-    """The share of plain JPEGs the read workers hand to the GPU decoder (``--decode auto`` on a
-    GPU), the rest decoded by Pillow in the workers. nvJPEG costs the model's process host time
-    (about 180 us a 1000-px photo on an H200's Xeon, in the thread that also queues the towers and
-    makes the points), Pillow a worker's (about 5 ms for the same photo): which one limits the
-    run depends on the machine and the photos. So the share follows the pipeline: each time the
-    model asks for a batch the workers have not finished, they are the limit and the GPU takes
-    ``DECODE_SHARE_STEP`` more of the rows read from then on; each time the batch was ready, the
-    model's process is the limit and the workers take that much more. Shared memory, made before
-    the workers fork: a worker reads it as it starts a part. Which decoder made a product's
-    vectors then varies with the load; both keep cosine >= 0.995 to the model's own processor."""
-
-    def __init__(self, share: float = 0.5):
-        self._value = multiprocessing.RawValue("d", share)
-
-    @property
-    def value(self) -> float:
-        return float(self._value.value)
-
-    def observe(self, workers_behind: bool) -> None:
-        step = DECODE_SHARE_STEP if workers_behind else -DECODE_SHARE_STEP
-        self._value.value = min(1.0, max(0.0, self.value + step))
+def read_job(job: ReadJob, ctx: ReadContext) -> list[ReadItem]:
+    return [read_row(row, stored, ctx) for row, stored in zip(job.rows, job.stored_hashes)]
 
 
 # --- worker processes -------------------------------------------------------------------------
 
 _WORKER_CONTEXT: ReadContext | None = None
 _WORKER_SLOTS: PixelSlots | None = None
-_WORKER_SHARE: DecodeShare | None = None
 
 
-def _init_worker(ctx: ReadContext, slots: PixelSlots | None, share: DecodeShare | None, parent: int) -> None:
-    global _WORKER_CONTEXT, _WORKER_SLOTS, _WORKER_SHARE
-    _WORKER_CONTEXT, _WORKER_SLOTS, _WORKER_SHARE = ctx, slots, share
+def _init_worker(ctx: ReadContext, slots: PixelSlots | None, parent: int) -> None:
+    global _WORKER_CONTEXT, _WORKER_SLOTS
+    _WORKER_CONTEXT, _WORKER_SLOTS = ctx, slots
     die_with_parent(parent=parent)  # it holds a copy of the store's lock file
     text_tokenizer.cache_clear()  # native objects are made again here, not shared through the fork
     forget_bm25_models()
@@ -264,7 +231,7 @@ Packed = tuple[list[ReadItem], "np.ndarray | int | None"]
 def _read_in_worker(job: ReadJob, slot: int | None = None, first: int = 0) -> Packed:
     """Read a part of a job: its rows start at row ``first`` of the job (and of its slot)."""
     assert _WORKER_CONTEXT is not None
-    items = read_job(job, _WORKER_CONTEXT, _WORKER_SHARE.value if _WORKER_SHARE is not None else 1.0)
+    items = read_job(job, _WORKER_CONTEXT)
     if slot is not None and _WORKER_SLOTS is not None:
         return _pack_into(items, _WORKER_SLOTS, slot, first)
     return _pack(items)
@@ -351,9 +318,7 @@ def _ping() -> bool:
     return True
 
 
-def _process_pool(
-    ctx: ReadContext, workers: int, slots: PixelSlots | None = None, share: DecodeShare | None = None
-) -> ProcessPoolExecutor:
+def _process_pool(ctx: ReadContext, workers: int, slots: PixelSlots | None = None) -> ProcessPoolExecutor:
     """Worker processes, forked: they start in milliseconds and need no importable ``__main__``.
     They touch none of what they inherit but this module's functions (no model, no store, no CUDA),
     so the parent's threads and locks do not matter to them; what they use of native libraries
@@ -363,7 +328,7 @@ def _process_pool(
         max_workers=workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_init_worker,
-        initargs=(ctx, slots, share, os.getpid()),
+        initargs=(ctx, slots, os.getpid()),
     )
     try:
         pool.submit(_ping).result(timeout=PING_TIMEOUT_S)
@@ -387,20 +352,12 @@ class ReadPool:
     soon. Jobs of up to ``rows`` rows hand their pixels over in shared memory; the pixels of the
     items a step yields stay valid until the next step. ``ahead`` jobs are in flight, the one the
     caller works on included: with ``ahead=1`` the next job is read only once the caller asks for
-    it, so reading never runs beside the caller's work. ``share``: JPEGs are shared between the
-    GPU and the workers (``DecodeShare``), each batch asked for telling it who is behind."""
+    it, so reading never runs beside the caller's work."""
 
     def __init__(
-        self,
-        ctx: ReadContext,
-        workers: int,
-        ahead: int | None = None,
-        rows: int = 0,
-        part_rows: int = PART_ROWS,
-        share: DecodeShare | None = None,
+        self, ctx: ReadContext, workers: int, ahead: int | None = None, rows: int = 0, part_rows: int = PART_ROWS
     ):
         self.ctx = ctx
-        self.share = share
         self.workers = max(1, workers)
         self.part_rows = part_rows
         # jobs in flight: enough parts queued for every worker to have 1 + JOBS_AHEAD_PER_WORKER
@@ -413,7 +370,7 @@ class ReadPool:
         if self.rows and self.ctx.spec is not None:  # a slot for each job in flight, and a spare
             jpeg_bytes = JPEG_BYTES_PER_ROW if self.ctx.gpu_jpeg else 0
             slots = PixelSlots(self.ahead + 1, self.rows, (*self.ctx.spec.crop, 3), jpeg_bytes)
-        pool = _process_pool(self.ctx, self.workers, slots, self.share)
+        pool = _process_pool(self.ctx, self.workers, slots)
         in_flight: InFlight = deque()
         try:
             while True:
@@ -422,8 +379,6 @@ class ReadPool:
                     if not in_flight:
                         return
                     _, slot, parts = in_flight[0]
-                    if self.share is not None:
-                        self.share.observe(workers_behind=not all(future.done() for _, future in parts))
                     items = _unpack([future.result() for _, future in parts], slots, slot)
                 except BrokenProcessPool:  # a worker died: every job in flight is read again, row by row
                     pool.shutdown(wait=True, cancel_futures=True)
@@ -431,7 +386,7 @@ class ReadPool:
                     _free(slots, in_flight)
                     in_flight.clear()
                     yield from (self._isolate(job) for job in suspects)
-                    pool = _process_pool(self.ctx, self.workers, slots, self.share)
+                    pool = _process_pool(self.ctx, self.workers, slots)
                     continue
                 yield items
                 _free(slots, [in_flight.popleft()])  # the caller is done with these pixels

@@ -99,10 +99,10 @@ def test_a_worker_killed_on_one_row_fails_that_row_only(store, collection_name, 
     victim = sorted(p.name for p in (catalog_dir / "images").iterdir())[5]
     real = read_stage.read_row
 
-    def dies_on_victim(row, stored_hash, ctx, **kwargs):
+    def dies_on_victim(row, stored_hash, ctx):
         if row.product.image and row.product.image.endswith(victim):
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(row, stored_hash, ctx, **kwargs)
+        return real(row, stored_hash, ctx)
 
     monkeypatch.setattr(read_stage, "read_row", dies_on_victim)
     options = IngestOptions(collection=collection_name, batch_size=4, workers=2, processes=True)
@@ -514,71 +514,4 @@ def test_a_picture_the_models_process_cannot_decode_drops_its_row_and_no_other_t
     assert [p.payload["product_id"] for p in result.batch.points] == [i.row.product.id for i in kept]
     expected = embedder.encode_texts([i.row.product.text for i in kept])
     stored = np.stack([p.vectors["text"] for p in result.batch.points])
-    assert float((stored * expected).sum(axis=1).min()) > 0.9999
-
-
-def test_a_decode_share_sends_that_share_of_jpegs_to_the_gpu_and_moves_with_whoever_is_behind(embedder, catalog_dir):
-    """``--decode auto`` on a GPU: of the JPEGs the GPU could decode, the share goes to it spread
-    evenly through each part and the rest is decoded by Pillow in the worker; the workers read
-    the share as they start a part, and the share steps towards the GPU while the workers are
-    behind, towards the workers while the model's process is, never past none or all."""
-    from shelfsight.ingest.catalog import read_catalog
-    from shelfsight.ingest.read_stage import DECODE_SHARE_STEP, DecodeShare, ReadJob, ReadPool, read_job
-
-    parsed = read_catalog(catalog_dir / "catalog.csv")
-    ctx = ReadContext(parsed.base_dir, ImagePolicy(), embedder.model_id, None, embedder.pixel_spec, gpu_jpeg=True)
-    rows = parsed.rows[:8]
-    job = ReadJob(rows, [None] * len(rows))
-    to_gpu = [[item.jpeg is not None for item in read_job(job, ctx, share)] for share in (0.0, 0.5, 1.0)]
-    assert to_gpu == [[False] * 8, [False, True] * 4, [True] * 8]
-    assert all(item.pixels is not None for item in read_job(job, ctx, 0.0))
-
-    share = DecodeShare(1.0)
-    share.observe(workers_behind=True)
-    assert share.value == 1.0
-    share.observe(workers_behind=False)
-    assert share.value == 1.0 - DECODE_SHARE_STEP
-    share.observe(workers_behind=False)
-    share._value.value = 0.0  # as if the model's process had been behind all along
-    seen = []
-    batches = ReadPool(ctx, 2, ahead=1, rows=8, share=share).read(
-        ReadJob(r, [None] * len(r)) for r in (rows, parsed.rows[8:16])
-    )
-    for items in batches:  # ahead=1: the next job goes to the workers only once this one is done
-        seen.append([item.jpeg is not None for item in items])
-        share._value.value = 1.0  # as if the workers had fallen behind: the next part reads it
-    assert seen == [[False] * 8, [True] * 8]
-
-
-def test_a_batch_of_gpu_and_pillow_decoded_pictures_keeps_each_products_vector(
-    embedder, catalog_dir, tmp_path, monkeypatch
-):
-    """A batch whose pictures come half as JPEGs for the GPU, half as the workers' pixels, is
-    embedded in one device batch: every product gets its own picture's vector (the GPU decoder is
-    stood in for by Pillow here, on a machine without one)."""
-    import torch
-    from shelfsight.ingest import gpu_decode
-    from shelfsight.ingest.catalog import read_catalog
-    from shelfsight.ingest.embed_stage import embed_items
-    from shelfsight.ingest.pipeline import ensure_collection
-    from shelfsight.ingest.read_stage import ReadJob, read_job
-    from shelfsight.search.store.edge import EdgeStore
-
-    def pillow(jpegs, spec, device):
-        return torch.from_numpy(np.stack([prepare_pixels(bytes(j), spec) for j in jpegs])), []
-
-    monkeypatch.setattr(gpu_decode, "decode_jpegs", pillow)
-    parsed = read_catalog(catalog_dir / "catalog.csv")
-    ctx = ReadContext(parsed.base_dir, ImagePolicy(), embedder.model_id, 0.5, embedder.pixel_spec, gpu_jpeg=True)
-    rows = parsed.rows[:6]
-    items = read_job(ReadJob(rows, [None] * len(rows)), ctx, 0.5)
-    assert [item.jpeg is not None for item in items] == [False, True] * 3
-    store = EdgeStore(tmp_path / "db")
-    try:
-        result = embed_items(items, embedder, ensure_collection(store, embedder, "p", parsed.fields, 0.5, False))
-    finally:
-        store.close()
-    photos = [(parsed.base_dir / row.product.image).read_bytes() for row in rows]
-    expected = embedder.encode_pixels(np.stack([prepare_pixels(p, embedder.pixel_spec) for p in photos]))
-    stored = np.stack([p.vectors["image"] for p in result.batch.points])
     assert float((stored * expected).sum(axis=1).min()) > 0.9999
