@@ -182,8 +182,10 @@ def _parse_numbers(cells: list[Any]) -> None:
 
 
 def _number(cell: Any) -> float:
+    """One cell as a number; NaN for anything that is not one number (a list is not, even of one)."""
     try:
-        return float(pd.to_numeric(cell, errors="coerce"))
+        value = pd.to_numeric(cell, errors="coerce")
+        return float(value) if pd.api.types.is_scalar(value) else math.nan
     except (TypeError, ValueError):
         return math.nan
 

@@ -115,17 +115,20 @@ def queue_items(
     items: Sequence[ReadItem], embedder: Embedder, meta: CollectionMeta, state: EmbedState | None = None
 ) -> Callable[[], EmbedResult]:
     """``embed_items`` in two steps: the images are decoded and both towers queued on the model's
-    device now; the function returned waits for them and makes the points. On a GPU the caller
-    reads and sorts the next batch meanwhile; on a CPU the towers run now."""
+    device now (texts tokenized by the read stage; others run as strings in the second step); the
+    function returned waits for them and makes the points. On a GPU the caller reads and sorts the
+    next batch meanwhile; on a CPU the towers run now. The second step uses nothing of the items'
+    pixels or JPEG bytes, whose shared memory the read stage may hand to the next batch by then."""
     state = state or EmbedState(ProductTexts(embedder, int8=False))
     kept, images, errors = queue_images(items, embedder, state.buffer, state.policy)
     texts = queue_texts(kept, state.texts)
+    products = [item.row.product for item in kept]
+    payloads = [item.payload for item in kept]
+    words = [item.words for item in kept]
 
     def finish() -> EmbedResult:
-        products = [item.row.product for item in kept]
-        payloads = [item.payload for item in kept]
         batch = embed_points(products, images(), payloads, embedder, meta, texts() if texts else None)
-        points = [PointRecord(p.id, p.vectors, p.payload, item.words) for p, item in zip(batch.points, kept)]
+        points = [PointRecord(p.id, p.vectors, p.payload, w) for p, w in zip(batch.points, words)]
         return EmbedResult(replace(batch, points=points), errors)
 
     return finish
@@ -138,12 +141,13 @@ def queue_texts(items: Sequence[ReadItem], texts: ProductTexts) -> Callable[[], 
     if any(items[k].text_ids is None for k in with_text):
         return None
     pending = texts.queue([items[k] for k in with_text]) if with_text else None
+    count, truncated = len(items), sum(items[k].text_truncated for k in with_text)
 
     def vectors() -> TextVectors:
-        out: list[np.ndarray | None] = [None] * len(items)
+        out: list[np.ndarray | None] = [None] * count
         for k, vector in zip(with_text, pending() if pending else []):
             out[k] = vector
-        return TextVectors(out, sum(items[k].text_truncated for k in with_text))
+        return TextVectors(out, truncated)
 
     return vectors
 
@@ -166,9 +170,10 @@ def queue_images(
         pending, bad = _queue_prepared(pictures, embedder, buffer, policy)
     dropped = {with_picture[j] for j in bad}
     good = [i for j, i in enumerate(with_picture) if j not in bad]
+    count = len(items)
 
     def vectors() -> list[np.ndarray | None]:
-        out: list[np.ndarray | None] = [None] * len(items)
+        out: list[np.ndarray | None] = [None] * count
         for position, vector in zip(good, pending()):
             out[position] = vector
         return [v for i, v in enumerate(out) if i not in dropped]

@@ -223,19 +223,14 @@ def ingest_catalog(
         with _point_store(store, options.collection, plan) as points, _Writer(points, lock, on_progress) as writer:
             jobs = _jobs(points, options.collection, catalog, plan.batch_size, lock, stored, report, writer, fresh)
             run = _Run(writer, embedder, options.collection, meta, report, plan)
-            finish: Callable[[], None] | None = None
-            for items in plan.read(jobs):  # the next batch is read while the device runs the last
+            for items in plan.read(jobs):  # on a GPU, the next batch is read while the device runs the last
                 if "start" not in report.stage_seconds:
                     report.time("start", time.perf_counter() - started)
                 if stored:
                     items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
                 report.time("read", sum(item.seconds for item in items))
-                batch = run.sort(items)
-                if finish is not None:
-                    finish()
-                finish = run.launch(batch, len(items))
-            if finish is not None:
-                finish()
+                run.add(items)
+            run.drain()
         report.text_tower = plan.embed.texts.described
         with _timed(report, "finish"):
             _finish(store, options, catalog, report)
@@ -442,13 +437,16 @@ class _Writer:
             self._pool.shutdown(wait=True)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Run:
-    """What the loop hands each batch to: it sorts the batch, then launches its embedding (the
-    towers queued on the model's device) and returns what finishes it (waits for the vectors,
-    queues the writes). The loop finishes a batch only after the next one is read and sorted, so
-    on a GPU that reading overlaps the towers; the next batch's towers are queued only after
-    the last batch's vectors are back, so no two batches share the device's queue."""
+    """What the loop hands each batch to (``add``): it sorts the batch, launches its embedding
+    (the towers queued on the model's device) and finishes it (waits for the vectors, queues the
+    writes). On a GPU a batch is finished only once the next one is read and sorted, so that
+    reading overlaps the towers; the next batch's towers are queued only after the last batch's
+    vectors are back, so no two batches share the device's queue. (A run that fails while a
+    batch is pending loses that batch's vectors: the re-run embeds it again.) On a CPU the towers
+    run as they are queued, so each batch is finished at once: its writes then run beside the
+    reading of the next, not beside its towers (``ReadPlan.between_passes``)."""
 
     writer: _Writer
     embedder: Embedder
@@ -456,6 +454,20 @@ class _Run:
     meta: CollectionMeta
     report: IngestReport
     plan: ReadPlan
+    pending: Callable[[], None] | None = None
+
+    def add(self, items: Sequence[ReadItem]) -> None:
+        batch = self.sort(items)
+        self.drain()
+        self.pending = self.launch(batch, len(items))
+        if not self.embedder.torch_device.startswith("cuda"):
+            self.drain()
+
+    def drain(self) -> None:
+        """Finish the batch launched last, if any."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending()
 
     def sort(self, items: Sequence[ReadItem]) -> SortedBatch:
         batch = sort_batch(items, self.meta)

@@ -349,9 +349,9 @@ class Embedder:
         """``encode_token_ids`` in two steps: the text tower's passes are queued on the model's
         device now, and the function returned waits for them and gives the vectors. On a GPU the
         caller can queue more work (the images, the next batch's reading) before waiting; on a CPU
-        the passes run now. Nothing here waits for the device: the ids cross from pinned memory,
-        and a causal (CLIP) text tower gets no padding mask, which would be checked on the host
-        (``causal_text``)."""
+        the passes run now. For a CLIP text tower nothing here waits for the device: the ids cross
+        from pinned memory, and the tower gets no padding mask, which transformers would check on
+        the host (``causal_text``); another tower's mask is copied, and that copy waits."""
         import torch
 
         if not token_ids:
@@ -359,7 +359,9 @@ class Embedder:
         inner: Any = self.model[0].model
         on_gpu = self.torch_device.startswith("cuda")
         parts = []
-        batches = LengthBatches(token_ids, self.batch_size, self.model.tokenizer.pad_token_id or 0)
+        tokenizer = self.model.tokenizer
+        pad = tokenizer.eos_token_id if self.causal_text else tokenizer.pad_token_id or 0
+        batches = LengthBatches(token_ids, self.batch_size, pad)
         with inference(self.precision, self.torch_device):
             for ids, mask in batches:
                 ids_t = torch.from_numpy(ids)
@@ -372,9 +374,12 @@ class Embedder:
     def causal_text(self) -> bool:
         """Whether the text tower is CLIP's, whose attention is causal: a token sees only those
         before it, so padding after a text's end-of-text token (where its vector is read) changes
-        nothing, and the padding mask can be left out."""
+        nothing, and the padding mask can be left out. Such texts are padded with the end-of-text
+        token itself, so the tower's pooling (the first end-of-text token, or in older configs the
+        highest id) still finds the text's own, whatever id the tokenizer pads with."""
         inner = self.model[0].model
-        return getattr(getattr(inner, "config", None), "model_type", None) == "clip"
+        clip = getattr(getattr(inner, "config", None), "model_type", None) == "clip"
+        return clip and self.model.tokenizer.eos_token_id is not None
 
     def _awaited(self, parts: list[torch.Tensor]) -> np.ndarray:
         """The queued passes' outputs on the host as unit rows (this waits for the device)."""
