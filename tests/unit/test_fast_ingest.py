@@ -515,3 +515,40 @@ def test_a_picture_the_models_process_cannot_decode_drops_its_row_and_no_other_t
     expected = embedder.encode_texts([i.row.product.text for i in kept])
     stored = np.stack([p.vectors["text"] for p in result.batch.points])
     assert float((stored * expected).sum(axis=1).min()) > 0.9999
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cpu"])
+def test_on_a_gpu_a_batch_is_finished_after_the_next_is_read_and_before_it_is_launched(device, monkeypatch):
+    """The loop's order, with the towers and the store stood in for: on a GPU each batch's
+    vectors are awaited only once the next batch is sorted (its reading overlaps the towers),
+    and always before the next batch's towers are queued; on a CPU each batch is finished at once."""
+    from types import SimpleNamespace
+
+    from shelfsight.ingest import pipeline
+
+    events: list[str] = []
+
+    def sort_batch(items, meta):
+        events.append(f"sort {items[0]}")
+        return pipeline.SortedBatch(list(items), [], 0, [])
+
+    def queue_items(items, embedder, meta, state):
+        events.append(f"launch {items[0]}")
+        return lambda: (
+            events.append(f"finish {items[0]}") or SimpleNamespace(errors=[], batch=pipeline.EmbeddedBatch([], 0, 0))
+        )
+
+    monkeypatch.setattr(pipeline, "sort_batch", sort_batch)
+    monkeypatch.setattr(pipeline, "queue_items", queue_items)
+    writer = SimpleNamespace(submit=lambda *a: None, progress=lambda rows: None)
+    plan = SimpleNamespace(embed=None)
+    run = pipeline._Run(writer, SimpleNamespace(torch_device=device), "p", None, pipeline.IngestReport(), plan)
+    for batch in (1, 2, 3):
+        run.add([batch])
+    run.drain()
+    if device == "cpu":
+        assert events == [f"{step} {b}" for b in (1, 2, 3) for step in ("sort", "launch", "finish")]
+    else:
+        assert events == [
+            "sort 1", "launch 1", "sort 2", "finish 1", "launch 2", "sort 3", "finish 2", "launch 3", "finish 3"
+        ]  # fmt: skip
