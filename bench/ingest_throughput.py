@@ -35,7 +35,14 @@ import torch
 from shelfsight.data.generate import write_catalog
 from shelfsight.ingest.catalog import read_catalog
 from shelfsight.ingest.gpu_decode import decode_jpegs, gpu_decoding_available
-from shelfsight.ingest.pipeline import CPU_FORWARD_BATCH, IngestOptions, ingest_catalog, usable_cores
+from shelfsight.ingest.pipeline import (
+    CPU_BATCH,
+    CPU_FORWARD_BATCH,
+    GPU_BATCH,
+    IngestOptions,
+    ingest_catalog,
+    usable_cores,
+)
 from shelfsight.ingest.read_stage import ReadContext, ReadJob, ReadPool, text_tokenizer
 from shelfsight.search import precision
 from shelfsight.search.embedder import Embedder
@@ -319,7 +326,7 @@ def main() -> None:
     model = work / f"model-{args.preset}"
     if not (model / "config.json").exists():
         init_model(args.preset, model)
-    embedder = Embedder(str(model), device=args.device, batch_size=256 if on_gpu else CPU_FORWARD_BATCH)
+    embedder = Embedder(str(model), device=args.device, batch_size=GPU_BATCH if on_gpu else CPU_FORWARD_BATCH)
     results["precision_auto"] = embedder.precision
     catalogs = {args.image_size: make_catalog(work / f"catalog-{args.image_size}-{n}", n, args.image_size, workers)}
     if args.also_224 and args.image_size != 224:
@@ -408,7 +415,7 @@ def component_rates(
     """Each stage alone: the tokenizer and text tower, the model's processor, store upserts, the
     read stage; and the fast paths' least cosine to the model's processor."""
     rates = results["rates"]
-    batch = 256 if embedder.torch_device.startswith("cuda") else 32
+    batch = GPU_BATCH if embedder.torch_device.startswith("cuda") else CPU_BATCH  # the ingest's batches
     parsed = read_catalog(catalog)
     text_rates(rates, results, embedder, [r.product.text for r in parsed.rows[:1024]])
     sample = [decode_image((parsed.base_dir / r.product.image).read_bytes()) for r in parsed.rows[:64]]  # type: ignore[operator]

@@ -172,13 +172,18 @@ def _records(frame: pd.DataFrame, schema: _Schema) -> Iterator[dict[str, Any]]:
 
 def _parse_numbers(cells: list[Any]) -> None:
     """Each cell that parses as a finite number, as a float, in place."""
-    try:
-        parsed = pd.to_numeric(pd.Series(cells, dtype=object), errors="coerce").tolist()
-    except (TypeError, ValueError):  # a cell pandas cannot even look at (a list): one at a time
-        parsed = [_number(cell) for cell in cells]
-    for i, (cell, number) in enumerate(zip(cells, parsed)):
+    for i, (cell, number) in enumerate(zip(cells, _as_numbers(cells))):
         if cell is not None and isinstance(number, (int, float)) and math.isfinite(number):
             cells[i] = float(number) + 0.0  # -0 reads as 0
+
+
+def _as_numbers(cells: list[Any]) -> list[Any]:
+    """Each cell parsed as a number, NaN where it is not one: a column at a time."""
+    try:
+        parsed: list[Any] = pd.to_numeric(pd.Series(cells, dtype=object), errors="coerce").tolist()
+        return parsed
+    except (TypeError, ValueError):  # a cell pandas cannot even look at (a list): one at a time
+        return [_number(cell) for cell in cells]
 
 
 def _number(cell: Any) -> float:
@@ -217,9 +222,8 @@ def _numeric_counts(frame: pd.DataFrame, roles: set[str], counts: dict[str, list
         cells = [c for c in map(_clean, frame[col].tolist()) if c is not None]
         total = counts.setdefault(str(col), [0, 0])
         if cells:
-            parsed = pd.to_numeric(pd.Series(cells, dtype=object), errors="coerce")
             total[0] += len(cells)
-            total[1] += int(parsed.notna().sum())
+            total[1] += sum(not pd.isna(number) for number in _as_numbers(cells))
 
 
 @dataclass(frozen=True)

@@ -359,14 +359,14 @@ class Embedder:
         inner: Any = self.model[0].model
         on_gpu = self.torch_device.startswith("cuda")
         parts = []
-        tokenizer = self.model.tokenizer
-        pad = tokenizer.eos_token_id if self.causal_text else tokenizer.pad_token_id or 0
+        tokenizer, causal = self.model.tokenizer, self.causal_text
+        pad = tokenizer.eos_token_id if causal else tokenizer.pad_token_id or 0
         batches = LengthBatches(token_ids, self.batch_size, pad)
         with inference(self.precision, self.torch_device):
             for ids, mask in batches:
                 ids_t = torch.from_numpy(ids)
                 ids_t = (ids_t.pin_memory() if on_gpu else ids_t).to(self.torch_device, non_blocking=True)
-                masks = {} if self.causal_text else {"attention_mask": torch.from_numpy(mask).to(self.torch_device)}
+                masks = {} if causal else {"attention_mask": torch.from_numpy(mask).to(self.torch_device)}
                 parts.append(_features(inner.get_text_features(input_ids=ids_t, **masks)).float())
         return lambda: batches.in_given_order(self._awaited(parts))
 
