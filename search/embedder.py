@@ -25,6 +25,7 @@ from shelfsight.search.pixels import PixelSpec, normalize_pixels
 from shelfsight.search.precision import MIN_COSINE, inference, resolve_precision, torch_dtype
 from shelfsight.search.settings import DEFAULT_MODEL, MODELS_ROOT_ENV
 from shelfsight.search.settings import models_root as env_models_root
+from shelfsight.search.towers import ClipTowers
 
 if TYPE_CHECKING:
     import torch
@@ -156,6 +157,7 @@ class Embedder:
         self._precision = "fp32"
         self._pixel_spec: PixelSpec | None = None
         self._model: SentenceTransformer | None = None
+        self._towers: ClipTowers | None = None
         self._lock = threading.Lock()
         self._model_id: str | None = None
 
@@ -195,6 +197,7 @@ class Embedder:
             if self._model is None:
                 self._precision, model = self._settle_precision(self._load())
                 self._pixel_spec = _pixel_spec_of(model)
+                self._towers = ClipTowers.of(model)
                 self._model = model
             return self._model
 
@@ -314,13 +317,15 @@ class Embedder:
 
     def queue_pixels(self, pixels: np.ndarray | torch.Tensor) -> Callable[[], np.ndarray]:
         """``encode_pixels`` in two steps, as ``queue_token_ids``: the vision tower's passes are
-        queued on the model's device now, and the function returned waits for them."""
+        queued on the model's device now, and the function returned waits for them. A CLIP model's
+        vision tower runs as ``towers.VisionTower``."""
         import torch
 
         spec = self.pixel_spec
         if spec is None:
             raise BadInputError(f"model {self.model_name!r} needs its own image processor; use encode_images")
         inner: Any = self.model[0].model
+        vision = self._towers.vision if self._towers else lambda v: _features(inner.get_image_features(pixel_values=v))
         batch = torch.as_tensor(pixels)
         if len(batch) == 0:
             return lambda: np.zeros((0, 0), dtype=np.float32)
@@ -329,7 +334,7 @@ class Embedder:
         with inference(self.precision, self.torch_device):
             for start in range(0, len(batch), self.batch_size):
                 values = normalize_pixels(batch[start : start + self.batch_size], spec, torch.float32)
-                parts.append(_features(inner.get_image_features(pixel_values=values)).float())
+                parts.append(vision(values).float())
         return lambda: self._awaited(parts)
 
     @property
@@ -349,9 +354,9 @@ class Embedder:
         """``encode_token_ids`` in two steps: the text tower's passes are queued on the model's
         device now, and the function returned waits for them and gives the vectors. On a GPU the
         caller can queue more work (the images, the next batch's reading) before waiting; on a CPU
-        the passes run now. For a CLIP text tower nothing here waits for the device: the ids cross
-        from pinned memory, and the tower gets no padding mask, which transformers would check on
-        the host (``causal_text``); another tower's mask is copied, and that copy waits."""
+        the passes run now. A CLIP text tower runs as ``towers.TextTower``, and nothing here waits for
+        the device: the ids cross from pinned memory, and the tower needs no padding mask
+        (``causal_text``); another tower gets its mask, whose copy waits."""
         import torch
 
         if not token_ids:
@@ -359,15 +364,20 @@ class Embedder:
         inner: Any = self.model[0].model
         on_gpu = self.torch_device.startswith("cuda")
         parts = []
-        tokenizer, causal = self.model.tokenizer, self.causal_text
-        pad = tokenizer.eos_token_id if causal else tokenizer.pad_token_id or 0
-        batches = LengthBatches(token_ids, self.batch_size, pad)
+        tokenizer, towers = self.model.tokenizer, self._towers if self.causal_text else None
+        batches = LengthBatches(
+            token_ids, self.batch_size, tokenizer.eos_token_id if towers else tokenizer.pad_token_id or 0
+        )
         with inference(self.precision, self.torch_device):
             for ids, mask in batches:
                 ids_t = torch.from_numpy(ids)
                 ids_t = (ids_t.pin_memory() if on_gpu else ids_t).to(self.torch_device, non_blocking=True)
-                masks = {} if causal else {"attention_mask": torch.from_numpy(mask).to(self.torch_device)}
-                parts.append(_features(inner.get_text_features(input_ids=ids_t, **masks)).float())
+                if towers:
+                    out = towers.text(ids_t)
+                else:
+                    mask_t = torch.from_numpy(mask).to(self.torch_device)
+                    out = _features(inner.get_text_features(input_ids=ids_t, attention_mask=mask_t))
+                parts.append(out.float())
         return lambda: batches.in_given_order(self._awaited(parts))
 
     @property
@@ -377,9 +387,8 @@ class Embedder:
         nothing, and the padding mask can be left out. Such texts are padded with the end-of-text
         token itself, so the tower's pooling (the first end-of-text token, or in older configs the
         highest id) still finds the text's own, whatever id the tokenizer pads with."""
-        inner = self.model[0].model
-        clip = getattr(getattr(inner, "config", None), "model_type", None) == "clip"
-        return clip and self.model.tokenizer.eos_token_id is not None
+        tokenizer = self.model.tokenizer  # loads the model, and with it ``_towers``
+        return self._towers is not None and tokenizer.eos_token_id is not None
 
     def _awaited(self, parts: list[torch.Tensor]) -> np.ndarray:
         """The queued passes' outputs on the host as unit rows (this waits for the device)."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from shelfsight.search.embedder import Embedder, LengthBatches, normalize_rows
-from shelfsight.search.text_tower import LeanTextTower
+from shelfsight.search.towers import TextTower, clip_model
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,10 @@ PROBES = (
 
 
 def _clip_model(embedder: Embedder) -> Any:
-    from transformers import CLIPModel
-
-    return next(m for m in embedder.model.modules() if isinstance(m, CLIPModel))
+    clip = clip_model(embedder.model)
+    if clip is None:
+        raise TypeError(f"{embedder.model_name} is not a CLIP model")
+    return clip
 
 
 def _quantized(module: Any) -> Any:
@@ -107,7 +108,7 @@ class Int8TextEncoder:
         if str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
         clip = _clip_model(embedder)
-        exact = LeanTextTower(copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float())
+        exact = TextTower(copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float())
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensor types as deprecated
             warnings.simplefilter("ignore", UserWarning)
             tower = _quantized(exact)

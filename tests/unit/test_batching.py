@@ -187,25 +187,45 @@ def test_serve_engines_share_passes_of_an_int8_tower_that_keeps_fp32_vectors(emb
 
 
 def test_lean_text_tower_gives_the_models_own_text_features_for_padded_batches(tiny_model_dir):
-    """The plain-torch tower (fp32 here) against CLIPModel.get_text_features: texts of different
-    lengths in one padded batch, and one text alone, give the same vectors."""
+    """The plain-torch tower (fp32 here, its last layer run for end-of-text tokens alone) against
+    CLIPModel.get_text_features: texts of different lengths in one batch padded with end-of-text,
+    and one text alone, give the same vectors."""
     import torch
-    from shelfsight.search.text_int8 import _clip_model
-    from shelfsight.search.text_tower import LeanTextTower
+    from shelfsight.search.towers import TextTower, clip_model
 
     embedder = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
-    clip = _clip_model(embedder)
-    tower = LeanTextTower.from_clip(clip).eval()
+    clip = clip_model(embedder.model)
+    tower = TextTower.from_clip(clip).eval()
     texts = ["red bag", "a much longer description of a blue canvas sneaker with white laces", "mug"]
-    tokens = embedder.model.tokenizer(texts, padding=True, return_tensors="pt")
+    tokenizer = embedder.model.tokenizer
+    tokens = tokenizer(texts, padding=True, return_tensors="pt")
     assert len(set(tokens["attention_mask"].sum(dim=1).tolist())) == 3  # three lengths, so padding
+    padded = tokens["input_ids"].masked_fill(tokens["attention_mask"] == 0, tokenizer.eos_token_id)
     with torch.inference_mode():
         expected = clip.get_text_features(**tokens)
         expected = getattr(expected, "pooler_output", expected)
-        got = tower(tokens["input_ids"])
-        alone = tower(embedder.model.tokenizer(texts[:1], return_tensors="pt")["input_ids"])
+        got = tower(padded)
+        alone = tower(tokenizer(texts[:1], return_tensors="pt")["input_ids"])
     assert torch.allclose(got, expected, atol=1e-4)
     assert torch.allclose(alone[0], expected[0], atol=1e-4)
+
+
+def test_lean_vision_tower_gives_the_models_own_image_features(tiny_model_dir):
+    """The plain-torch vision tower (its last layer run for the class token alone) against
+    CLIPModel.get_image_features, and the embedder's pixel path runs it."""
+    import torch
+    from shelfsight.search.towers import VisionTower, clip_model
+
+    embedder = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
+    clip = clip_model(embedder.model)
+    size = clip.config.vision_config.image_size
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = clip.get_image_features(pixel_values=pixels)
+        expected = getattr(expected, "pooler_output", expected)
+        got = VisionTower(clip).eval()(pixels)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert embedder._towers is not None and isinstance(embedder._towers.vision, VisionTower)
 
 
 def _engine_with_closers(embedder):
