@@ -274,10 +274,17 @@ def without_native_bf16(monkeypatch):
     monkeypatch.setattr("shelfsight.ingest.pipeline.INT8_MIN_ROWS", 0)
 
 
-def test_product_texts_run_int8_where_the_model_runs_fp32(tiny_model_dir, catalog_dir, tmp_path, without_native_bf16):
-    """Under ``auto`` on a CPU without native bf16, product texts go through the int8 text tower
-    once probes (the catalog's first texts among them) keep fp32's vectors; the report says so.
-    The probes hold 0.995; the other catalog texts are checked with some room below that."""
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["fp32 model", "bf16 model"])
+def test_product_texts_run_int8_on_a_cpu_under_auto(
+    tiny_model_dir, catalog_dir, tmp_path, without_native_bf16, monkeypatch, native_bf16
+):
+    """Under ``auto`` on a CPU, with or without native bf16 (the model in bf16 or fp32), product
+    texts go through the int8 text tower once probes (the catalog's first texts among them) keep
+    fp32's vectors; the report says so. The probes hold 0.995; the other catalog texts are checked
+    with some room below that."""
+    from shelfsight.search import precision
+
+    monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: native_bf16)
     report, stored, exact = _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path)
     assert report.text_tower.startswith("int8 (least cosine to fp32 ")
     assert report.summary()["text_tower"] == report.text_tower
