@@ -85,6 +85,11 @@ class ProductTexts:
         vectors = self.encoder.encode_token_ids(ids)
         return lambda: vectors
 
+    @property
+    def settled(self) -> Embedder | Int8TextEncoder:
+        """The tower product texts went through (the model itself before any had)."""
+        return self.encoder or self.embedder
+
     def _settle(self, samples: list[str]) -> tuple[Embedder | Int8TextEncoder, str]:
         if not self.int8:
             return self.embedder, self.embedder.precision

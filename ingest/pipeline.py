@@ -236,7 +236,7 @@ def ingest_catalog(
             _finish(store, options, catalog, report)
         if report.ingested or report.updated or report.pruned or not meta.vocabulary:
             with _timed(report, "calibrate"):
-                calibrate(store, embedder, options.collection)
+                calibrate(store, plan.embed.texts.settled, options.collection)  # query texts as serve runs them
     report.skipped = len(report.errors)
     report.errors.sort(key=lambda e: e.row)
     report.seconds = time.perf_counter() - started

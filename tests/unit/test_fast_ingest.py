@@ -282,11 +282,19 @@ def test_product_texts_run_int8_on_a_cpu_under_auto(
     texts go through the int8 text tower once probes (the catalog's first texts among them) keep
     fp32's vectors; the report says so. The probes hold 0.995; the other catalog texts are checked
     with some room below that."""
+    from shelfsight.ingest import pipeline
     from shelfsight.search import precision
+    from shelfsight.search.text_int8 import Int8TextEncoder
 
     monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: native_bf16)
+    calibrated_with = []
+    calibrate = pipeline.calibrate
+    monkeypatch.setattr(
+        pipeline, "calibrate", lambda s, texts, c: calibrated_with.append(texts) or calibrate(s, texts, c)
+    )
     report, stored, exact = _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path)
     assert report.text_tower.startswith("int8 (least cosine to fp32 ")
+    assert [type(t) for t in calibrated_with] == [Int8TextEncoder]  # query texts as serve embeds them here
     assert report.summary()["text_tower"] == report.text_tower
     cosines = (stored * exact).sum(axis=1)
     assert cosines.min() >= 0.99 and cosines.mean() >= 0.995
