@@ -28,6 +28,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ from shelfsight.search.pixels import prepare_pixels
 from shelfsight.search.precision import cpu_runs_bf16, inference
 from shelfsight.search.store.edge import EdgeStore
 from shelfsight.search.text_int8 import Int8TextEncoder, product_text_encoder
+from shelfsight.search.towers import ClipTowers
 from shelfsight.train.model_init import init_model
 
 
@@ -98,12 +100,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int) -> float:
+def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int, lean: bool = False) -> float:
     """Images/s of the vision tower alone on distinct ready tensors already on the device, with the
-    model's weights stored in ``precision`` as ingest runs it (a model of its own for each)."""
+    model's weights stored in ``precision`` as ingest runs it (a model of its own for each):
+    transformers' ``get_image_features``, or with ``lean`` the tower ingest runs (search/towers.py)."""
     embedder = Embedder(embedder.model_path, device=embedder.device, precision=precision)
     device = embedder.torch_device
     inner: Any = embedder.model[0].model
+    if lean:
+        inner = SimpleNamespace(get_image_features=ClipTowers.of(embedder.model).vision)  # type: ignore[union-attr]
     size = embedder.pixel_spec.crop  # type: ignore[union-attr]
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = [torch.randn((batch, 3, *size), generator=gen, device=device) for _ in range(batches + 1)]
@@ -398,13 +403,18 @@ def measure(
 
 
 def forward_rates(rates: dict[str, float], embedder: Embedder, on_gpu: bool) -> dict[str, float]:
-    """The vision tower alone, fp32 and half, on ready tensors; the best rate of each."""
+    """The vision tower alone, fp32 and half, on ready tensors: transformers' forward, whose best
+    rate of each the ingests are compared with, and the tower ingest runs."""
     half = "fp16" if on_gpu else "bf16"
     best: dict[str, float] = {}
     for batch, batches in [(256, 12)] if on_gpu else [(32, 3), (CPU_FORWARD_BATCH, 96 // CPU_FORWARD_BATCH)]:
         for kind in ("fp32", half):
             rate = rates[f"forward {kind}, batches of {batch}"] = forward_rate(embedder, kind, batch, batches)
             best[kind] = max(best.get(kind, 0.0), rate)
+    for kind in ("fp32", half):  # the tower ingest runs, at the batch it runs; the ratios stay against transformers'
+        rates[f"forward {kind}, batches of {batch}, the tower ingest runs"] = forward_rate(
+            embedder, kind, batch, batches, lean=True
+        )
     print(f"forward: best {best['fp32']:.1f} fp32, {best[half]:.1f} {half} images/s", flush=True)
     return best
 
