@@ -68,7 +68,7 @@ CPU_BATCH = 32
 # took 3.2 s against 3.6-3.9 s, the images about the same.
 CPU_FORWARD_BATCH = 16
 # Catalogs of fewer rows keep product texts in the model's precision: making and checking the
-# int8 text tower (about a second for the ViT-B/32 shape) would cost more than it saves.
+# int8 text tower (about 0.6 s for the ViT-B/32 shape on 2 cores) would cost more than it saves.
 INT8_MIN_ROWS = 256
 # Threads reading images when the read stage runs in this process (small catalogs, --workers 0).
 READ_THREADS = 2
