@@ -107,8 +107,9 @@ def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int, l
     embedder = Embedder(embedder.model_path, device=embedder.device, precision=precision)
     device = embedder.torch_device
     inner: Any = embedder.model[0].model
-    if lean:
-        inner = SimpleNamespace(get_image_features=ClipTowers.of(embedder.model).vision)  # type: ignore[union-attr]
+    towers = ClipTowers.of(embedder.model) if lean else None
+    if towers is not None:
+        inner = SimpleNamespace(get_image_features=towers.vision)
     size = embedder.pixel_spec.crop  # type: ignore[union-attr]
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = [torch.randn((batch, 3, *size), generator=gen, device=device) for _ in range(batches + 1)]
@@ -407,13 +408,15 @@ def forward_rates(rates: dict[str, float], embedder: Embedder, on_gpu: bool) -> 
     rate of each the ingests are compared with, and the tower ingest runs."""
     half = "fp16" if on_gpu else "bf16"
     best: dict[str, float] = {}
-    for batch, batches in [(256, 12)] if on_gpu else [(32, 3), (CPU_FORWARD_BATCH, 96 // CPU_FORWARD_BATCH)]:
+    sizes = [(GPU_BATCH, 12)] if on_gpu else [(32, 3), (CPU_FORWARD_BATCH, 96 // CPU_FORWARD_BATCH)]
+    for batch, batches in sizes:
         for kind in ("fp32", half):
             rate = rates[f"forward {kind}, batches of {batch}"] = forward_rate(embedder, kind, batch, batches)
             best[kind] = max(best.get(kind, 0.0), rate)
-    for kind in ("fp32", half):  # the tower ingest runs, at the batch it runs; the ratios stay against transformers'
-        rates[f"forward {kind}, batches of {batch}, the tower ingest runs"] = forward_rate(
-            embedder, kind, batch, batches, lean=True
+    ingest_batch, batches = sizes[-1]  # the batch the ingest's towers run; the ratios stay against transformers'
+    for kind in ("fp32", half):
+        rates[f"forward {kind}, batches of {ingest_batch}, the tower ingest runs"] = forward_rate(
+            embedder, kind, ingest_batch, batches, lean=True
         )
     print(f"forward: best {best['fp32']:.1f} fp32, {best[half]:.1f} {half} images/s", flush=True)
     return best

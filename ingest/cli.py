@@ -46,8 +46,8 @@ def _auto_int(value: str) -> int | None:
 
 
 PRECISION_HELP = (
-    "number format of the model: auto (fp16 on a GPU, bf16 on a CPU with native bf16, else fp32 with "
-    "product texts in int8 where that keeps fp32's vectors)"
+    "number format of the model: auto (fp16 on a GPU, bf16 on a CPU with native bf16, else fp32; on a "
+    "CPU, product texts in int8 where that keeps fp32's vectors)"
 )
 
 

@@ -236,7 +236,9 @@ def ingest_catalog(
             _finish(store, options, catalog, report)
         if report.ingested or report.updated or report.pruned or not meta.vocabulary:
             with _timed(report, "calibrate"):
-                calibrate(store, plan.embed.texts.settled, options.collection)  # query texts as serve runs them
+                # query texts through the tower product texts took: int8 on a CPU where the ingest
+                # made one, as serve there embeds query texts (its passes of 32 may round differently)
+                calibrate(store, plan.embed.texts.settled, options.collection)
     report.skipped = len(report.errors)
     report.errors.sort(key=lambda e: e.row)
     report.seconds = time.perf_counter() - started

@@ -161,7 +161,7 @@ def batch_query_texts(engine: SearchEngine, int8: bool = True, process: bool = F
     where it keeps fp32's vectors (``text_int8``); with ``process``, in a child process of its own
     (``text_process``; a CPU model on a machine of two cores or more). Returns which tower, for the
     log. Serve only: the CLI, the storefront and the Python API embed each query directly, and
-    product texts (the write routes) always take the embedder's fp32 tower. Image queries are not
+    product texts (the write routes) always take the embedder's own tower (in its precision). Image queries are not
     batched: the image tower gains little from batches on CPU (1.11x at 32, shared/NOTES.md)."""
     encode, description = _query_encoder(engine, int8, process)
     engine.encode_query_texts = TextBatcher(encode).encode_texts
@@ -169,12 +169,12 @@ def batch_query_texts(engine: SearchEngine, int8: bool = True, process: bool = F
 
 
 def in_process_encoder(embedder: Embedder, int8: bool) -> tuple[Callable[[list[str]], np.ndarray], str]:
-    """The int8 text tower where it holds fp32's vectors (else fp32), and which one it is."""
+    """The int8 text tower where it holds fp32's vectors (else the model's own), and which one it is."""
     fast, cosine = Int8TextEncoder.build(embedder) if int8 else (None, float("nan"))
     if fast is not None:
         return fast.encode_texts, f"int8 text tower for queries (least probe cosine to fp32 {cosine:.4f})"
     checked = "" if math.isnan(cosine) else f" (int8 probe cosine {cosine:.4f} too low)"
-    return embedder.encode_texts, "fp32 text tower for queries" + checked
+    return embedder.encode_texts, f"{embedder.precision} text tower for queries" + checked
 
 
 def _query_encoder(engine: SearchEngine, int8: bool, process: bool) -> tuple[Callable[[list[str]], np.ndarray], str]:

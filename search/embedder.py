@@ -25,12 +25,12 @@ from shelfsight.search.pixels import PixelSpec, normalize_pixels
 from shelfsight.search.precision import MIN_COSINE, inference, resolve_precision, torch_dtype
 from shelfsight.search.settings import DEFAULT_MODEL, MODELS_ROOT_ENV
 from shelfsight.search.settings import models_root as env_models_root
-from shelfsight.search.towers import ClipTowers
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
     from sentence_transformers import SentenceTransformer
+    from shelfsight.search.towers import ClipTowers
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,8 @@ class Embedder:
 
     @property
     def model(self) -> SentenceTransformer:
+        from shelfsight.search.towers import ClipTowers  # imports torch: only once a model is wanted
+
         with self._lock:
             if self._model is None:
                 self._precision, model = self._settle_precision(self._load())

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from shelfsight.search.embedder import Embedder, LengthBatches, normalize_rows
-from shelfsight.search.towers import TextTower, clip_model
+from shelfsight.search.towers import TextTower, clip_model, supported
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,15 @@ class Int8TextEncoder:
     ) -> tuple[Int8TextEncoder | None, float]:
         """The int8 encoder and the least probe cosine to the model itself and to fp32 (the model,
         or an fp32 copy of the tower where the model runs in half); (None, cosine) when it falls
-        short of ``MIN_COSINE``, (None, nan) when the model is not on the CPU or int8 cannot run.
+        short of ``MIN_COSINE``, (None, nan) when the model is not on the CPU, is not a CLIP model
+        ``towers`` supports, or int8 cannot run.
         ``batch_size``: texts per pass (int8 scales activations per pass, so it is fixed here, not
         taken from the embedder, which an ingest may have set)."""
-        if str(embedder.model.device) != "cpu" or int8_supported() is not None:
+        clip = clip_model(embedder.model)
+        if clip is None or not supported(clip) or str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
-        clip = _clip_model(embedder)
         exact = TextTower(copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float())
+        exact.fuse_qkv()
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensor types as deprecated
             warnings.simplefilter("ignore", UserWarning)
             tower = _quantized(exact)
@@ -143,7 +145,10 @@ class Int8TextEncoder:
 
         if not token_ids:
             return np.zeros((0, 0), dtype=np.float32)
-        batches = LengthBatches(token_ids, self.batch_size, self.tokenizer.pad_token_id or 0)
+        eos = self.tokenizer.eos_token_id
+        batches = LengthBatches(
+            token_ids, self.batch_size, eos if eos is not None else self.tokenizer.pad_token_id or 0
+        )
         with torch.inference_mode():
             parts = [self.tower(torch.from_numpy(ids)).float() for ids, _ in batches]
         return normalize_rows(batches.in_given_order(torch.cat(parts).numpy()))
@@ -158,7 +163,7 @@ def product_text_encoder(embedder: Embedder, samples: Sequence[str]) -> tuple[In
     catalog's own texts (``samples``), keep ``MIN_COSINE`` to fp32. Where bf16 is native, int8
     still ran faster: ViT-B/32 shape, 480 product texts of 49 tokens on average, 2 AVX-512 BF16 and
     VNNI cores, 220 texts/s against 157 in bf16 alone, and inside an ingest 54-55 products/s
-    steady against 45-50 (the int8 tower's making and checking, about 0.45 s, included)."""
+    steady against 45-50 (the int8 tower's making and checking, about 0.6 s, included)."""
     own = embedder.precision
     if embedder.requested_precision != "auto" or embedder.torch_device != "cpu" or own not in ("fp32", "bf16"):
         return None, own

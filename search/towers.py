@@ -39,30 +39,49 @@ class _Layer(nn.Module):
         self.heads, self.causal = int(attn.num_heads), causal
         self.norm1, self.norm2 = layer.layer_norm1, layer.layer_norm2
         self.q, self.k, self.v, self.out = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
+        self.qkv: nn.Linear | None = None
         self.fc1, self.fc2, self.act = layer.mlp.fc1, layer.mlp.fc2, layer.mlp.activation_fn
+
+    def fuse_qkv(self) -> None:
+        """The query, key and value projections as one Linear, a copy of their weights."""
+        projections = (self.q, self.k, self.v)
+        weight = torch.cat([p.weight for p in projections])
+        fused = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            fused.weight.copy_(weight)
+            fused.bias.copy_(torch.cat([p.bias for p in projections]))
+        self.qkv, self.q, self.k, self.v = fused, None, None, None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         n, t, _ = x.shape
         return x.view(n, t, self.heads, -1).transpose(1, 2)
 
+    def _projections(self, h: torch.Tensor, pooled: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Queries (of the ``pooled`` rows alone, when given), and keys and values of every token."""
+        if self.qkv is not None:
+            q, k, v = self.qkv(h).chunk(3, dim=-1)
+            return (q if pooled is None else _rows(q, pooled)), k, v
+        return self.q(h if pooled is None else _rows(h, pooled)), self.k(h), self.v(h)
+
     def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` (n, t, width) on; with ``pooled`` (n,) positions, the rows at those positions
         alone, (n, 1, width), each attending to every token (a causal one: to those up to it)."""
         n, t, width = x.shape
-        h = self.norm1(x)
-        k, v = self._heads(self.k(h)), self._heads(self.v(h))
+        q, k, v = (self._heads(p) for p in self._projections(self.norm1(x), pooled))
         if pooled is None:
-            attended = functional.scaled_dot_product_attention(self._heads(self.q(h)), k, v, is_causal=self.causal)
+            attended = functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
-            rows = torch.arange(n, device=x.device)
-            x, h = x[rows, pooled].unsqueeze(1), h[rows, pooled].unsqueeze(1)
-            seen = None
-            if self.causal:
-                seen = (torch.arange(t, device=x.device) <= pooled.unsqueeze(1)).view(n, 1, 1, t)
-            attended = functional.scaled_dot_product_attention(self._heads(self.q(h)), k, v, attn_mask=seen)
+            x = _rows(x, pooled)
+            seen = (torch.arange(t, device=x.device) <= pooled.unsqueeze(1)).view(n, 1, 1, t) if self.causal else None
+            attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=seen)
         x = x + self.out(attended.transpose(1, 2).reshape(n, -1, width))
         out: torch.Tensor = x + self.fc2(self.act(self.fc1(self.norm2(x))))
         return out
+
+
+def _rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """One row of each of ``x``'s (n, t, width) sequences, at ``positions`` (n,): (n, 1, width)."""
+    return x[torch.arange(len(x), device=x.device), positions].unsqueeze(1)
 
 
 def _encoded(layers: nn.ModuleList, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
@@ -107,7 +126,16 @@ class TextTower(nn.Module):
 
     @classmethod
     def from_clip(cls, clip: Any) -> TextTower:
+        """The text tower of a ``CLIPModel`` (see ``supported``)."""
         return cls(clip.text_model, clip.text_projection)
+
+    def fuse_qkv(self) -> None:
+        """Each layer's query, key and value projections as one Linear (a copy of their weights):
+        one matrix product instead of three, which an int8 copy gains most from (one activation
+        scale and one int8 call). One four-word query, ViT-B/32 shape, int8, one thread: 3.4 ms
+        fused against 3.8 ms unfused (median of 6 alternating rounds of 40)."""
+        for layer in self.layers:
+            layer.fuse_qkv()  # type: ignore[operator]
 
     def end_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """Where each text's end-of-text token is, as Hugging Face's CLIP finds it."""
@@ -129,15 +157,24 @@ def clip_model(model: Any) -> Any | None:
     return next((m for m in model.modules() if isinstance(m, CLIPModel)), None)
 
 
+def supported(clip: Any | None) -> bool:
+    """Whether these towers can run ``clip`` (a ``CLIPModel``, or None): its text tower must name
+    one end-of-text id, where a text's vector is read (a config may give None or a list)."""
+    return clip is not None and isinstance(getattr(clip.text_model, "eos_token_id", None), int)
+
+
 @dataclass(frozen=True)
 class ClipTowers:
+    """A CLIP model's two towers as this module runs them, sharing the model's weights."""
+
     vision: VisionTower
     text: TextTower
 
     @classmethod
     def of(cls, model: Any) -> ClipTowers | None:
-        """Both towers over the model's weights, or None when the model is not a CLIPModel."""
+        """Both towers of a sentence-transformers model, or None when it holds no CLIPModel these
+        towers support (the model then runs as transformers does)."""
         clip = clip_model(model)
-        if clip is None:
+        if not supported(clip):
             return None
         return cls(VisionTower(clip).eval(), TextTower.from_clip(clip).eval())

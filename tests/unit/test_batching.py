@@ -208,11 +208,48 @@ def test_lean_text_tower_gives_the_models_own_text_features_for_padded_batches(t
         alone = tower(tokenizer(texts[:1], return_tensors="pt")["input_ids"])
     assert torch.allclose(got, expected, atol=1e-4)
     assert torch.allclose(alone[0], expected[0], atol=1e-4)
+    tower.fuse_qkv()  # as the int8 copy runs it
+    with torch.inference_mode():
+        assert torch.allclose(tower(padded), expected, atol=1e-4)
+
+
+def test_lean_text_tower_reads_an_older_configs_text_at_its_highest_id(tiny_model_dir):
+    """Configs older than transformers PR 24773 (end-of-text id 2) read each text at its highest
+    token id; the tower does as transformers does, whatever id pads the batch."""
+    import torch
+    from shelfsight.search.towers import TextTower, clip_model
+
+    clip = clip_model(Embedder(str(tiny_model_dir), device="cpu", precision="fp32").model)
+    clip.text_model.eos_token_id = 2
+    tower = TextTower.from_clip(clip).eval()
+    ids = torch.tensor([[5, 40, 9, 0, 0], [7, 3, 60, 12, 4]])
+    with torch.inference_mode():
+        expected = clip.get_text_features(input_ids=ids)
+        expected = getattr(expected, "pooler_output", expected)
+        got = tower(ids)
+    assert tower.end_positions(ids).tolist() == [1, 2]
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_the_embedders_pixel_and_token_paths_run_the_lean_towers(tiny_model_dir, monkeypatch):
+    from shelfsight.search.towers import TextTower, VisionTower
+
+    calls: list[str] = []
+    for tower in (VisionTower, TextTower):
+        forward = tower.forward
+        monkeypatch.setattr(
+            tower, "forward", lambda self, x, f=forward, n=tower.__name__: calls.append(n) or f(self, x)
+        )
+    embedder = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
+    size = embedder.pixel_spec.crop  # type: ignore[union-attr]
+    embedder.encode_pixels(np.zeros((2, *size, 3), dtype=np.uint8))
+    embedder.encode_token_ids([np.asarray(t) for t in embedder.model.tokenizer(["red bag", "mug"])["input_ids"]])
+    assert calls == ["VisionTower", "TextTower"]
 
 
 def test_lean_vision_tower_gives_the_models_own_image_features(tiny_model_dir):
     """The plain-torch vision tower (its last layer run for the class token alone) against
-    CLIPModel.get_image_features, and the embedder's pixel path runs it."""
+    CLIPModel.get_image_features."""
     import torch
     from shelfsight.search.towers import VisionTower, clip_model
 
@@ -225,7 +262,6 @@ def test_lean_vision_tower_gives_the_models_own_image_features(tiny_model_dir):
         expected = getattr(expected, "pooler_output", expected)
         got = VisionTower(clip).eval()(pixels)
     assert torch.allclose(got, expected, atol=1e-4)
-    assert embedder._towers is not None and isinstance(embedder._towers.vision, VisionTower)
 
 
 def _engine_with_closers(embedder):
@@ -270,13 +306,14 @@ def test_query_texts_go_on_in_this_process_when_the_child_dies(embedder, monkeyp
         close()
 
 
-def test_int8_falls_back_to_fp32_when_the_probes_move_too_far(embedder, monkeypatch):
+def test_int8_falls_back_to_the_models_own_tower_when_the_probes_move_too_far(embedder, monkeypatch):
     monkeypatch.setattr("shelfsight.search.text_int8.MIN_COSINE", 1.01)
     engine = SimpleNamespace(embedder=embedder, encode_query_texts=embedder.encode_texts)
-    assert batch_query_texts(engine).startswith("fp32 text tower for queries (int8 probe cosine")  # type: ignore[arg-type]
+    own = f"{embedder.precision} text tower for queries"
+    assert batch_query_texts(engine).startswith(f"{own} (int8 probe cosine")  # type: ignore[arg-type]
     assert np.allclose(_concurrently(engine.encode_query_texts, TEXTS), embedder.encode_texts(TEXTS), atol=1e-5)
     engine = SimpleNamespace(embedder=embedder, encode_query_texts=embedder.encode_texts)
-    assert batch_query_texts(engine, int8=False) == "fp32 text tower for queries"  # type: ignore[arg-type]
+    assert batch_query_texts(engine, int8=False) == own  # type: ignore[arg-type]
 
 
 def test_serve_leaves_one_core_to_the_request_threads_unless_omp_num_threads_is_set(monkeypatch):

@@ -287,6 +287,7 @@ def test_product_texts_run_int8_on_a_cpu_under_auto(
     from shelfsight.search.text_int8 import Int8TextEncoder
 
     monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: native_bf16)
+    assert Embedder(str(tiny_model_dir), device="cpu").precision == ("bf16" if native_bf16 else "fp32")
     calibrated_with = []
     calibrate = pipeline.calibrate
     monkeypatch.setattr(

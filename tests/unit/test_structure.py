@@ -100,3 +100,14 @@ def test_functions_fit_on_a_screen(folder):
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}() is {lines} lines")
     assert not long, "\n".join(long)
+
+
+def test_commands_and_the_engine_start_without_torch():
+    """Importing torch costs most of a second: the CLI and the search engine import it only once
+    a model is wanted (``Embedder.model``), so `--help`, `stats` and the like start at once."""
+    import subprocess
+    import sys
+
+    probe = "import sys, shelfsight.cli, shelfsight.search.engine; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
