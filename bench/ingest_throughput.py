@@ -4,7 +4,9 @@ Prints, side by side: the vision tower's pure forward on ready tensors (fp32 and
 GPU, bf16 on a CPU), the text tower, preprocessing alone (the model's own processor on one thread,
 and the read stage's worker processes), end-to-end ``ingest_catalog`` (texts, hashing, store writes,
 index build and calibration included) for each decode mode, and the ratio of ingest to the pure fp32
-forward (the best of the batch sizes tried: 32, and on a CPU also the 16 its ingest runs). The
+forward (the best of the batch sizes tried: 32, and on a CPU also the 16 its ingest runs), and
+to the fp32 forward measured just before and after each ingest (the machine's speed may drift
+between the two). The
 ingests keep an early-fused vector (``--fused-weight 0.5``, as the demo does): three 512-d vectors a
 product, like the store-only upsert row. Also the fast image path's least cosine to the model's own
 processor, per decode mode.
@@ -274,6 +276,21 @@ def ingest_rate(catalog: Path, embedder: Embedder, work: Path, decode: str, work
     }
 
 
+def ingest_beside_forward(
+    catalog: Path, embedder: Embedder, work: Path, decode: str, around: dict[str, float], key: str
+) -> dict[str, Any]:
+    """``ingest_rate``, with the fp32 forward (at the batch the ingest's towers run) measured just
+    before and just after it; ``around[key]`` gets their mean. This machine's speed can drift
+    between the start of a run and its ingests (the 2-core machine's bf16 forward measured 69 to 89
+    images/s in one session), so this ratio compares like with like."""
+    batch = GPU_BATCH if embedder.torch_device.startswith("cuda") else CPU_FORWARD_BATCH
+    batches = 12 if batch == GPU_BATCH else 96 // batch
+    before = forward_rate(embedder, "fp32", batch, batches)
+    run = ingest_rate(catalog, embedder, work, decode, None)
+    around[key] = (before + forward_rate(embedder, "fp32", batch, batches)) / 2
+    return run
+
+
 def steady_rate(marks: list[tuple[float, int]]) -> float:
     """Rows/s between the batches that pass a quarter and three quarters of the rows: the rate a
     catalog of any length runs at once the pipeline is full, with neither the start (nor the
@@ -385,7 +402,7 @@ def measure(
         for decode in decodes:
             key = f"ingest {px}-px, decode {decode}"
             try:
-                ingests[key] = ingest_rate(cat, embedder, work, decode, None)
+                ingests[key] = ingest_beside_forward(cat, embedder, work, decode, results.setdefault("around", {}), key)
             except Exception as exc:  # one failed mode must not lose the others' figures
                 print(f"{key} failed: {type(exc).__name__}: {exc}", flush=True)
                 continue
@@ -400,6 +417,9 @@ def measure(
         ingests[key] = ingest_rate(catalog, embedder, work, "cpu", workers - 1)
         print(key, ingests[key], flush=True)
     results["ratio"] = {k: v["items_per_s"] / best["fp32"] for k, v in ingests.items()}
+    results["ratio_around"] = {
+        k: ingests[k]["items_per_s"] / rate for k, rate in results["around"].items() if k in ingests
+    }
     results["ratio_half"] = {k: v["items_per_s"] / best[half] for k, v in ingests.items()}
 
 
@@ -461,6 +481,9 @@ def report(results: dict[str, Any]) -> None:
     print()
     for what, ratio in results["ratio"].items():
         print(f"{what}: {ratio:.2f}x the best pure fp32 forward, {results['ratio_half'][what]:.2f}x the best half one")
+    for what, ratio in results.get("ratio_around", {}).items():
+        rate = results["around"][what]
+        print(f"{what}: {ratio:.2f}x the fp32 forward measured just before and after it ({rate:.1f} images/s)")
     for what, run in results["ingest"].items():
         print(f"{what}: stage seconds {run['stage_seconds']} of {run['seconds']} s")
     if "cosine" in results:
