@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import os
 import platform
@@ -102,11 +103,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+@functools.cache
+def model_in(path: str, device: str | None, precision: str) -> Embedder:
+    """The model with its weights stored in ``precision``, loaded once for the run's forwards."""
+    return Embedder(path, device=device, precision=precision)
+
+
 def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int, lean: bool = False) -> float:
     """Images/s of the vision tower alone on distinct ready tensors already on the device, with the
     model's weights stored in ``precision`` as ingest runs it (a model of its own for each):
     transformers' ``get_image_features``, or with ``lean`` the tower ingest runs (search/towers.py)."""
-    embedder = Embedder(embedder.model_path, device=embedder.device, precision=precision)
+    embedder = model_in(embedder.model_path, embedder.device, precision)
     device = embedder.torch_device
     inner: Any = embedder.model[0].model
     towers = ClipTowers.of(embedder.model) if lean else None
