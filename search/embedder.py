@@ -360,6 +360,7 @@ class Embedder:
         the device: the ids cross from pinned memory, and the tower needs no padding mask
         (``causal_text``); another tower gets its mask, whose copy waits."""
         import torch
+        from shelfsight.search.towers import pad_id
 
         if not token_ids:
             return lambda: np.zeros((0, 0), dtype=np.float32)
@@ -368,7 +369,7 @@ class Embedder:
         parts = []
         tokenizer, towers = self.model.tokenizer, self._towers if self.causal_text else None
         batches = LengthBatches(
-            token_ids, self.batch_size, tokenizer.eos_token_id if towers else tokenizer.pad_token_id or 0
+            token_ids, self.batch_size, pad_id(tokenizer) if towers else tokenizer.pad_token_id or 0
         )
         with inference(self.precision, self.torch_device):
             for ids, mask in batches:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from shelfsight.search.embedder import Embedder, LengthBatches, normalize_rows
-from shelfsight.search.towers import TextTower, clip_model, supported
+from shelfsight.search.towers import TextTower, clip_model, pad_id, supported
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Int8TextEncoder:
         ``batch_size``: texts per pass (int8 scales activations per pass, so it is fixed here, not
         taken from the embedder, which an ingest may have set)."""
         clip = clip_model(embedder.model)
-        if clip is None or not supported(clip) or str(embedder.model.device) != "cpu" or int8_supported() is not None:
+        if not supported(clip) or str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
         exact = TextTower(copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float())
         exact.fuse_qkv()
@@ -145,10 +145,7 @@ class Int8TextEncoder:
 
         if not token_ids:
             return np.zeros((0, 0), dtype=np.float32)
-        eos = self.tokenizer.eos_token_id
-        batches = LengthBatches(
-            token_ids, self.batch_size, eos if eos is not None else self.tokenizer.pad_token_id or 0
-        )
+        batches = LengthBatches(token_ids, self.batch_size, pad_id(self.tokenizer))
         with torch.inference_mode():
             parts = [self.tower(torch.from_numpy(ids)).float() for ids, _ in batches]
         return normalize_rows(batches.in_given_order(torch.cat(parts).numpy()))

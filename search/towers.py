@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -157,10 +157,17 @@ def clip_model(model: Any) -> Any | None:
     return next((m for m in model.modules() if isinstance(m, CLIPModel)), None)
 
 
-def supported(clip: Any | None) -> bool:
+def supported(clip: Any | None) -> TypeGuard[Any]:
     """Whether these towers can run ``clip`` (a ``CLIPModel``, or None): its text tower must name
     one end-of-text id, where a text's vector is read (a config may give None or a list)."""
     return clip is not None and isinstance(getattr(clip.text_model, "eos_token_id", None), int)
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id to pad a batch of texts for ``TextTower`` with: the end-of-text token (see there),
+    the tokenizer's pad id only for a tokenizer that names no end-of-text token."""
+    eos = tokenizer.eos_token_id
+    return int(eos) if eos is not None else int(tokenizer.pad_token_id or 0)
 
 
 @dataclass(frozen=True)
