@@ -111,7 +111,7 @@ def model_in(path: str, device: str | None, precision: str) -> Embedder:
 
 def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int, lean: bool = False) -> float:
     """Images/s of the vision tower alone on distinct ready tensors already on the device, with the
-    model's weights stored in ``precision`` as ingest runs it (a model of its own for each):
+    model's weights stored in ``precision`` as ingest runs it (``model_in``: one model a precision):
     transformers' ``get_image_features``, or with ``lean`` the tower ingest runs (search/towers.py)."""
     embedder = model_in(embedder.model_path, embedder.device, precision)
     device = embedder.torch_device
@@ -283,6 +283,12 @@ def ingest_rate(catalog: Path, embedder: Embedder, work: Path, decode: str, work
     }
 
 
+def ingest_forward_batches(on_gpu: bool) -> tuple[int, int]:
+    """The batch the ingest's towers run (``GPU_BATCH``, or ``CPU_FORWARD_BATCH`` on a CPU), and
+    how many of them a forward measurement times."""
+    return (GPU_BATCH, 12) if on_gpu else (CPU_FORWARD_BATCH, 96 // CPU_FORWARD_BATCH)
+
+
 def ingest_beside_forward(
     catalog: Path, embedder: Embedder, work: Path, decode: str, around: dict[str, float], key: str
 ) -> dict[str, Any]:
@@ -290,8 +296,7 @@ def ingest_beside_forward(
     before and just after it; ``around[key]`` gets their mean. This machine's speed can drift
     between the start of a run and its ingests (the 2-core machine's bf16 forward measured 69 to 89
     images/s in one session), so this ratio compares like with like."""
-    batch = GPU_BATCH if embedder.torch_device.startswith("cuda") else CPU_FORWARD_BATCH
-    batches = 12 if batch == GPU_BATCH else 96 // batch
+    batch, batches = ingest_forward_batches(embedder.torch_device.startswith("cuda"))
     before = forward_rate(embedder, "fp32", batch, batches)
     run = ingest_rate(catalog, embedder, work, decode, None)
     around[key] = (before + forward_rate(embedder, "fp32", batch, batches)) / 2
@@ -435,15 +440,14 @@ def forward_rates(rates: dict[str, float], embedder: Embedder, on_gpu: bool) -> 
     rate of each the ingests are compared with, and the tower ingest runs."""
     half = "fp16" if on_gpu else "bf16"
     best: dict[str, float] = {}
-    sizes = [(GPU_BATCH, 12)] if on_gpu else [(32, 3), (CPU_FORWARD_BATCH, 96 // CPU_FORWARD_BATCH)]
-    for batch, batches in sizes:
+    ingest_batch, ingest_batches = ingest_forward_batches(on_gpu)
+    for batch, batches in [(ingest_batch, ingest_batches)] if on_gpu else [(32, 3), (ingest_batch, ingest_batches)]:
         for kind in ("fp32", half):
             rate = rates[f"forward {kind}, batches of {batch}"] = forward_rate(embedder, kind, batch, batches)
             best[kind] = max(best.get(kind, 0.0), rate)
-    ingest_batch, batches = sizes[-1]  # the batch the ingest's towers run; the ratios stay against transformers'
-    for kind in ("fp32", half):
+    for kind in ("fp32", half):  # the ratios stay against transformers' forward
         rates[f"forward {kind}, batches of {ingest_batch}, the tower ingest runs"] = forward_rate(
-            embedder, kind, ingest_batch, batches, lean=True
+            embedder, kind, ingest_batch, ingest_batches, lean=True
         )
     print(f"forward: best {best['fp32']:.1f} fp32, {best[half]:.1f} {half} images/s", flush=True)
     return best
