@@ -55,7 +55,6 @@ from shelfsight.search.pixels import prepare_pixels
 from shelfsight.search.precision import cpu_runs_bf16, inference
 from shelfsight.search.store.edge import EdgeStore
 from shelfsight.search.text_int8 import Int8TextEncoder, product_text_encoder
-from shelfsight.search.towers import ClipTowers
 from shelfsight.train.model_init import init_model
 
 
@@ -112,11 +111,12 @@ def model_in(path: str, device: str | None, precision: str) -> Embedder:
 def forward_rate(embedder: Embedder, precision: str, batch: int, batches: int, lean: bool = False) -> float:
     """Images/s of the vision tower alone on distinct ready tensors already on the device, with the
     model's weights stored in ``precision`` as ingest runs it (``model_in``: one model a precision):
-    transformers' ``get_image_features``, or with ``lean`` the tower ingest runs (search/towers.py)."""
+    transformers' ``get_image_features``, or with ``lean`` the tower ingest runs (search/towers.py,
+    packed on a CPU: search/packed_towers.py)."""
     embedder = model_in(embedder.model_path, embedder.device, precision)
     device = embedder.torch_device
     inner: Any = embedder.model[0].model
-    towers = ClipTowers.of(embedder.model) if lean else None
+    towers = embedder.towers if lean else None
     if towers is not None:
         inner = SimpleNamespace(get_image_features=towers.vision)
     size = embedder.pixel_spec.crop  # type: ignore[union-attr]
@@ -363,6 +363,7 @@ def main() -> None:
         init_model(args.preset, model)
     embedder = Embedder(str(model), device=args.device, batch_size=GPU_BATCH if on_gpu else CPU_FORWARD_BATCH)
     results["precision_auto"] = embedder.precision
+    results["tower_kernels"] = embedder.tower_kernels
     catalogs = {args.image_size: make_catalog(work / f"catalog-{args.image_size}-{n}", n, args.image_size, workers)}
     if args.also_224 and args.image_size != 224:
         catalogs[224] = make_catalog(work / f"catalog-224-{n}", n, 224, workers)
@@ -481,6 +482,7 @@ def component_rates(
 
 def report(results: dict[str, Any]) -> None:
     print(f"\n{results['machine']}\n{results['n']} products, auto precision {results['precision_auto']}")
+    print(f"the towers' products: {results['tower_kernels']}")
     print(f"product texts in ingest: {results.get('text_tower', 'see each ingest')}\n")
     print(f"| {'what':<44} | {'items/s':>9} |\n|{'-' * 46}|{'-' * 11}|")
     for what, rate in results["rates"].items():

@@ -67,9 +67,12 @@ CPU_BATCH = 32
 # Inside an ingest, where the read stage's workers share the cores, less is left of it: 480 texts
 # took 3.2 s against 3.6-3.9 s, the images about the same.
 CPU_FORWARD_BATCH = 16
-# Catalogs of fewer rows keep product texts in the model's precision: making and checking the
-# int8 text tower (about 0.6 s for the ViT-B/32 shape on 2 cores) would cost more than it saves.
-INT8_MIN_ROWS = 256
+# Catalogs of fewer rows, by the model's precision, keep product texts in it: making and checking
+# the int8 text tower (about 0.7 s for the ViT-B/32 shape on 2 cores) would cost more than it
+# saves. Against the packed towers (search/packed_towers.py) it saves about 3.6 ms a text where the
+# model runs fp32 (123 against 220-260 texts/s) and about 0.95 ms where it runs bf16 (200-205
+# against 241-261, alternating rounds of one script): even at about 190 and 730 rows.
+INT8_MIN_ROWS = {"fp32": 256, "bf16": 1024}
 # Threads reading images when the read stage runs in this process (small catalogs, --workers 0).
 READ_THREADS = 2
 # Worker processes start (about a second) only for catalogs with images for more batches than this.
@@ -302,7 +305,8 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
     processes = options.processes
     if processes is None:
         processes = catalog.with_images > PROCESS_MIN_BATCHES * batch_size
-    embed = EmbedState(ProductTexts(embedder, int8=catalog.total >= INT8_MIN_ROWS), policy=options.images)
+    int8 = catalog.total >= INT8_MIN_ROWS.get(embedder.precision, 0)  # (no int8 on a GPU: text_int8)
+    embed = EmbedState(ProductTexts(embedder, int8=int8), policy=options.images)
     if workers == 0:  # asked for no processes: read in threads of this one
         return ReadPlan(ctx, batch_size, READ_THREADS, False, embed)
     return ReadPlan(ctx, batch_size, workers, processes, embed, between_passes=processes and device == "cpu")

@@ -10,8 +10,9 @@ around each layer (attention dispatch, a causal mask built per call, output reco
 text, the padding mask: text attention is causal, so a text's end token never sees the pads after
 it. No weight is copied; the modules are the model's own.
 
-``Embedder`` runs pixels and token ids through these towers whenever the model is a CLIPModel,
-on every device; ``text_int8`` quantizes a copy of the text tower.
+``Embedder`` runs pixels, token ids and texts through these towers whenever the model is a
+CLIPModel, on every device; on a CPU their layers' products are then swapped for oneDNN's packed
+ones (``packed_towers``, copies of the weights). ``text_int8`` quantizes a copy of the text tower.
 
 Example::
 

@@ -234,13 +234,14 @@ def test_lean_text_tower_reads_an_older_configs_text_at_its_highest_id(tiny_mode
 def test_the_embedders_pixel_and_token_paths_run_the_lean_towers(tiny_model_dir, monkeypatch):
     from shelfsight.search.towers import TextTower, VisionTower
 
+    embedder = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
+    _ = embedder.model  # loading runs the towers on probes (search/packed_towers.py)
     calls: list[str] = []
     for tower in (VisionTower, TextTower):
         forward = tower.forward
         monkeypatch.setattr(
             tower, "forward", lambda self, x, f=forward, n=tower.__name__: calls.append(n) or f(self, x)
         )
-    embedder = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
     size = embedder.pixel_spec.crop  # type: ignore[union-attr]
     embedder.encode_pixels(np.zeros((2, *size, 3), dtype=np.uint8))
     embedder.encode_token_ids([np.asarray(t) for t in embedder.model.tokenizer(["red bag", "mug"])["input_ids"]])

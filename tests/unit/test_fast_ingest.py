@@ -234,7 +234,7 @@ def test_texts_tokenized_by_the_readers_embed_as_the_model_does(embedder):
     )
     tokenized = [read_stage._tokenize(text, ctx) for text in texts]
     fast = embedder.encode_token_ids([t["text_ids"] for t in tokenized])
-    reference = embedder.encode_texts(texts)
+    reference = embedder._encode(texts)  # through sentence-transformers, not the towers
     assert float((fast * reference).sum(axis=1).min()) > 0.9999
     assert [t["text_truncated"] for t in tokenized] == [n > embedder.max_tokens for n in embedder.count_tokens(texts)]
     assert [t["text_truncated"] for t in tokenized] == [False, True, False, False]
@@ -271,7 +271,7 @@ def without_native_bf16(monkeypatch):
         pytest.skip(int8_supported())
     monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: False)
     monkeypatch.setattr(text_int8, "MIN_PRODUCT_WIDTH", 0)
-    monkeypatch.setattr("shelfsight.ingest.pipeline.INT8_MIN_ROWS", 0)
+    monkeypatch.setattr("shelfsight.ingest.pipeline.INT8_MIN_ROWS", {"fp32": 0, "bf16": 0})
 
 
 @pytest.mark.parametrize("native_bf16", [False, True], ids=["fp32 model", "bf16 model"])
@@ -310,11 +310,11 @@ def test_product_texts_keep_fp32_when_asked_small_or_missed(
     report, stored, exact = _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path, "fp32")
     assert report.text_tower == "fp32"
     np.testing.assert_allclose(stored, exact, atol=1e-5)
-    monkeypatch.setattr("shelfsight.ingest.pipeline.INT8_MIN_ROWS", 49)
+    monkeypatch.setattr("shelfsight.ingest.pipeline.INT8_MIN_ROWS", {"fp32": 49, "bf16": 0})
     report, stored, exact = _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path / "small")
     assert report.text_tower == "fp32"
     np.testing.assert_allclose(stored, exact, atol=1e-5)
-    monkeypatch.setattr("shelfsight.ingest.pipeline.INT8_MIN_ROWS", 0)
+    monkeypatch.setattr("shelfsight.ingest.pipeline.INT8_MIN_ROWS", {"fp32": 0, "bf16": 0})
     monkeypatch.setattr("shelfsight.search.text_int8.MIN_COSINE", 1.01)
     report, stored, exact = _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path / "missed")
     assert report.text_tower.startswith("fp32 (int8 kept only cosine ")

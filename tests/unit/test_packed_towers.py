@@ -1,0 +1,85 @@
+"""The towers on oneDNN's packed products (search/packed_towers.py) against the plain towers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shelfsight.search.embedder import Embedder
+
+torch = pytest.importorskip("torch")
+
+from shelfsight.search import packed_towers  # noqa: E402
+from shelfsight.search.packed_towers import PackedLinear, pack_towers, packed_if_faithful  # noqa: E402
+from shelfsight.search.towers import ClipTowers, clip_model  # noqa: E402
+
+
+def _inputs(clip):
+    generator = torch.Generator().manual_seed(3)
+    size = clip.config.vision_config.image_size
+    pixels = torch.randn(3, 3, size, size, generator=generator)
+    ids = torch.randint(2, 60, (3, 9), generator=generator)
+    ids[:, -1] = clip.text_model.eos_token_id
+    return pixels, ids
+
+
+def _vectors(towers, pixels, ids):
+    with torch.inference_mode():
+        return towers.vision(pixels), towers.text(ids)
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [None, "GELUActivation", "PytorchGELUTanh", torch.nn.Tanh],
+    ids=["quick-gelu folded", "gelu fused", "gelu tanh fused", "tanh apart"],
+)
+def test_packed_towers_give_the_plain_towers_vectors(tiny_model_dir, activation):
+    """fp32: every layer's products packed, q/k/v as one, the MLP's activation fused in (CLIP's
+    quick-GELU folded into swish by scaling the weights) or left as a pass of its own."""
+    import transformers.activations
+
+    clip = clip_model(Embedder(str(tiny_model_dir), device="cpu", precision="fp32").model)
+    if activation is not None:
+        make = getattr(transformers.activations, activation) if isinstance(activation, str) else activation
+        for layer in [*clip.vision_model.encoder.layers, *clip.text_model.encoder.layers]:
+            layer.mlp.activation_fn = make()
+    plain, packed = ClipTowers.of(clip_holder(clip)), ClipTowers.of(clip_holder(clip))
+    pack_towers(packed, torch.float32)
+    layer = packed.vision.layers[0]
+    assert isinstance(layer.qkv, PackedLinear) and isinstance(layer.fc2, PackedLinear)
+    assert (layer.fc1.activation != "none") == (activation is not torch.nn.Tanh)
+    inputs = _inputs(clip)
+    for want, got in zip(_vectors(plain, *inputs), _vectors(packed, *inputs), strict=True):
+        assert torch.allclose(got, want, atol=1e-4)
+    assert isinstance(plain.vision.layers[0].fc1, torch.nn.Linear)  # the model's own are untouched
+
+
+def clip_holder(clip):
+    """A module holding ``clip``, as a sentence-transformers model does."""
+    return torch.nn.Sequential(clip)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_cpu_embedder_runs_packed_towers_that_keep_its_vectors(tiny_model_dir, precision):
+    embedder = Embedder(str(tiny_model_dir), device="cpu", precision=precision)
+    pixels = np.random.default_rng(0).integers(0, 255, (4, *embedder.pixel_spec.crop, 3), dtype=np.uint8)  # type: ignore[union-attr]
+    token_ids = [np.asarray(t) for t in embedder.model.tokenizer(["red bag", "blue canvas sneaker"])["input_ids"]]
+    assert embedder.tower_kernels.startswith("oneDNN, packed")
+    assert isinstance(embedder._towers.vision.layers[0].fc1, PackedLinear)  # type: ignore[union-attr]
+    fast = embedder.encode_pixels(pixels), embedder.encode_token_ids(token_ids)
+    embedder._towers = ClipTowers.of(embedder.model)  # the plain towers, same weights
+    plain = embedder.encode_pixels(pixels), embedder.encode_token_ids(token_ids)
+    for got, want in zip(fast, plain, strict=True):
+        assert np.min(np.sum(got * want, axis=1)) >= (0.99999 if precision == "fp32" else 0.995)
+
+
+def test_towers_that_pack_wrong_or_not_at_all_run_plain_with_the_reason(tiny_model_dir, monkeypatch, caplog):
+    embedder = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
+    model, plain = embedder.model, ClipTowers.of(embedder.model)
+    monkeypatch.setattr(PackedLinear, "forward", lambda self, x: torch.zeros(*x.shape[:-1], self.bias.shape[0]) + 1)
+    towers, kernels = packed_if_faithful(model, plain, "fp32")
+    assert towers is plain and kernels.startswith("torch (packed towers kept only cosine")
+    monkeypatch.setattr(packed_towers, "pack_towers", lambda *a: (_ for _ in ()).throw(RuntimeError("no kernel")))
+    towers, kernels = packed_if_faithful(model, plain, "fp32")
+    assert towers is plain and "packing failed" in kernels and "no kernel" in kernels
+    monkeypatch.setattr(packed_towers, "unavailable", lambda: "this torch has no oneDNN")
+    assert packed_if_faithful(model, plain, "fp32") == (plain, "torch (this torch has no oneDNN)")
