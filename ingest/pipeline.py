@@ -305,7 +305,7 @@ def plan_reading(catalog: Catalog, embedder: Embedder, meta: CollectionMeta, opt
     processes = options.processes
     if processes is None:
         processes = catalog.with_images > PROCESS_MIN_BATCHES * batch_size
-    int8 = catalog.total >= INT8_MIN_ROWS.get(embedder.precision, 0)  # (no int8 on a GPU: text_int8)
+    int8 = catalog.total >= INT8_MIN_ROWS.get(embedder.precision, INT8_MIN_ROWS["fp32"])  # (never on a GPU)
     embed = EmbedState(ProductTexts(embedder, int8=int8), policy=options.images)
     if workers == 0:  # asked for no processes: read in threads of this one
         return ReadPlan(ctx, batch_size, READ_THREADS, False, embed)

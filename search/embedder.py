@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -158,8 +159,9 @@ class Embedder:
         self._pixel_spec: PixelSpec | None = None
         self._model: SentenceTransformer | None = None
         self._towers: ClipTowers | None = None
-        # What the towers' products run on, once the model is loaded (see search/packed_towers.py).
-        self.tower_kernels = "torch"
+        # What each tower's products run on, once it has run on a CPU (search/packed_towers.py).
+        self.tower_kernels: dict[str, str] = {}
+        self._pack_lock = threading.Lock()
         self._lock = threading.Lock()
         self._model_id: str | None = None
 
@@ -202,19 +204,25 @@ class Embedder:
                 self._precision, model = self._settle_precision(self._load())
                 self._pixel_spec = _pixel_spec_of(model)
                 self._towers = ClipTowers.of(model)
-                if self._towers is not None and str(model.device) == "cpu":
-                    from shelfsight.search.packed_towers import packed_if_faithful
-
-                    self._towers, self.tower_kernels = packed_if_faithful(model, self._towers, self._precision)
                 self._model = model
             return self._model
 
-    @property
-    def towers(self) -> ClipTowers | None:
-        """The towers ``queue_pixels`` and ``queue_token_ids`` run (search/towers.py; on a CPU
-        packed, see ``tower_kernels``), or None for a model they do not support; loads the model."""
-        _ = self.model
-        return self._towers
+    def tower(self, kind: str) -> Any | None:
+        """The ``kind`` tower ('vision' or 'text') that ``queue_pixels``, ``queue_token_ids`` and
+        ``encode_texts`` run (search/towers.py), or None for a model these towers do not support.
+        On a CPU it is packed on its first use (search/packed_towers.py; ``tower_kernels`` says
+        what each tower runs on), so a process that embeds only texts never packs the images'."""
+        model, towers = self.model, self._towers
+        if towers is None or str(model.device) != "cpu" or kind in self.tower_kernels:
+            return getattr(towers, kind) if towers is not None else None
+        from shelfsight.search.packed_towers import packed_if_faithful
+
+        with self._pack_lock:
+            if kind not in self.tower_kernels:
+                tower, described = packed_if_faithful(model, kind, getattr(towers, kind), self._precision)
+                self._towers = replace(towers, vision=tower) if kind == "vision" else replace(towers, text=tower)
+                self.tower_kernels[kind] = described
+        return getattr(self._towers, kind)
 
     @property
     def precision(self) -> str:
@@ -313,7 +321,7 @@ class Embedder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts (truncated to the model's token limit): (n, d) float32, unit rows. A CLIP
         text tower gets them as ``encode_token_ids`` does (the towers, sorted by length): 256 made-up
-        queries (calibration's) took 0.64-0.68 s so against 1.70-1.87 s through sentence-transformers'
+        queries (calibration's) took 0.64-0.68 s this way against 1.70-1.87 s through sentence-transformers'
         ``encode`` in fp32, 0.42 s against 0.66 s in bf16 (ViT-B/32 shape, 2 AVX-512 BF16 cores)."""
         texts = list(texts)
         if not texts:
@@ -346,7 +354,9 @@ class Embedder:
         if spec is None:
             raise BadInputError(f"model {self.model_name!r} needs its own image processor; use encode_images")
         inner: Any = self.model[0].model
-        vision = self._towers.vision if self._towers else lambda v: _features(inner.get_image_features(pixel_values=v))
+        vision = self.tower("vision")
+        if vision is None:
+            vision = lambda v: _features(inner.get_image_features(pixel_values=v))  # noqa: E731
         batch = torch.as_tensor(pixels)
         if len(batch) == 0:
             return lambda: np.zeros((0, 0), dtype=np.float32)
@@ -386,16 +396,16 @@ class Embedder:
         inner: Any = self.model[0].model
         on_gpu = self.torch_device.startswith("cuda")
         parts = []
-        tokenizer, towers = self.model.tokenizer, self._towers if self.causal_text else None
+        tokenizer, text_tower = self.model.tokenizer, self.tower("text") if self.causal_text else None
         batches = LengthBatches(
-            token_ids, self.batch_size, pad_id(tokenizer) if towers else tokenizer.pad_token_id or 0
+            token_ids, self.batch_size, pad_id(tokenizer) if text_tower is not None else tokenizer.pad_token_id or 0
         )
         with inference(self.precision, self.torch_device):
             for ids, mask in batches:
                 ids_t = torch.from_numpy(ids)
                 ids_t = (ids_t.pin_memory() if on_gpu else ids_t).to(self.torch_device, non_blocking=True)
-                if towers:
-                    out = towers.text(ids_t)
+                if text_tower is not None:
+                    out = text_tower(ids_t)
                 else:
                     mask_t = torch.from_numpy(mask).to(self.torch_device)
                     out = _features(inner.get_text_features(input_ids=ids_t, attention_mask=mask_t))

@@ -10,7 +10,7 @@ torch's own CPU ``linear`` leaves speed behind in both of the precisions a CPU r
 - and either way CLIP's quick-GELU runs after the MLP's first product as three more passes over
   its widest activations (a sixth of the bf16 vision tower's time).
 
-``pack_towers`` gives each transformer layer of both towers ``PackedLinear`` products instead:
+``pack_tower`` gives each transformer layer of a tower ``PackedLinear`` products instead:
 the query, key and value projections as one product, and the MLP's activation computed as the
 first product's output is written. Quick-GELU, ``y * sigmoid(1.702 y)``, is oneDNN's swish of
 ``1.702 y`` divided by 1.702, so the first product's weights and bias are scaled by 1.702 and the
@@ -24,12 +24,13 @@ without AVX-512) the fp32 vision tower went from 21.6-22.8 to 25.4-26.1 images/s
 
 The packed weights are copies (the model's own stay, for its other paths), so a packed ViT-B/32
 shape holds about 250 MB more in bf16 and 500 MB more in fp32. ``Embedder`` packs its towers on
-a CPU and keeps them only if they give the unpacked towers' vectors on probe inputs.
+a CPU, each on its first use (a served query's text never packs the vision tower), and keeps
+it only if it gives the unpacked tower's vectors on probe inputs.
 
 Example::
 
-    towers, kernels = packed_if_faithful(model, ClipTowers.of(model), "bf16")
-    # kernels: "oneDNN, packed (probe cosine to torch's 0.99996)", or "torch (why not)"
+    vision, kernels = packed_if_faithful(model, "vision", ClipTowers.of(model).vision, "bf16")
+    # kernels: "oneDNN, packed (probe cosine to torch's 0.99943)", or "torch (why not)"
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ ROWS_HINT = 800
 
 class PackedLinear(nn.Module):
     """``activation(x @ weight.T + bias)`` through oneDNN, the weight packed once in ``dtype``.
-    ``activation``: 'none', 'swish', or 'gelu' with ``algorithm`` 'none' (erf) or 'tanh'."""
+    ``activation``: 'none', 'swish', or 'gelu' with ``algorithm`` 'none' (erf) or 'tanh'. For
+    inference on a CPU only: the packed weight and the bias are plain attributes, which ``.to()``
+    and ``state_dict`` leave out."""
 
     def __init__(
         self,
@@ -84,7 +87,7 @@ def fused_activation(act: nn.Module) -> tuple[str, str, float] | None:
         return "swish", "", QUICK_GELU
     if name == "GELUActivation" and getattr(act, "act", None) is functional.gelu:
         return "gelu", "none", 1.0
-    if name in ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh"):
+    if name in ("NewGELUActivation", "FastGELUActivation", "GELUTanh", "PytorchGELUTanh"):
         return "gelu", "tanh", 1.0
     if isinstance(act, nn.GELU):
         return "gelu", "tanh" if act.approximate == "tanh" else "none", 1.0
@@ -118,49 +121,47 @@ def unavailable() -> str | None:
     return None
 
 
-def pack_towers(towers: ClipTowers, dtype: torch.dtype) -> None:
-    """Every transformer layer of both towers on ``PackedLinear`` products in ``dtype``, in place."""
-    for tower in (towers.vision, towers.text):
-        for layer in tower.layers:
-            _pack_layer(layer, dtype)
+def pack_tower(tower: nn.Module, dtype: torch.dtype) -> None:
+    """Every transformer layer of a tower (``towers.VisionTower`` or ``TextTower``) on
+    ``PackedLinear`` products in ``dtype``, in place."""
+    for layer in tower.layers:  # type: ignore[union-attr]
+        _pack_layer(layer, dtype)
 
 
-def packed_if_faithful(model: Any, towers: ClipTowers, precision: str) -> tuple[ClipTowers, str]:
-    """The towers of ``model`` (a sentence-transformers CLIP model on the CPU, in ``precision``
-    'fp32' or 'bf16') packed, if they give ``towers``' vectors on probe inputs to the cosine a
-    precision must keep (``precision.MIN_COSINE``: a broken product misses it by far; bf16 packed
-    and plain differ by rounding alone, 0.9994 for the ViT-B/32 shape); else ``towers``
-    themselves. Also what the towers run on, and why."""
+def packed_if_faithful(model: Any, kind: str, plain: Any, precision: str) -> tuple[Any, str]:
+    """A fresh ``kind`` tower ('vision' or 'text') of ``model`` (a sentence-transformers CLIP
+    model on the CPU, in ``precision`` 'fp32' or 'bf16'), packed, if it gives the ``plain`` tower's
+    vectors on probe inputs to the cosine a precision must keep (``precision.MIN_COSINE``: a
+    broken product misses it by far; bf16 packed and plain differ by rounding alone, 0.9994 for
+    the ViT-B/32 shape's images); else ``plain`` itself. Also what the tower runs on, and why."""
     why = unavailable() or (None if precision in ("fp32", "bf16") else f"not for {precision}")
     if why is not None:
-        return towers, f"torch ({why})"
+        return plain, f"torch ({why})"
     try:
-        packed = ClipTowers.of(model)
-        assert packed is not None
-        pack_towers(packed, torch_dtype(precision))
-        cosine = _least_cosine(_probe(towers, precision), _probe(packed, precision))
-    except Exception as exc:  # packing is only a speed-up: towers it cannot pack run as they are
-        log.warning("oneDNN packing failed, the towers run as torch's: %r", exc)
-        return towers, f"torch (packing failed: {exc!r})"
+        towers = ClipTowers.of(model)
+        assert towers is not None
+        packed = getattr(towers, kind)
+        pack_tower(packed, torch_dtype(precision))
+        probe = _probe_input(kind, plain)
+        with inference(precision, "cpu"):
+            cosine = float(functional.cosine_similarity(plain(probe).float(), packed(probe).float()).min())
+    except Exception as exc:  # packing is only a speed-up: a tower it cannot pack runs as it is
+        log.warning("oneDNN packing failed, the %s tower runs as torch's: %r", kind, exc)
+        return plain, f"torch (packing failed: {exc!r})"
     if cosine < MIN_COSINE:
-        log.warning("oneDNN-packed towers matched the plain ones only to cosine %.5f; not used", cosine)
-        return towers, f"torch (packed towers kept only cosine {cosine:.5f})"
+        log.warning("oneDNN-packed %s tower matched the plain one only to cosine %.5f; not used", kind, cosine)
+        return plain, f"torch (packed tower kept only cosine {cosine:.5f})"
     return packed, f"oneDNN, packed (probe cosine to torch's {cosine:.5f})"
 
 
-def _probe(towers: ClipTowers, precision: str) -> list[torch.Tensor]:
-    """Unit vectors of two random images and two random texts through ``towers``."""
+def _probe_input(kind: str, tower: Any) -> torch.Tensor:
+    """Two random images, or two random texts ending in the end-of-text token, for ``tower``."""
     generator = torch.Generator().manual_seed(0)
-    vision, text = towers.vision, towers.text
-    size = int(vision.embeddings.config.image_size)
-    pixels = torch.randn(2, 3, size, size, generator=generator)
-    vocabulary = text.tokens.num_embeddings
+    if kind == "vision":
+        size = int(tower.embeddings.config.image_size)
+        return torch.randn(2, 3, size, size, generator=generator)
+    vocabulary = tower.tokens.num_embeddings
     ids = torch.randint(0, vocabulary, (2, 12), generator=generator)
-    ids[ids == text.eos_token_id] = (text.eos_token_id + 1) % vocabulary
-    ids[:, -1] = text.eos_token_id
-    with inference(precision, "cpu"):
-        return [functional.normalize(t(x).float(), dim=-1) for t, x in ((vision, pixels), (text, ids))]
-
-
-def _least_cosine(reference: list[torch.Tensor], packed: list[torch.Tensor]) -> float:
-    return min(float((a * b).sum(dim=-1).min()) for a, b in zip(reference, packed, strict=True))
+    ids[ids == tower.eos_token_id] = (tower.eos_token_id + 1) % vocabulary
+    ids[:, -1] = tower.eos_token_id
+    return ids

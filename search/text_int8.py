@@ -158,9 +158,10 @@ def product_text_encoder(embedder: Embedder, samples: Sequence[str]) -> tuple[In
     model runs fp32, or bf16 on a CPU that has it natively), for a tower of at least
     ``MIN_PRODUCT_WIDTH``, and only when the probes, with up to ``PRODUCT_PROBES`` of the
     catalog's own texts (``samples``), keep ``MIN_COSINE`` to fp32. Where bf16 is native, int8
-    still ran faster: ViT-B/32 shape, 480 product texts of 49 tokens on average, 2 AVX-512 BF16 and
-    VNNI cores, 220 texts/s against 157 in bf16 alone, and inside an ingest 54-55 products/s
-    steady against 45-50 (the int8 tower's making and checking, about 0.6 s, included)."""
+    still runs faster than the packed bf16 tower (search/packed_towers.py), by less: ViT-B/32 shape,
+    480 product texts of 49 tokens on average, 2 AVX-512 BF16 and VNNI cores, 241-261 texts/s
+    against 200-205, while making and checking the int8 tower costs about 0.7 s; so the ingest asks
+    for it only on catalogs of ``pipeline.INT8_MIN_ROWS`` rows or more."""
     own = embedder.precision
     if embedder.requested_precision != "auto" or embedder.torch_device != "cpu" or own not in ("fp32", "bf16"):
         return None, own

@@ -8,7 +8,8 @@ the ViT-B/32-shape vision tower ran at 87-91 images/s in bf16 against 80-82 for
 ``get_image_features`` (2 AVX-512 BF16 cores, batches of 16, same run). They also skip the Python
 around each layer (attention dispatch, a causal mask built per call, output records) and, for a
 text, the padding mask: text attention is causal, so a text's end token never sees the pads after
-it. No weight is copied; the modules are the model's own.
+it. No weight is copied; the modules are the model's own (on a CPU, ``packed_towers`` then
+swaps each layer's products for ones on packed copies of the weights).
 
 ``Embedder`` runs pixels, token ids and texts through these towers whenever the model is a
 CLIPModel, on every device; on a CPU their layers' products are then swapped for oneDNN's packed

@@ -180,7 +180,7 @@ def test_serve_engines_share_passes_of_an_int8_tower_that_keeps_fp32_vectors(emb
     engine = SimpleNamespace(embedder=embedder, encode_query_texts=embedder.encode_texts, collection="products")
     create_app(engine=engine)  # type: ignore[arg-type]
     assert engine.embedder is embedder  # product texts (the write routes) keep the fp32 tower
-    direct = embedder.encode_texts(TEXTS)
+    direct = embedder._encode(TEXTS)  # sentence-transformers' path, not the towers
     got = _concurrently(engine.encode_query_texts, TEXTS)
     assert np.min(np.sum(got * direct, axis=1)) >= MIN_COSINE
     assert not np.allclose(got, direct, atol=1e-6)  # the int8 tower answered, not fp32
@@ -235,7 +235,7 @@ def test_the_embedders_pixel_and_token_paths_run_the_lean_towers(tiny_model_dir,
     from shelfsight.search.towers import TextTower, VisionTower
 
     embedder = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
-    _ = embedder.model  # loading runs the towers on probes (search/packed_towers.py)
+    embedder.tower("vision"), embedder.tower("text")  # packing them runs them on probes (search/packed_towers.py)
     calls: list[str] = []
     for tower in (VisionTower, TextTower):
         forward = tower.forward
@@ -288,7 +288,7 @@ def test_serve_embeds_query_texts_in_a_child_process_that_closes_with_the_engine
     # the same int8 tower as in this process (int8 activations scale per pass: compare one pass each)
     assert np.allclose(engine.encode_query_texts(TEXTS), in_process_encoder(embedder, True)[0](TEXTS), atol=1e-5)
     got = _concurrently(engine.encode_query_texts, TEXTS)  # passes shared as before
-    assert np.min(np.sum(got * embedder.encode_texts(TEXTS), axis=1)) >= MIN_COSINE
+    assert np.min(np.sum(got * embedder._encode(TEXTS), axis=1)) >= MIN_COSINE
     for close in closers:
         close()
     assert not _alive(child.pid)

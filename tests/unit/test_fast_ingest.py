@@ -256,7 +256,7 @@ def _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path, precision="aut
     assert report.ingested == 48 and len(points) == 48
     texts = {r.product.id: r.product.text for r in read_catalog(catalog_dir / "catalog.csv").rows}
     fp32 = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
-    exact = fp32.encode_texts([texts[p.payload["product_id"]] for p in points])
+    exact = fp32._encode([texts[p.payload["product_id"]] for p in points])  # sentence-transformers' path
     return report, np.stack([p.vectors["text"] for p in points]), exact
 
 

@@ -9,7 +9,9 @@ from shelfsight.search.embedder import Embedder
 torch = pytest.importorskip("torch")
 
 from shelfsight.search import packed_towers  # noqa: E402
-from shelfsight.search.packed_towers import PackedLinear, pack_towers, packed_if_faithful  # noqa: E402
+from shelfsight.search.packed_towers import PackedLinear, pack_tower, packed_if_faithful  # noqa: E402
+from shelfsight.search.pixels import normalize_pixels  # noqa: E402
+from shelfsight.search.precision import cpu_runs_bf16, inference  # noqa: E402
 from shelfsight.search.towers import ClipTowers, clip_model  # noqa: E402
 
 
@@ -43,7 +45,8 @@ def test_packed_towers_give_the_plain_towers_vectors(tiny_model_dir, activation)
         for layer in [*clip.vision_model.encoder.layers, *clip.text_model.encoder.layers]:
             layer.mlp.activation_fn = make()
     plain, packed = ClipTowers.of(clip_holder(clip)), ClipTowers.of(clip_holder(clip))
-    pack_towers(packed, torch.float32)
+    pack_tower(packed.vision, torch.float32)
+    pack_tower(packed.text, torch.float32)
     layer = packed.vision.layers[0]
     assert isinstance(layer.qkv, PackedLinear) and isinstance(layer.fc2, PackedLinear)
     assert (layer.fc1.activation != "none") == (activation is not torch.nn.Tanh)
@@ -59,27 +62,38 @@ def clip_holder(clip):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_cpu_embedder_runs_packed_towers_that_keep_its_vectors(tiny_model_dir, precision):
+def test_a_cpu_embedder_packs_each_tower_on_first_use_and_keeps_its_vectors(tiny_model_dir, precision):
+    """Packed only once used (a process that embeds texts alone never packs the vision tower),
+    and giving sentence-transformers' own vectors. bf16 packs only where the CPU runs bf16."""
+    if precision == "bf16" and not cpu_runs_bf16():
+        pytest.skip("oneDNN packs bf16 only on a CPU with AVX-512 or AVX-NE-CONVERT")
     embedder = Embedder(str(tiny_model_dir), device="cpu", precision=precision)
     pixels = np.random.default_rng(0).integers(0, 255, (4, *embedder.pixel_spec.crop, 3), dtype=np.uint8)  # type: ignore[union-attr]
-    token_ids = [np.asarray(t) for t in embedder.model.tokenizer(["red bag", "blue canvas sneaker"])["input_ids"]]
-    assert embedder.tower_kernels.startswith("oneDNN, packed")
-    assert isinstance(embedder._towers.vision.layers[0].fc1, PackedLinear)  # type: ignore[union-attr]
-    fast = embedder.encode_pixels(pixels), embedder.encode_token_ids(token_ids)
-    embedder._towers = ClipTowers.of(embedder.model)  # the plain towers, same weights
-    plain = embedder.encode_pixels(pixels), embedder.encode_token_ids(token_ids)
-    for got, want in zip(fast, plain, strict=True):
-        assert np.min(np.sum(got * want, axis=1)) >= (0.99999 if precision == "fp32" else 0.995)
+    texts = ["red bag", "blue canvas sneaker", "", "striped " * 120]
+    assert embedder.tower_kernels == {}
+    got_texts = embedder.encode_texts(texts)
+    assert list(embedder.tower_kernels) == ["text"] and embedder.tower_kernels["text"].startswith("oneDNN, packed")
+    got_images = embedder.encode_pixels(pixels)
+    assert embedder.tower_kernels["vision"].startswith("oneDNN, packed")
+    assert isinstance(embedder.tower("vision").layers[0].fc1, PackedLinear)  # type: ignore[union-attr]
+    least = 0.99999 if precision == "fp32" else 0.995
+    reference = embedder._encode(texts)  # sentence-transformers' path: the model's own modules
+    assert np.min(np.sum(got_texts * reference, axis=1)) >= least  # an empty text, and one cut at 77 tokens
+    plain = ClipTowers.of(embedder.model).vision  # type: ignore[union-attr]
+    with inference(precision, "cpu"):
+        values = normalize_pixels(torch.as_tensor(pixels), embedder.pixel_spec, torch.float32)
+        want_images = torch.nn.functional.normalize(plain(values).float(), dim=-1).numpy()
+    assert np.min(np.sum(got_images * want_images, axis=1)) >= least
 
 
-def test_towers_that_pack_wrong_or_not_at_all_run_plain_with_the_reason(tiny_model_dir, monkeypatch, caplog):
+def test_a_tower_that_packs_wrong_or_not_at_all_runs_plain_with_the_reason(tiny_model_dir, monkeypatch):
     embedder = Embedder(str(tiny_model_dir), device="cpu", precision="fp32")
-    model, plain = embedder.model, ClipTowers.of(embedder.model)
+    model, plain = embedder.model, ClipTowers.of(embedder.model).vision
     monkeypatch.setattr(PackedLinear, "forward", lambda self, x: torch.zeros(*x.shape[:-1], self.bias.shape[0]) + 1)
-    towers, kernels = packed_if_faithful(model, plain, "fp32")
-    assert towers is plain and kernels.startswith("torch (packed towers kept only cosine")
-    monkeypatch.setattr(packed_towers, "pack_towers", lambda *a: (_ for _ in ()).throw(RuntimeError("no kernel")))
-    towers, kernels = packed_if_faithful(model, plain, "fp32")
-    assert towers is plain and "packing failed" in kernels and "no kernel" in kernels
+    tower, kernels = packed_if_faithful(model, "vision", plain, "fp32")
+    assert tower is plain and kernels.startswith("torch (packed tower kept only cosine")
+    monkeypatch.setattr(packed_towers, "pack_tower", lambda *a: (_ for _ in ()).throw(RuntimeError("no kernel")))
+    tower, kernels = packed_if_faithful(model, "vision", plain, "fp32")
+    assert tower is plain and "packing failed" in kernels and "no kernel" in kernels
     monkeypatch.setattr(packed_towers, "unavailable", lambda: "this torch has no oneDNN")
-    assert packed_if_faithful(model, plain, "fp32") == (plain, "torch (this torch has no oneDNN)")
+    assert packed_if_faithful(model, "vision", plain, "fp32") == (plain, "torch (this torch has no oneDNN)")
