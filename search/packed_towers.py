@@ -101,15 +101,12 @@ def _pack_layer(layer: Any, dtype: torch.dtype) -> None:
     layer.qkv = PackedLinear(layer.qkv.weight, layer.qkv.bias, dtype)
     layer.out = PackedLinear(layer.out.weight, layer.out.bias, dtype)
     fused = fused_activation(layer.act)
-    if fused is None:  # the activation stays a pass of its own
-        layer.fc1 = PackedLinear(layer.fc1.weight, layer.fc1.bias, dtype)
-        layer.fc2 = PackedLinear(layer.fc2.weight, layer.fc2.bias, dtype)
-        return
-    activation, algorithm, scale = fused
+    activation, algorithm, scale = fused or ("none", "", 1.0)  # unfused: the activation stays a pass of its own
     fc1, fc2 = layer.fc1, layer.fc2
     layer.fc1 = PackedLinear(fc1.weight.float() * scale, fc1.bias.float() * scale, dtype, activation, algorithm)
     layer.fc2 = PackedLinear(fc2.weight.float() / scale, fc2.bias, dtype)
-    layer.act = nn.Identity()
+    if fused is not None:
+        layer.act = nn.Identity()
 
 
 def unavailable() -> str | None:
