@@ -25,6 +25,11 @@ cd /tmp || exit 1 # so the checkout's shelfsight/ folder cannot shadow the insta
             --also-224 ${N:+--n "$N"} --workdir /tmp/shelfsight-bench --json "$OUT/ingest_gpu.json" \
             --profile "$OUT/ingest_profile.txt"
     fi
+    # The index build alone on this machine's cores, with and without the links per field value,
+    # in fp32 and int8 (README: "The index build and the links per field value").
+    timeout 120 "$PY" "$repo/bench/index_build.py" --n "${INDEX_N:-16384}" --json "$OUT/index_build.json"
+    timeout 120 "$PY" "$repo/bench/index_build.py" --n "${INDEX_N:-16384}" --quantization int8 \
+        --json "$OUT/index_build_int8.json"
     if [ "${SCALE_N:-16384}" != 0 ]; then
         timeout 240 "$PY" "$repo/bench/ingest_throughput.py" --device "${DEVICE:-cuda}" --image-size 1000 \
             --ingest-only --n "${SCALE_N:-16384}" --workdir /tmp/shelfsight-bench --json "$OUT/ingest_gpu_scale.json"

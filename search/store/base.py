@@ -106,8 +106,9 @@ class CollectionOptions:
     ``on_disk_vectors``/``on_disk_payload`` keep originals on disk (memory-mapped);
     ``quantization="int8"`` adds scalar int8 copies searched first, then ``rescore`` re-ranks the
     candidates with the original vectors, ``oversampling`` times as many as asked for. ``hnsw_m``
-    and ``hnsw_ef_construct`` shape the HNSW graph; ``hnsw_ef`` is how wide each search looks.
-    None or False leaves the default (the engine's; ``hnsw_ef``'s is measured, in ``options``).
+    and ``hnsw_ef_construct`` shape the HNSW graph, ``hnsw_payload_m`` the links it adds for the
+    points of each indexed payload value; ``hnsw_ef`` is how wide each search looks. None or False
+    leaves the default (the engine's; ``hnsw_ef``'s is measured, in ``options``).
     """
 
     shards: int | None = None
@@ -119,6 +120,7 @@ class CollectionOptions:
     rescore: bool = True
     hnsw_m: int | None = None  # graph links per point (engine default 16)
     hnsw_ef_construct: int | None = None  # candidates weighed while building the graph (default 100)
+    hnsw_payload_m: int | None = None  # links per point among those sharing a payload value (default m)
     hnsw_ef: int | None = None  # candidates weighed per search (default options.DEFAULT_HNSW_EF)
     oversampling: float | None = None  # with quantization: candidates rescored per result wanted
 

@@ -37,6 +37,7 @@ _ENVIRONMENT = {
     "rescore": "SHELFSIGHT_RESCORE",
     "hnsw_m": "SHELFSIGHT_HNSW_M",
     "hnsw_ef_construct": "SHELFSIGHT_HNSW_EF_CONSTRUCT",
+    "hnsw_payload_m": "SHELFSIGHT_HNSW_PAYLOAD_M",
     "hnsw_ef": "SHELFSIGHT_HNSW_EF",
     "oversampling": "SHELFSIGHT_OVERSAMPLING",
 }
@@ -89,6 +90,12 @@ def add_option_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hnsw-m", type=int, default=None, help="HNSW links per product (default 16)")
     group.add_argument("--hnsw-ef-construct", type=int, default=None, help="HNSW build beam (default 100)")
     group.add_argument("--hnsw-ef", type=int, default=None, help="HNSW search beam (default: the engine's)")
+    group.add_argument(
+        "--hnsw-payload-m",
+        type=int,
+        default=None,
+        help="HNSW links per product among those sharing an indexed field value (default: m; 0 builds faster)",
+    )
 
 
 def _from_env(field: str, value: str) -> Any:
@@ -128,6 +135,8 @@ def check_options(options: CollectionOptions) -> None:
         value = getattr(options, name)
         if value is not None and not 1 <= value <= 100_000:
             raise BadInputError(f"--{name.replace('_', '-')} must be a whole number from 1 to 100000, got {value}")
+    if options.hnsw_payload_m is not None and not 0 <= options.hnsw_payload_m <= 100_000:
+        raise BadInputError(f"--hnsw-payload-m must be a whole number from 0 to 100000, got {options.hnsw_payload_m}")
     if options.oversampling is not None and not 1.0 <= options.oversampling <= 100.0:
         raise BadInputError(f"--oversampling must be from 1 to 100, got {options.oversampling}")
     if options.quantization not in (None, *QUANTIZATIONS):
@@ -162,9 +171,12 @@ def edge_config(meta: CollectionMeta) -> Any:
     sparse = {v: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf) for v in meta.sparse_vectors}
     hnsw = (
         qe.HnswIndexConfig(
-            o.hnsw_m or DEFAULT_HNSW_M, o.hnsw_ef_construct or DEFAULT_EF_CONSTRUCT, FULL_SCAN_THRESHOLD_KB
+            o.hnsw_m or DEFAULT_HNSW_M,
+            o.hnsw_ef_construct or DEFAULT_EF_CONSTRUCT,
+            FULL_SCAN_THRESHOLD_KB,
+            payload_m=o.hnsw_payload_m,
         )
-        if o.hnsw_m or o.hnsw_ef_construct
+        if o.hnsw_m or o.hnsw_ef_construct or o.hnsw_payload_m is not None
         else None
     )
     return qe.EdgeConfig(
@@ -197,8 +209,8 @@ def server_collection_kwargs(meta: CollectionMeta) -> dict[str, Any]:
         "write_consistency_factor": o.write_consistency,
         "on_disk_payload": o.on_disk_payload or None,
         "quantization_config": quantization,
-        "hnsw_config": qm.HnswConfigDiff(m=o.hnsw_m, ef_construct=o.hnsw_ef_construct)
-        if o.hnsw_m or o.hnsw_ef_construct
+        "hnsw_config": qm.HnswConfigDiff(m=o.hnsw_m, ef_construct=o.hnsw_ef_construct, payload_m=o.hnsw_payload_m)
+        if o.hnsw_m or o.hnsw_ef_construct or o.hnsw_payload_m is not None
         else None,
     }
 

@@ -14,7 +14,13 @@ import pytest
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.store.base import CollectionMeta, CollectionOptions, Match, NearestQuery, PointRecord
 from shelfsight.search.store.edge import EdgeStore
-from shelfsight.search.store.options import DEFAULT_HNSW_EF, add_option_args, default_hnsw_ef, options_from_args
+from shelfsight.search.store.options import (
+    DEFAULT_HNSW_EF,
+    add_option_args,
+    default_hnsw_ef,
+    options_from_args,
+    server_collection_kwargs,
+)
 from shelfsight.search.store.server import local_store
 
 GRAPH = dict(hnsw_m=32, hnsw_ef_construct=200, hnsw_ef=128, oversampling=2.0)
@@ -46,6 +52,8 @@ def test_flags_win_over_the_environment(monkeypatch):
     monkeypatch.setenv("SHELFSIGHT_HNSW_EF_CONSTRUCT", "200")
     graph = _parse("--hnsw-m", "32", "--hnsw-ef", "128", "--oversampling", "2")
     assert (graph.hnsw_m, graph.hnsw_ef_construct, graph.hnsw_ef, graph.oversampling) == (32, 200, 128, 2.0)
+    monkeypatch.setenv("SHELFSIGHT_HNSW_PAYLOAD_M", "16")
+    assert _parse().hnsw_payload_m == 16 and _parse("--hnsw-payload-m", "0").hnsw_payload_m == 0
 
 
 def test_bad_options_name_the_variable_or_flag(monkeypatch):
@@ -61,6 +69,8 @@ def test_bad_options_name_the_variable_or_flag(monkeypatch):
     monkeypatch.delenv("SHELFSIGHT_ON_DISK_PAYLOAD")
     with pytest.raises(BadInputError, match="--hnsw-ef must be a whole number from 1"):
         _parse("--hnsw-ef", "0")
+    with pytest.raises(BadInputError, match="--hnsw-payload-m must be a whole number from 0"):
+        _parse("--hnsw-payload-m", "-1")
     with pytest.raises(BadInputError, match="--oversampling must be from 1 to 100"):
         _parse("--oversampling", "0.5")
     monkeypatch.setenv("SHELFSIGHT_OVERSAMPLING", "lots")
@@ -127,6 +137,29 @@ def test_ingest_records_options_and_says_what_the_embedded_store_ignores(tmp_pat
     )
     options = json.loads(stats.stdout)["options"]
     assert (options["quantization"], options["on_disk_vectors"], options["shards"]) == ("int8", True, None)
+
+
+def test_a_collection_may_build_its_graph_without_the_links_per_payload_value(tmp_path):
+    """``--hnsw-payload-m 0`` skips the graph links the engine adds among the products sharing an
+    indexed field value (a faster build, lower recall under wide filters: bench/index_build.py);
+    without it the engine's default stands."""
+    store = EdgeStore(tmp_path / "db")
+    try:
+        store.create_collection("plain", META)
+        store.create_collection("lean", replace(META, options=CollectionOptions(hnsw_payload_m=0)))
+        applied = {
+            name: json.loads((tmp_path / "db" / name / "shard" / "edge_config.json").read_text()).get("hnsw_config")
+            for name in ("plain", "lean")
+        }
+        assert applied["plain"] is None
+        assert (applied["lean"]["payload_m"], applied["lean"]["m"], applied["lean"]["ef_construct"]) == (0, 16, 100)
+    finally:
+        store.close()
+    assert server_collection_kwargs(META)["hnsw_config"] is None
+    assert (
+        server_collection_kwargs(replace(META, options=CollectionOptions(hnsw_payload_m=0)))["hnsw_config"].payload_m
+        == 0
+    )
 
 
 def test_searches_look_wide_and_scan_small_filtered_sets_exactly(tmp_path, monkeypatch):
