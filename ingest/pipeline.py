@@ -48,7 +48,7 @@ from shelfsight.search.images import ImagePolicy
 from shelfsight.search.indexing import EmbeddedBatch, keep_derived
 from shelfsight.search.lexical import BM25, product_words, word_fields
 from shelfsight.search.records import point_id
-from shelfsight.search.relevance import calibrate
+from shelfsight.search.relevance import TextEncoder, calibrate
 from shelfsight.search.settings import DEFAULT_COLLECTION
 from shelfsight.search.store.base import CollectionMeta, PointRecord, VectorStore
 from shelfsight.search.store.edge import EdgeStore
@@ -223,25 +223,20 @@ def ingest_catalog(
         lock = threading.Lock()
         stored: dict[str, dict[str, Any]] = {}
         fresh = store.count(options.collection) == 0  # nothing stored: no hashes to look up
-        with _point_store(store, options.collection, plan) as points, _Writer(points, lock, on_progress) as writer:
-            jobs = _jobs(points, options.collection, catalog, plan.batch_size, lock, stored, report, writer, fresh)
-            run = _Run(writer, embedder, options.collection, meta, report, plan)
-            for items in plan.read(jobs):  # on a GPU, the next batch is read while the device runs the last
-                if "start" not in report.stage_seconds:
-                    report.time("start", time.perf_counter() - started)
-                if stored:
-                    items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
-                report.time("read", sum(item.seconds for item in items))
-                run.add(items)
-            run.drain()
-        report.text_tower = plan.embed.texts.described
-        with _timed(report, "finish"):
-            _finish(store, options, catalog, report)
-        if report.ingested or report.updated or report.pruned or not meta.vocabulary:
-            with _timed(report, "calibrate"):
-                # query texts through the tower product texts took: int8 on a CPU where the ingest
-                # made one, as serve there embeds query texts (its passes of 32 may round differently)
-                calibrate(store, plan.embed.texts.settled, options.collection)
+        with _point_store(store, options.collection, plan, catalog) as points:
+            with _Writer(points, lock, on_progress) as writer:
+                jobs = _jobs(points, options.collection, catalog, plan.batch_size, lock, stored, report, writer, fresh)
+                run = _Run(writer, embedder, options.collection, meta, report, plan)
+                for items in plan.read(jobs):  # on a GPU, the next batch is read while the device runs the last
+                    if "start" not in report.stage_seconds:
+                        report.time("start", time.perf_counter() - started)
+                    if stored:
+                        items = [replace(i, stored=stored.pop(i.row.product.id, None)) for i in items]
+                    report.time("read", sum(item.seconds for item in items))
+                    run.add(items)
+                run.drain()
+            report.text_tower = plan.embed.texts.described
+            _finish(points, options, catalog, report, calibrate_with=plan.embed.texts.settled, meta=meta)
     report.skipped = len(report.errors)
     report.errors.sort(key=lambda e: e.row)
     report.seconds = time.perf_counter() - started
@@ -331,11 +326,13 @@ def _callers_batch_kept(embedder: Embedder) -> Iterator[None]:
 
 
 @contextmanager
-def _point_store(store: VectorStore, name: str, plan: ReadPlan) -> Iterator[PointStore]:
-    """Where the loop reads and writes points. An embedded collection moves to a write process of
-    its own for a catalog read in processes (one big enough to pay the second's start), so that
-    building and writing points does not hold this process's GIL; any other store is used here."""
-    if not (isinstance(store, EdgeStore) and plan.processes):
+def _point_store(store: VectorStore, name: str, plan: ReadPlan, catalog: Catalog) -> Iterator[PointStore]:
+    """Where the rest of the ingest reads and writes points. An embedded collection moves to a
+    write process of its own (``write_process``) for a catalog read in processes or one of more
+    than ``PROCESS_MIN_BATCHES`` batches (one big enough to pay the second process's start): so
+    that building and writing points does not hold this process's GIL, and the engine's memory,
+    which grows with the collection, is not this process's. Any other store is used here."""
+    if not (isinstance(store, EdgeStore) and (plan.processes or catalog.total > PROCESS_MIN_BATCHES * plan.batch_size)):
         yield store
         return
     store.release(name)
@@ -537,16 +534,29 @@ def _words_changed(item: ReadItem, meta: CollectionMeta) -> bool:
     return product_words(item.payload, meta) != product_words(item.stored or {}, meta)
 
 
-def _finish(store: VectorStore, options: IngestOptions, catalog: Catalog, report: IngestReport) -> None:
-    """Prune products gone from the catalog, then build the index once for the whole run."""
+def _finish(
+    store: PointStore,
+    options: IngestOptions,
+    catalog: Catalog,
+    report: IngestReport,
+    calibrate_with: TextEncoder,
+    meta: CollectionMeta,
+) -> None:
+    """Prune products gone from the catalog, build the index once for the whole run, then
+    calibrate (``search/relevance.py``) with the tower product texts took: int8 on a CPU where the
+    ingest made one, as ``serve`` there embeds query texts (its passes of 32 may round differently)."""
     name = options.collection
-    if options.prune:
-        keep = {point_id(r.product.id) for rows, _ in catalog.stream() for r in rows}
-        gone = [p.id for p in store.scroll(name) if p.id not in keep]
-        store.delete(name, gone)
-        report.pruned = len(gone)
-    if options.optimize and (report.ingested or report.updated or report.pruned):
-        store.optimize(name)
+    with _timed(report, "finish"):
+        if options.prune:
+            keep = {point_id(r.product.id) for rows, _ in catalog.stream() for r in rows}
+            gone = [p.id for p in store.scroll(name) if p.id not in keep]
+            store.delete(name, gone)
+            report.pruned = len(gone)
+        if options.optimize and (report.ingested or report.updated or report.pruned):
+            store.optimize(name)
+    if report.ingested or report.updated or report.pruned or not meta.vocabulary:
+        with _timed(report, "calibrate"):
+            calibrate(store, calibrate_with, name)
 
 
 @contextmanager

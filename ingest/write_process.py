@@ -1,13 +1,17 @@
-"""The ingest's store writes in a process of their own, for the embedded store.
+"""An ingest's embedded collection held in a process of its own, from the first write to the
+end of the ingest.
 
 qdrant-edge holds the GIL for the whole of every call, and turning a product into its point (three
 512-d vectors and a payload) costs about as much again in Python. In the process that runs the
-model, writing 5,000 products a second would leave it no time to feed the GPU. So for the length of
-the embedding loop, the embedded collection is handed to a child process: the parent releases its
-shard, the child opens it, and the pipeline's reads and writes (``retrieve``, ``upsert``,
-``set_payload``) travel to it over a pipe. A batch of points crosses as its ids, its payloads and
-one block of vectors. When the loop ends the child flushes and closes the shard, and the parent's
-store opens it again for the index build.
+model, writing 5,000 products a second would leave it no time to feed the GPU. And the engine
+keeps what it holds in the process that opened it, growing with the catalog (and about doubling
+while ``optimize`` builds the index), where the ingest's own memory stays flat as rows stream.
+So for the rest of the ingest the embedded collection is handed to a child process: the parent
+releases its shard, the child opens it, and the pipeline's calls travel to it over a pipe: the
+loop's reads and writes (``retrieve``, ``upsert``, ``set_payload``), then pruning, the index build
+and calibration (``scroll``, ``delete``, ``optimize``, ``query``, ``facet``, the metadata). A batch
+of points crosses as its ids, its payloads and one block of vectors. When the ingest ends the
+child flushes and closes the shard; the parent's store opens it again on its next use.
 
 The child is a fresh interpreter, not a fork: a fork would inherit the engine's
 thread pools in whatever state the parent's threads left them. It dies with its parent
@@ -19,14 +23,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from shelfsight.search.child_process import ChildProcess, connect, fail, greet, serve_calls
 from shelfsight.search.errors import ShelfsightError
-from shelfsight.search.store.base import PointRecord, Sparse, StoredPoint
+from shelfsight.search.relevance import CalibratedStore
+from shelfsight.search.store.base import CollectionMeta, Filter, NearestQuery, PointRecord, Sparse, StoredPoint
 from shelfsight.search.store.edge import EdgeStore
 
 log = logging.getLogger(__name__)
@@ -36,8 +41,9 @@ class WriteProcessError(ShelfsightError):
     """The write process could not start or went away; the message says why."""
 
 
-class PointStore(Protocol):
-    """What the ingest loop asks of a store: a ``VectorStore`` or a ``WriteProcess``."""
+class PointStore(CalibratedStore, Protocol):
+    """What an ingest asks of a store once its collection exists: a ``VectorStore`` or a
+    ``WriteProcess``."""
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
@@ -45,9 +51,13 @@ class PointStore(Protocol):
 
     def set_payload(self, name: str, payloads: dict[str, dict[str, Any]], overwrite: bool = False) -> None: ...
 
+    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    def optimize(self, name: str) -> None: ...
+
 
 class WriteProcess:
-    """One collection of an embedded store, served by a child process for the ingest loop. The
+    """One collection of an embedded store, served by a child process for the rest of an ingest. The
     caller releases the collection in its own process first (``EdgeStore.release``); calls are one
     at a time (the pipeline's store lock).
 
@@ -72,8 +82,7 @@ class WriteProcess:
         self.unanswered = 0
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
-        self.settle()
-        return self._child.call("retrieve", name, list(ids), with_vectors)  # type: ignore[no-any-return]
+        return self._call("retrieve", name, list(ids), with_vectors)  # type: ignore[no-any-return]
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
         if not points:
@@ -84,8 +93,47 @@ class WriteProcess:
             self._receive()
 
     def set_payload(self, name: str, payloads: dict[str, dict[str, Any]], overwrite: bool = False) -> None:
+        self._call("set_payload", name, payloads, overwrite)
+
+    # -- the end of the ingest (prune, index build, calibration), on the store the child holds --
+
+    def count(self, name: str, filter: Filter = ()) -> int:
+        return self._call("count", name, filter)  # type: ignore[no-any-return]
+
+    def get_meta(self, name: str) -> CollectionMeta:
+        return self._call("get_meta", name)  # type: ignore[no-any-return]
+
+    def set_meta(self, name: str, meta: CollectionMeta) -> None:
+        self._call("set_meta", name, meta)
+
+    def scroll(
+        self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
+    ) -> Iterator[StoredPoint]:
+        """The collection's points, a page per call to the child."""
+        offset = None
+        while True:
+            points, offset = self._call("scroll_page", name, filter, batch_size, offset, with_vectors)
+            yield from points
+            if offset is None:
+                return
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        self._call("delete", name, list(ids))
+
+    def optimize(self, name: str) -> None:
+        self._call("optimize", name)
+
+    def query(
+        self, name: str, lists: Sequence[NearestQuery], filter: Filter = ()
+    ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]:
+        return self._call("query", name, list(lists), filter)  # type: ignore[no-any-return]
+
+    def facet(self, name: str, field: str, filter: Filter = (), limit: int = 50) -> list[tuple[Any, int]]:
+        return self._call("facet", name, field, filter, limit)  # type: ignore[no-any-return]
+
+    def _call(self, op: str, *args: Any) -> Any:
         self.settle()
-        self._child.call("set_payload", name, payloads, overwrite)
+        return self._child.call(op, *args)
 
     def settle(self) -> None:
         """Wait until every upsert sent has landed; raises the error of one that failed."""
@@ -157,6 +205,14 @@ def main(argv: list[str]) -> None:
         "retrieve": store.retrieve,
         "upsert": lambda name, *packed: store.upsert(name, unpack_points(*packed)),
         "set_payload": store.set_payload,
+        "count": store.count,
+        "get_meta": store.get_meta,
+        "set_meta": store.set_meta,
+        "scroll_page": store.scroll_page,
+        "delete": store.delete,
+        "optimize": store.optimize,
+        "query": store.query,
+        "facet": store.facet,
         "close": store.close,
     }
     try:

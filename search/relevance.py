@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from shelfsight.search.lexical import correct_words, product_words, vocabulary, word_fields
-from shelfsight.search.store.base import CollectionMeta, NearestQuery, VectorStore
+from shelfsight.search.store.base import CollectionMeta, Filter, NearestQuery, StoredPoint
 
 # A keyword field with more values than this (ids, SKUs, free text) is not matched against queries.
 MAX_NAMEABLE_VALUES = 200
@@ -54,7 +54,28 @@ class TextEncoder(Protocol):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def calibrate(store: VectorStore, embedder: TextEncoder, collection: str) -> CollectionMeta:
+class CalibratedStore(Protocol):
+    """What calibration asks of a store: a ``VectorStore``, or the process an ingest's embedded
+    collection is held in until the ingest ends (``ingest/write_process.py``)."""
+
+    def get_meta(self, name: str) -> CollectionMeta: ...
+
+    def set_meta(self, name: str, meta: CollectionMeta) -> None: ...
+
+    def count(self, name: str, filter: Filter = ()) -> int: ...
+
+    def scroll(
+        self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
+    ) -> Iterator[StoredPoint]: ...
+
+    def query(
+        self, name: str, lists: Sequence[NearestQuery], filter: Filter = ()
+    ) -> tuple[list[list[StoredPoint]], list[StoredPoint] | None]: ...
+
+    def facet(self, name: str, field: str, filter: Filter = (), limit: int = 50) -> list[tuple[Any, int]]: ...
+
+
+def calibrate(store: CalibratedStore, embedder: TextEncoder, collection: str) -> CollectionMeta:
     """Record the collection's vocabulary and relevance floor in its metadata, and return it."""
     meta = store.get_meta(collection)
     # Streamed: one page of payloads at a time, never every product's words at once.
@@ -72,7 +93,7 @@ def calibrate(store: VectorStore, embedder: TextEncoder, collection: str) -> Col
 
 
 def nameable_values(
-    store: VectorStore, embedder: TextEncoder, collection: str, meta: CollectionMeta
+    store: CalibratedStore, embedder: TextEncoder, collection: str, meta: CollectionMeta
 ) -> dict[str, list[str]]:
     """Values of the keyword fields a query can name and the model cannot read: a query naming
     one ("Kestrel mug") is also searched among the products that have it. A field qualifies when
@@ -91,7 +112,9 @@ def nameable_values(
     return out
 
 
-def _text_precision(store: VectorStore, embedder: TextEncoder, collection: str, name: str, values: list[str]) -> float:
+def _text_precision(
+    store: CalibratedStore, embedder: TextEncoder, collection: str, name: str, values: list[str]
+) -> float:
     """How often a search for a value's text, by the text vector, returns products with that value
     (mean share of the top 10, over up to 20 values)."""
     sample = values[:: max(1, len(values) // 20)]
@@ -124,7 +147,7 @@ def _made_up_word(rng: random.Random, known: Sequence[str]) -> str:
 
 
 def best_cosines(
-    store: VectorStore, embedder: TextEncoder, collection: str, meta: CollectionMeta, queries: Sequence[str]
+    store: CalibratedStore, embedder: TextEncoder, collection: str, meta: CollectionMeta, queries: Sequence[str]
 ) -> list[float]:
     """For each query, its best cosine against the products' text and image vectors."""
     if not queries:

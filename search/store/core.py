@@ -208,15 +208,21 @@ class QdrantStore(ABC):
     def scroll(
         self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
     ) -> Iterator[StoredPoint]:
-        self.get_meta(name)
-        client_filter = self._filter(filter)
         offset = None
         while True:
-            records, offset = self._scroll_page(name, client_filter, batch_size, offset, with_vectors)
-            for r in records:
-                yield to_stored(r, with_vectors)
-            if offset is None or not records:
+            points, offset = self.scroll_page(name, filter, batch_size, offset, with_vectors)
+            yield from points
+            if offset is None:
                 return
+
+    def scroll_page(
+        self, name: str, filter: Filter = (), limit: int = 256, offset: Any = None, with_vectors: bool = False
+    ) -> tuple[list[StoredPoint], Any]:
+        """One page of ``scroll``: up to ``limit`` points from ``offset`` (None: the first), and
+        the offset of the next page (None after the last)."""
+        self.get_meta(name)
+        records, after = self._scroll_page(name, self._filter(filter), limit, offset, with_vectors)
+        return [to_stored(r, with_vectors) for r in records], (after if records else None)
 
     def query(
         self,

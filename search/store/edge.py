@@ -265,8 +265,10 @@ class EdgeStore(QdrantStore):
         shard.flush()
 
     def release(self, name: str) -> None:
-        """Flush and close one collection's shard, so that another process may open it; this store
-        opens it again on its next use."""
+        """Flush and close one collection's shard, so that another process may open it (and change
+        its metadata); this store opens it and reads its metadata again on its next use."""
+        self._metas.pop(name, None)
+        self._sizes.pop(name, None)
         shard = self._shards.pop(name, None)
         if shard is not None:
             try:

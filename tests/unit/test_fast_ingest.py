@@ -568,3 +568,40 @@ def test_on_a_gpu_a_batch_is_finished_after_the_next_is_read_and_before_it_is_la
         assert events == [
             "sort 1", "launch 1", "sort 2", "finish 1", "launch 2", "sort 3", "finish 2", "launch 3", "finish 3"
         ]  # fmt: skip
+
+
+@pytest.mark.parametrize("text_only", [False, True])
+def test_the_index_build_and_calibration_run_in_the_write_process(
+    embedder, catalog_dir, tmp_path, monkeypatch, text_only
+):
+    """An embedded collection stays in the write process to the end of the ingest (a catalog read
+    in processes, or a text-only one of more than a few batches): the engine's memory, which grows
+    with the collection and doubles while the index builds, is never this process's."""
+    import csv
+
+    from shelfsight.search.store.edge import EdgeStore
+
+    catalog = catalog_dir / "catalog.csv"
+    if text_only:
+        catalog = tmp_path / "texts.csv"
+        with (catalog_dir / "catalog.csv").open() as src, catalog.open("w", newline="") as out:
+            rows = [{k: v for k, v in row.items() if k != "image"} for row in csv.DictReader(src)]
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the ingest's own process used the collection after handing it over")
+
+    store = EdgeStore(tmp_path / "db")
+    try:
+        monkeypatch.setattr(EdgeStore, "optimize", not_here)
+        monkeypatch.setattr(EdgeStore, "scroll_page", not_here)
+        options = IngestOptions(batch_size=8, workers=2, processes=not text_only, prune=True)
+        report = ingest_catalog(catalog, store, embedder, options)
+        monkeypatch.undo()
+        assert report.ingested == 48 and not report.errors
+        meta = store.get_meta("products")
+        assert meta.vocabulary and meta.relevance_floor is not None and store.count("products") == 48
+    finally:
+        store.close()

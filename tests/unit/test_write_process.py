@@ -232,3 +232,24 @@ def test_a_failure_too_big_for_the_pipe_crosses_as_its_text():
     ok, error = pickle.loads(data)
     assert not ok and isinstance(error, ShelfsightError) and str(error).startswith("BadInputError: xxx")
     assert pickle.loads(_dumps((True, "y" * 200_000)))[1] == "y" * 200_000  # answers keep their size
+
+
+def test_the_end_of_an_ingest_runs_on_the_collection_the_child_holds(edge):
+    """Pruning, the index build and calibration ask the child too: pages of points, deletes,
+    counts, facets, searches, the metadata; what it changed is what this process reads after."""
+    from dataclasses import replace
+
+    from shelfsight.search.store.base import NearestQuery
+
+    edge.release("c")
+    with WriteProcess(edge.root, "c") as child:
+        child.upsert("c", _points(600))
+        assert len({p.id for p in child.scroll("c", batch_size=256)}) == 600  # three pages
+        child.delete("c", [p.id for p in _points(100)])
+        assert child.count("c") == 500 and dict(child.facet("c", "category")) == {"shoes": 250, "bags": 250}
+        child.optimize("c")
+        query = [NearestQuery(np.ones(8, dtype=np.float32), "image", 5)]
+        found = [p.id for p in child.query("c", query)[0][0]]
+        child.set_meta("c", replace(child.get_meta("c"), vocabulary={"bag": 250}, relevance_floor=0.5))
+    assert edge.count("c") == 500 and [p.id for p in edge.query("c", query)[0][0]] == found
+    assert edge.get_meta("c").vocabulary == {"bag": 250} and edge.get_meta("c").relevance_floor == 0.5
