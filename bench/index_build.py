@@ -9,7 +9,8 @@ clustered as CLIP's are: each (kind, colour) group has a centre per vector, and 
 vectors are its centres plus noise, so filters cut across the clusters as they do in a shop.
 
 Per variant it prints the upsert and the build (``optimize``), then recall@10 against exact
-search and the median milliseconds of the same queries through the store's own search path (its
+search and the median milliseconds of the same queries (the text vectors of ``--queries`` more
+products drawn alike and held out of the store) through the store's own search path (its
 search width, ACORN below 40% of the products, exact scans of small filtered sets): unfiltered,
 and under filters that pass about 10%, 25%, 50% and 75% of the products (by price; at 100k and
 more, those above the exact-scan limit of 20,000 products search the graph).
@@ -136,11 +137,11 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    parsed = read_catalog(write_products(work / "catalog.csv", args.n))
+    parsed = read_catalog(write_products(work / "catalog.csv", args.n + args.queries))
     meta = template_meta(work, parsed)
-    points = clustered_points(parsed, meta)
-    queries = np.stack([p.vectors["text"] for p in points[:: max(1, len(points) // args.queries)]][: args.queries])
-    queries = queries + 0.05 * np.random.default_rng(1).standard_normal(queries.shape).astype(np.float32)
+    drawn = clustered_points(parsed, meta)
+    points = drawn[: args.n]  # the rest are held out: their text vectors are the queries
+    queries = np.stack([p.vectors["text"] for p in drawn[args.n :]])
     results: dict[str, Any] = {"machine": machine(), "n": args.n, "quantization": args.quantization, "variants": {}}
     layout = f", {args.quantization} quantization" if args.quantization else ""
     print(f"{results['machine']}; {args.n} products, three {DIM}-d vectors each{layout}, {len(queries)} queries")

@@ -6,8 +6,9 @@ Rows stream through the pipeline, so the ingest's own process should hold about 
 catalog length. What grows with the row count is the store itself: the engine's appendable
 segment while points are upserted, then the indexed segment that ``optimize()`` builds beside it,
 all in the write process. The ingest's peaks are the kernel's high-water mark (``VmHWM``, reset
-through ``/proc/self/clear_refs`` as a phase starts; Linux) for ``setup`` (model, catalog written
-and scanned) and ``ingest``; the write process's is its ``ru_maxrss``, read once it has exited.
+through ``/proc/self/clear_refs`` as a phase starts; Linux) for ``setup`` (the model loaded) and
+``ingest`` (the catalog scanned and ingested); the write process's is its own ``VmHWM``, read
+every 0.1 s while it runs (so what it adds in its last 0.1 s, closing, is missed).
 
     python bench/ingest_memory.py --sizes 20000,200000
 """
@@ -146,6 +147,7 @@ class ChildPeaks:
         self._thread.join()
 
     def largest(self) -> float:
+        """The largest peak of a child process (text-only catalogs have one: the write process)."""
         return max(self.peaks.values(), default=0.0)
 
     def _watch(self) -> None:

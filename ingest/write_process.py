@@ -117,6 +117,10 @@ class WriteProcess:
             if offset is None:
                 return
 
+    def ids(self, name: str) -> list[str]:
+        """Every point's id (what pruning compares with the catalog), without their payloads."""
+        return self._call("ids", name)  # type: ignore[no-any-return]
+
     def delete(self, name: str, ids: Sequence[str]) -> None:
         self._call("delete", name, list(ids))
 
@@ -209,6 +213,7 @@ def main(argv: list[str]) -> None:
         "get_meta": store.get_meta,
         "set_meta": store.set_meta,
         "scroll_page": store.scroll_page,
+        "ids": lambda name: [p.id for p in store.scroll(name)],
         "delete": store.delete,
         "optimize": store.optimize,
         "query": store.query,

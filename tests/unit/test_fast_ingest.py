@@ -7,6 +7,7 @@ import io
 import os
 import random
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -575,20 +576,24 @@ def test_the_index_build_and_calibration_run_in_the_write_process(
     embedder, catalog_dir, tmp_path, monkeypatch, text_only
 ):
     """An embedded collection stays in the write process to the end of the ingest (a catalog read
-    in processes, or a text-only one of more than a few batches): the engine's memory, which grows
-    with the collection and doubles while the index builds, is never this process's."""
+    in processes, or a text-only one of more than a few batches): pruning, the index build and
+    calibration run there, so the engine's memory, which grows with the collection and doubles
+    while the index builds, is never this process's."""
     import csv
+    import shutil
 
     from shelfsight.search.store.edge import EdgeStore
 
-    catalog = catalog_dir / "catalog.csv"
-    if text_only:
-        catalog = tmp_path / "texts.csv"
-        with (catalog_dir / "catalog.csv").open() as src, catalog.open("w", newline="") as out:
-            rows = [{k: v for k, v in row.items() if k != "image"} for row in csv.DictReader(src)]
+    shutil.copytree(catalog_dir, tmp_path / "shop")
+    with (catalog_dir / "catalog.csv").open() as src:
+        rows = [{k: v for k, v in row.items() if not (text_only and k == "image")} for row in csv.DictReader(src)]
+
+    def write(n: int) -> Path:
+        with (tmp_path / "shop" / f"catalog-{n}.csv").open("w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(rows[:n])
+        return tmp_path / "shop" / f"catalog-{n}.csv"
 
     def not_here(*args, **kwargs):
         raise AssertionError("the ingest's own process used the collection after handing it over")
@@ -598,10 +603,28 @@ def test_the_index_build_and_calibration_run_in_the_write_process(
         monkeypatch.setattr(EdgeStore, "optimize", not_here)
         monkeypatch.setattr(EdgeStore, "scroll_page", not_here)
         options = IngestOptions(batch_size=8, workers=2, processes=not text_only, prune=True)
-        report = ingest_catalog(catalog, store, embedder, options)
+        first = ingest_catalog(write(48), store, embedder, options)
+        second = ingest_catalog(write(40), store, embedder, options)  # 8 products gone from the catalog
         monkeypatch.undo()
-        assert report.ingested == 48 and not report.errors
+        assert (first.ingested, second.unchanged, second.pruned) == (48, 40, 8)
         meta = store.get_meta("products")
-        assert meta.vocabulary and meta.relevance_floor is not None and store.count("products") == 48
+        assert meta.vocabulary and meta.relevance_floor is not None and store.count("products") == 40
+    finally:
+        store.close()
+
+
+def test_a_rerun_with_nothing_new_still_builds_the_index(embedder, catalog_dir, tmp_path, monkeypatch):
+    """A run killed while the index was building wrote every product; the next run finds them all
+    unchanged and must still build the index (the engine returns at once when it is built)."""
+    from shelfsight.search.store.edge import EdgeStore
+
+    store = EdgeStore(tmp_path / "db")
+    try:
+        options = IngestOptions(batch_size=64, workers=0)
+        ingest_catalog(catalog_dir / "catalog.csv", store, embedder, replace(options, optimize=False))
+        built: list[str] = []
+        monkeypatch.setattr(EdgeStore, "optimize", lambda self, name: built.append(name))
+        report = ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
+        assert report.unchanged == 48 and built == ["products"]
     finally:
         store.close()
