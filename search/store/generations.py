@@ -13,7 +13,7 @@ had before generations, ``DB/COLLECTION/``; generation N >= 1 is a store root of
   switched to the live generation (or why it could not).
 
 ``ingest --reindex`` while ``serve`` owns the store (``ingest/bluegreen.py``) builds generation
-N+1, optimizes it (the HNSW build runs in the ingest process), points ``live.json`` at it and
+N+1, optimizes it (the HNSW build runs in the ingest's write process), points ``live.json`` at it and
 waits for ``served.json``; the server (``search/http_swap.py``) opens the new generation, swaps
 its engine, drains the requests that still use the old one and closes it; the ingest process
 then removes the old generation. The dot keeps ``.generations`` out of every collection name.

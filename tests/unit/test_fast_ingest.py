@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from shelfsight.data.generate import SIZE, as_photo, draw_specs, render
-from shelfsight.ingest import read_stage
+from shelfsight.ingest import pipeline, read_stage
 from shelfsight.ingest.catalog import Catalog
 from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
 from shelfsight.ingest.read_stage import CRASH_REASON, ReadContext
@@ -283,7 +283,6 @@ def test_product_texts_run_int8_on_a_cpu_under_auto(
     texts go through the int8 text tower once probes (the catalog's first texts among them) keep
     fp32's vectors; the report says so. The probes hold 0.995; the other catalog texts are checked
     with some room below that."""
-    from shelfsight.ingest import pipeline
     from shelfsight.search import precision
     from shelfsight.search.text_int8 import Int8TextEncoder
 
@@ -455,7 +454,6 @@ def test_an_ingest_leaves_the_callers_embedder_as_it_found_it(
 def test_a_cpu_ingest_reads_between_the_towers_passes(embedder, catalog_dir, monkeypatch):
     """The CPU plan asks its pool for one batch at a time, shared by every worker; a plan that
     reads in threads has no pool to ask."""
-    from shelfsight.ingest import pipeline
     from shelfsight.ingest.catalog import read_catalog
     from shelfsight.search.store.base import CollectionMeta
 
@@ -541,8 +539,6 @@ def test_on_a_gpu_a_batch_is_finished_after_the_next_is_read_and_before_it_is_la
     and always before the next batch's towers are queued; on a CPU each batch is finished at once."""
     from types import SimpleNamespace
 
-    from shelfsight.ingest import pipeline
-
     events: list[str] = []
 
     def sort_batch(items, meta):
@@ -613,9 +609,10 @@ def test_the_index_build_and_calibration_run_in_the_write_process(
         store.close()
 
 
-def test_a_rerun_with_nothing_new_still_builds_the_index(embedder, catalog_dir, tmp_path, monkeypatch):
-    """A run killed while the index was building wrote every product; the next run finds them all
-    unchanged and must still build the index (the engine returns at once when it is built)."""
+def test_a_rerun_with_nothing_new_still_builds_the_index_and_calibrates(embedder, catalog_dir, tmp_path, monkeypatch):
+    """A run killed while the index was building (or calibration ran) wrote every product; the
+    next run finds them all unchanged and must still build the index (the engine returns at once
+    when it is built) and calibrate, so the vocabulary and floor cover what was written."""
     from shelfsight.search.store.edge import EdgeStore
 
     store = EdgeStore(tmp_path / "db")
@@ -624,7 +621,8 @@ def test_a_rerun_with_nothing_new_still_builds_the_index(embedder, catalog_dir, 
         ingest_catalog(catalog_dir / "catalog.csv", store, embedder, replace(options, optimize=False))
         built: list[str] = []
         monkeypatch.setattr(EdgeStore, "optimize", lambda self, name: built.append(name))
+        monkeypatch.setattr(pipeline, "calibrate", lambda s, texts, name: built.append(f"calibrated {name}"))
         report = ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
-        assert report.unchanged == 48 and built == ["products"]
+        assert report.unchanged == 48 and built == ["products", "calibrated products"]
     finally:
         store.close()
