@@ -139,7 +139,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     parsed = read_catalog(write_products(work / "catalog.csv", args.n + args.queries))
-    meta = template_meta(work, parsed)
+    meta = template_meta(parsed)
     drawn = clustered_points(parsed, meta)
     points = drawn[: args.n]  # the rest are held out: their text vectors are the queries
     queries = np.stack([p.vectors["text"] for p in drawn[args.n :]])
@@ -158,17 +158,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return results
 
 
-def template_meta(work: Path, parsed: Any) -> CollectionMeta:
-    """The metadata an ingest gives this catalog (its fields, BM25 and full-text settings)."""
-    store = EdgeStore(work / "db-template")
-    try:
-        meta = CollectionMeta(
-            model="bench", dimension=DIM, vectors=VECTORS, fields=dict(parsed.fields), fused_weight=0.5
-        )
-        store.create_collection("products", meta)
-        return store.get_meta("products")
-    finally:
-        store.close()
+def template_meta(parsed: Any) -> CollectionMeta:
+    """The metadata an ingest gives this catalog (its fields; BM25 and full-text by default)."""
+    return CollectionMeta(model="bench", dimension=DIM, vectors=VECTORS, fields=dict(parsed.fields), fused_weight=0.5)
 
 
 def report(payload_m: int, figures: dict[str, Any]) -> None:

@@ -554,8 +554,7 @@ def _finish(
     with _timed(report, "finish"):
         if options.prune:
             keep = {point_id(r.product.id) for rows, _ in catalog.stream() for r in rows}
-            stored = store.ids(name) if isinstance(store, WriteProcess) else (p.id for p in store.scroll(name))
-            gone = [i for i in stored if i not in keep]
+            gone = [i for i in store.ids(name) if i not in keep]
             store.delete(name, gone)
             report.pruned = len(gone)
         if options.optimize:

@@ -51,6 +51,8 @@ class PointStore(CalibratedStore, Protocol):
 
     def set_payload(self, name: str, payloads: dict[str, dict[str, Any]], overwrite: bool = False) -> None: ...
 
+    def ids(self, name: str) -> list[str]: ...
+
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
 
     def optimize(self, name: str) -> None: ...
@@ -118,7 +120,7 @@ class WriteProcess:
                 return
 
     def ids(self, name: str) -> list[str]:
-        """Every point's id (what pruning compares with the catalog), without their payloads."""
+        """Every point's id, gathered in the child: only the ids cross the pipe."""
         return self._call("ids", name)  # type: ignore[no-any-return]
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
@@ -213,7 +215,7 @@ def main(argv: list[str]) -> None:
         "get_meta": store.get_meta,
         "set_meta": store.set_meta,
         "scroll_page": store.scroll_page,
-        "ids": lambda name: [p.id for p in store.scroll(name)],
+        "ids": store.ids,
         "delete": store.delete,
         "optimize": store.optimize,
         "query": store.query,

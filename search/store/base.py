@@ -294,6 +294,10 @@ class VectorStore(Protocol):
         self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
     ) -> Iterator[StoredPoint]: ...
 
+    def ids(self, name: str) -> list[str]:
+        """Every point's id."""
+        ...
+
     def query(
         self,
         name: str,

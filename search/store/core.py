@@ -215,6 +215,10 @@ class QdrantStore(ABC):
             if offset is None:
                 return
 
+    def ids(self, name: str) -> list[str]:
+        """Every point's id (what an ingest's pruning compares with its catalog)."""
+        return [p.id for p in self.scroll(name)]
+
     def scroll_page(
         self, name: str, filter: Filter = (), limit: int = 256, offset: Any = None, with_vectors: bool = False
     ) -> tuple[list[StoredPoint], Any]:
