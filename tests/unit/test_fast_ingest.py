@@ -74,19 +74,23 @@ def test_fast_path_matches_the_models_own_processor_per_image(demo_shaped, embed
     assert _min_fast_path_cosine(embedder, photos) >= FAST_PATH_MIN_COSINE
 
 
-def test_without_draft_decoding_the_pixels_are_the_processors():
-    """A PNG is decoded whole, so the uint8 resize and crop give exactly the processor's pixels."""
+@pytest.mark.parametrize("size", [(300, 200), (200, 300), (64, 64), (900, 650)])
+def test_without_draft_decoding_the_pixels_are_the_processors(size):
+    """A PNG is decoded whole, so the uint8 resize and crop give the processor's pixels: torch's
+    uint8 kernel rounds as Pillow's does, nearly every value the same and none more than 2 of
+    255 apart."""
     processor = _tiny_processor()
     spec = PixelSpec.from_processor(processor)
     assert spec is not None
-    image = as_photo(render(draw_specs(1, seed=3)[0], random.Random(0)), 300, random.Random(1)).resize((300, 200))
+    image = as_photo(render(draw_specs(1, seed=3)[0], random.Random(0)), 900, random.Random(1)).resize(size)
     buf = io.BytesIO()
     image.save(buf, "PNG")
-    mine = prepare_pixels(buf.getvalue(), spec).astype(np.float32) * spec.scale
-    mine = (mine - np.array(spec.mean)) / np.array(spec.std)
+    mine = prepare_pixels(buf.getvalue(), spec).astype(np.float32)
     theirs = processor(images=[image], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    theirs = (theirs * np.array(spec.std) + np.array(spec.mean)) / spec.scale  # back to 0..255
     assert mine.shape == theirs.shape
-    assert np.abs(mine - theirs).max() < 1e-4
+    off = np.abs(mine - theirs)
+    assert off.max() < 2.01 and (off < 0.01).mean() > 0.98
 
 
 def _tiny_processor():
