@@ -16,6 +16,12 @@ every forward batch is distinct. Examples::
 
     python bench/ingest_throughput.py --device cuda --image-size 1000          # GPU machine
     python bench/ingest_throughput.py --device cpu --image-size 1000 --n 160   # 2 cores
+
+To estimate a CPU without AVX-512 (nor VNNI, nor native bf16) on one that has them, hold every
+kernel library to AVX2 (the machine line then says "AVX2")::
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 \
+    MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/ingest_throughput.py --device cpu --no-native-bf16
 """
 
 from __future__ import annotations

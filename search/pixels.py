@@ -115,6 +115,10 @@ def _get(size: Any) -> dict[str, Any]:
 
 # Pillow's filters that torch's uint8 kernel computes the same way (antialiased, fixed point).
 _TORCH_FILTERS: dict[int, str] = {Image.Resampling.BICUBIC: "bicubic", Image.Resampling.BILINEAR: "bilinear"}
+# Larger images are resized by Pillow in place: handing one to torch copies it twice first
+# (12 MB each at this size), which ImagePolicy's decode budget does not count. JPEGs are drafted
+# well under it; this is for big PNGs and the like.
+TORCH_RESIZE_MAX_PIXELS = 4_000_000
 
 
 def resize_and_crop(image: Image.Image, spec: PixelSpec) -> np.ndarray:
@@ -122,7 +126,11 @@ def resize_and_crop(image: Image.Image, spec: PixelSpec) -> np.ndarray:
     height, width = spec.resized(image.height, image.width)
     if (width, height) == image.size:
         pixels = np.asarray(image, dtype=np.uint8)
-    elif image.mode == "RGB" and spec.resample in _TORCH_FILTERS:
+    elif (
+        image.mode == "RGB"
+        and spec.resample in _TORCH_FILTERS
+        and image.width * image.height <= TORCH_RESIZE_MAX_PIXELS
+    ):
         pixels = _resize_uint8(np.array(image, dtype=np.uint8), height, width, _TORCH_FILTERS[spec.resample])
     else:
         pixels = np.asarray(image.resize((width, height), resample=spec.resample), dtype=np.uint8)
