@@ -18,10 +18,10 @@ from shelfsight.ingest import pipeline, read_stage
 from shelfsight.ingest.catalog import Catalog
 from shelfsight.ingest.pipeline import IngestOptions, ingest_catalog
 from shelfsight.ingest.read_stage import CRASH_REASON, ReadContext
+from shelfsight.search import pixels as pixels_module
 from shelfsight.search.embedder import Embedder
 from shelfsight.search.errors import BadInputError
 from shelfsight.search.images import ImagePolicy, decode_image
-from shelfsight.search import pixels as pixels_module
 from shelfsight.search.pixels import PixelSpec, prepare_pixels
 from shelfsight.search.precision import inference, resolve_precision
 from shelfsight.search.records import point_id
