@@ -236,10 +236,10 @@ class EdgeStore(QdrantStore):
         return int(self._shard(name).count(qe.CountRequest(filter=client_filter, exact=False)))
 
     def _scroll_page(
-        self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool
+        self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool, with_payload: bool = True
     ) -> tuple[list[Any], Any]:
         request = qe.ScrollRequest(
-            offset=offset, limit=limit, filter=filter, with_payload=True, with_vector=with_vectors
+            offset=offset, limit=limit, filter=filter, with_payload=with_payload, with_vector=with_vectors
         )
         return self._shard(name).scroll(request)
 

@@ -211,10 +211,10 @@ class ServerStore(QdrantStore):
         return self.client.count(name, count_filter=client_filter, exact=False).count
 
     def _scroll_page(
-        self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool
+        self, name: str, filter: Any, limit: int, offset: Any, with_vectors: bool, with_payload: bool = True
     ) -> tuple[list[Any], Any]:
         return self.client.scroll(
-            name, scroll_filter=filter, limit=limit, offset=offset, with_payload=True, with_vectors=with_vectors
+            name, scroll_filter=filter, limit=limit, offset=offset, with_payload=with_payload, with_vectors=with_vectors
         )
 
     def _search_params(self, filter: Filter, options: CollectionOptions, points: Callable[[], int]) -> Any:

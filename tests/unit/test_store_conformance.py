@@ -63,6 +63,16 @@ def test_filters_count_and_delete(filled):
     assert sum(1 for _ in store.scroll(name, batch_size=7)) == 28
 
 
+def test_ids_lists_every_point_across_pages(filled, monkeypatch):
+    """What pruning compares with the catalog: every id once, however many pages it takes."""
+    from shelfsight.search.store import core
+
+    store, name, points = filled
+    monkeypatch.setattr(core, "IDS_PAGE", 7)  # 30 points: five pages, the last one short
+    store.delete(name, [points[0].id])
+    assert sorted(store.ids(name)) == sorted(p.id for p in points[1:])
+
+
 def test_payload_updates(filled):
     store, name, _ = filled
     store.set_payload(name, {point_id("2"): {"tag": "red"}})
