@@ -560,7 +560,8 @@ def _finish(
         if options.optimize:
             store.optimize(name)
     with _timed(report, "calibrate"):
-        calibrate(store, calibrate_with, name)
+        vocab = store.vocabulary(name) if isinstance(store, WriteProcess) else None  # made where the store is
+        calibrate(store, calibrate_with, name, vocab)
 
 
 @contextmanager

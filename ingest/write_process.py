@@ -9,7 +9,8 @@ while ``optimize`` builds the index), where the ingest's own memory stays flat a
 So for the rest of the ingest the embedded collection is handed to a child process: the parent
 releases its shard, the child opens it, and the pipeline's calls travel to it over a pipe: the
 loop's reads and writes (``retrieve``, ``upsert``, ``set_payload``), then pruning, the index build
-and calibration (``scroll``, ``delete``, ``optimize``, ``query``, ``facet``, the metadata). A batch
+and calibration (``ids``, ``delete``, ``optimize``, ``vocabulary``, ``query``, ``facet``, the
+metadata). A batch
 of points crosses as its ids, its payloads and one block of vectors. When the ingest ends the
 child flushes and closes the shard; the parent's store opens it again on its next use.
 
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from shelfsight.search.child_process import ChildProcess, connect, fail, greet, serve_calls
 from shelfsight.search.errors import ShelfsightError
-from shelfsight.search.relevance import CalibratedStore
+from shelfsight.search.relevance import CalibratedStore, collection_vocabulary
 from shelfsight.search.store.base import CollectionMeta, Filter, NearestQuery, PointRecord, Sparse, StoredPoint
 from shelfsight.search.store.edge import EdgeStore
 
@@ -122,6 +123,13 @@ class WriteProcess:
     def ids(self, name: str) -> list[str]:
         """Every point's id, gathered in the child: only the ids cross the pipe."""
         return self._call("ids", name)  # type: ignore[no-any-return]
+
+    def vocabulary(self, name: str) -> dict[str, int]:
+        """``relevance.collection_vocabulary``, made in the child: only the words cross the pipe, not
+        every payload (100,000 products: 1.6-3.2 s to bring their payloads across here, 0.8-1.1 s
+        to read them where the store is; counting their words takes 1.2-1.4 s either way). An
+        ingest of 50,000 text-only rows calibrated in 1.21-1.38 s so, against 1.55-1.64 s."""
+        return self._call("vocabulary", name)  # type: ignore[no-any-return]
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         self._call("delete", name, list(ids))
@@ -216,6 +224,7 @@ def main(argv: list[str]) -> None:
         "set_meta": store.set_meta,
         "scroll_page": store.scroll_page,
         "ids": store.ids,
+        "vocabulary": lambda name: collection_vocabulary(store, name),
         "delete": store.delete,
         "optimize": store.optimize,
         "query": store.query,

@@ -75,11 +75,15 @@ class CalibratedStore(Protocol):
     def facet(self, name: str, field: str, filter: Filter = (), limit: int = 50) -> list[tuple[Any, int]]: ...
 
 
-def calibrate(store: CalibratedStore, embedder: TextEncoder, collection: str) -> CollectionMeta:
-    """Record the collection's vocabulary and relevance floor in its metadata, and return it."""
+def calibrate(
+    store: CalibratedStore, embedder: TextEncoder, collection: str, vocab: dict[str, int] | None = None
+) -> CollectionMeta:
+    """Record the collection's vocabulary and relevance floor in its metadata, and return it.
+    ``vocab``: the collection's ``collection_vocabulary``, when the caller had it made where the
+    store is (an ingest's write process); made here otherwise."""
     meta = store.get_meta(collection)
-    # Streamed: one page of payloads at a time, never every product's words at once.
-    vocab = vocabulary(product_words(p.payload, meta) for p in store.scroll(collection))
+    if vocab is None:
+        vocab = collection_vocabulary(store, collection)
     rng = random.Random(_SEED)
     floor = None
     if "text" in meta.vectors and store.count(collection):
@@ -90,6 +94,13 @@ def calibrate(store: CalibratedStore, embedder: TextEncoder, collection: str) ->
     )
     store.set_meta(collection, meta)
     return meta
+
+
+def collection_vocabulary(store: CalibratedStore, collection: str) -> dict[str, int]:
+    """The words of the collection's products (``lexical.vocabulary``), streamed: one page of
+    payloads at a time, never every product's words at once."""
+    meta = store.get_meta(collection)
+    return vocabulary(product_words(p.payload, meta) for p in store.scroll(collection))
 
 
 def nameable_values(

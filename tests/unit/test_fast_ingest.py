@@ -299,7 +299,7 @@ def test_product_texts_run_int8_on_a_cpu_under_auto(
     calibrated_with = []
     calibrate = pipeline.calibrate
     monkeypatch.setattr(
-        pipeline, "calibrate", lambda s, texts, c: calibrated_with.append(texts) or calibrate(s, texts, c)
+        pipeline, "calibrate", lambda s, texts, *rest: calibrated_with.append(texts) or calibrate(s, texts, *rest)
     )
     report, stored, exact = _ingested_text_vectors(tiny_model_dir, catalog_dir, tmp_path)
     assert report.text_tower.startswith("int8 (least cosine to fp32 ")
@@ -629,7 +629,7 @@ def test_a_rerun_with_nothing_new_still_builds_the_index_and_calibrates(embedder
         ingest_catalog(catalog_dir / "catalog.csv", store, embedder, replace(options, optimize=False))
         built: list[str] = []
         monkeypatch.setattr(EdgeStore, "optimize", lambda self, name: built.append(name))
-        monkeypatch.setattr(pipeline, "calibrate", lambda s, texts, name: built.append(f"calibrated {name}"))
+        monkeypatch.setattr(pipeline, "calibrate", lambda s, texts, name, *vocab: built.append(f"calibrated {name}"))
         report = ingest_catalog(catalog_dir / "catalog.csv", store, embedder, options)
         assert report.unchanged == 48 and built == ["products", "calibrated products"]
     finally:

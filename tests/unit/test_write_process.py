@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from shelfsight.ingest.write_process import WriteProcess, pack_points, unpack_points
 from shelfsight.search.errors import BadInputError, StoreUnavailableError
+from shelfsight.search.relevance import collection_vocabulary
 from shelfsight.search.store.base import CollectionMeta, PointRecord
 from shelfsight.search.store.edge import EdgeStore
 
@@ -247,9 +248,12 @@ def test_the_end_of_an_ingest_runs_on_the_collection_the_child_holds(edge):
         assert len({p.id for p in child.scroll("c", batch_size=256)}) == 600  # three pages
         child.delete("c", [p.id for p in _points(100)])
         assert child.count("c") == 500 and dict(child.facet("c", "category")) == {"shoes": 250, "bags": 250}
+        words = child.vocabulary("c")  # counted in the child: ids with digits are left out
+        assert words == {"shoes": 250, "bags": 250}
         child.optimize("c")
         query = [NearestQuery(np.ones(8, dtype=np.float32), "image", 5)]
         found = [p.id for p in child.query("c", query)[0][0]]
         child.set_meta("c", replace(child.get_meta("c"), vocabulary={"bag": 250}, relevance_floor=0.5))
     assert edge.count("c") == 500 and [p.id for p in edge.query("c", query)[0][0]] == found
     assert edge.get_meta("c").vocabulary == {"bag": 250} and edge.get_meta("c").relevance_floor == 0.5
+    assert collection_vocabulary(edge, "c") == words  # as this process would count them
