@@ -326,9 +326,9 @@ def _process_pool(ctx: ReadContext, workers: int, slots: PixelSlots | None = Non
     """Worker processes, forked: they start in milliseconds and need no importable ``__main__``.
     They touch none of what they inherit but this module's functions (no model, no store, no CUDA),
     so the parent's threads and locks do not matter to them; what they use of native libraries
-    (the tokenizer, qdrant-edge's BM25) they make anew after the fork, and torch, which resizes
-    their pixels, is held to one thread there, so no op of it starts a thread pool in a fork
-    (``_init_worker``). A pool
+    (the tokenizer, qdrant-edge's BM25) they make anew after the fork; torch, which resizes their
+    pixels and which the model's process has imported, is held to one thread there, so no op of it
+    starts a thread pool in a fork (``_init_worker``). A pool
     that cannot even answer a ping is an environment problem, raised, not a bad row."""
     pool = ProcessPoolExecutor(
         max_workers=workers,

@@ -75,14 +75,21 @@ def test_fast_path_matches_the_models_own_processor_per_image(demo_shaped, embed
     assert _min_fast_path_cosine(embedder, photos) >= FAST_PATH_MIN_COSINE
 
 
-@pytest.mark.parametrize("size", [(300, 200), (200, 300), (64, 64), (900, 650)])
+@pytest.mark.parametrize("size", [(300, 200), (200, 300), (50, 40), (900, 650)])
 @pytest.mark.parametrize("resizer", ["torch", "pillow"])
 def test_without_draft_decoding_the_pixels_are_the_processors(size, resizer, monkeypatch):
     """A PNG is decoded whole, so the uint8 resize and crop give the processor's pixels: Pillow's
-    resize (images over ``TORCH_RESIZE_MAX_PIXELS``) exactly, torch's uint8 kernel rounding as
-    Pillow's does, nearly every value the same and none more than 2 of 255 apart."""
+    resize (images over ``TORCH_RESIZE_MAX_PIXELS``, CPUs without torch's vector kernel) exactly,
+    torch's uint8 kernel rounding as Pillow's does, nearly every value the same and none more than
+    2 of 255 apart."""
+    torch_calls = []
     if resizer == "pillow":
         monkeypatch.setattr(pixels_module, "TORCH_RESIZE_MAX_PIXELS", 0)
+    elif pixels_module._torch_has_uint8_kernel():
+        real = pixels_module._resize_uint8
+        monkeypatch.setattr(pixels_module, "_resize_uint8", lambda *a: torch_calls.append(a[1:]) or real(*a))
+    else:
+        pytest.skip("torch has no vector uint8 resize on this CPU: Pillow resizes")
     processor = _tiny_processor()
     spec = PixelSpec.from_processor(processor)
     assert spec is not None
@@ -95,6 +102,7 @@ def test_without_draft_decoding_the_pixels_are_the_processors(size, resizer, mon
     assert mine.shape == theirs.shape
     off = np.abs(mine - theirs)
     assert off.max() < (0.01 if resizer == "pillow" else 2.01) and (off < 0.01).mean() > 0.98
+    assert len(torch_calls) == (resizer == "torch")  # each photo needs a resize to 64 px
 
 
 def _tiny_processor():
