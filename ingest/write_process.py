@@ -33,6 +33,7 @@ from shelfsight.search.child_process import ChildProcess, connect, fail, greet, 
 from shelfsight.search.errors import ShelfsightError
 from shelfsight.search.relevance import CalibratedStore, collection_vocabulary
 from shelfsight.search.store.base import CollectionMeta, Filter, NearestQuery, PointRecord, Sparse, StoredPoint
+from shelfsight.search.store.core import follow_pages
 from shelfsight.search.store.edge import EdgeStore
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,9 @@ class WriteProcess:
         self, name: str, filter: Filter = (), batch_size: int = 256, with_vectors: bool = False
     ) -> Iterator[StoredPoint]:
         """The collection's points, a page per call to the child."""
-        offset = None
-        while True:
-            points, offset = self._call("scroll_page", name, filter, batch_size, offset, with_vectors)
-            yield from points
-            if offset is None:
-                return
+        yield from follow_pages(
+            lambda offset: self._call("scroll_page", name, filter, batch_size, offset, with_vectors)
+        )
 
     def ids(self, name: str) -> list[str]:
         """Every point's id, gathered in the child: only the ids cross the pipe."""

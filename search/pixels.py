@@ -6,8 +6,9 @@ normalizes by a mean and spread, all in float32 on one thread. Here the same ste
 
 - ``prepare_pixels`` (any process, one thread): decode (JPEGs at the smallest draft scale that
   still covers the model's input, see ``decode_image``), resize (on x86 CPUs with AVX2, torch's
-  uint8 kernel for Pillow's bicubic and bilinear filters; Pillow otherwise) and crop in uint8. A 224x224 RGB image is
-  150 KB, a quarter of the float32 tensor, which matters when it crosses processes and the PCIe bus.
+  uint8 kernel for Pillow's bicubic and bilinear filters; Pillow otherwise) and crop in uint8. A
+  224x224 RGB image is 150 KB, a quarter of the float32 tensor, which matters when it crosses
+  processes and the PCIe bus.
 - ``normalize_pixels`` (torch, on the model's device): the float conversion, scale and normalization
   over a whole batch at once.
 
