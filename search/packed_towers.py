@@ -40,14 +40,12 @@ from typing import Any
 
 import torch
 from shelfsight.search.precision import MIN_COSINE, inference, torch_dtype
-from shelfsight.search.towers import ClipTowers
+from shelfsight.search.towers import QUICK_GELU, ClipTowers
 from torch import nn
 from torch.nn import functional
 
 log = logging.getLogger(__name__)
 
-# quick-GELU(y) = y * sigmoid(QUICK_GELU * y) = swish(QUICK_GELU * y) / QUICK_GELU
-QUICK_GELU = 1.702
 # Rows a product is packed for: 16 images of 50 tokens, the CPU ingest's batches of the ViT-B/32
 # shape. Any row count runs; this only guides oneDNN's choice of blocking.
 ROWS_HINT = 800

@@ -8,6 +8,10 @@ on a CPU (``product_text_encoder``); each only after probe texts
 showed a cosine of at least ``MIN_COSINE`` to fp32 on this machine. Image vectors, and the
 product texts of the HTTP write routes, keep the model's own precision.
 
+The copy also computes CLIP's quick-GELU as SiLU (``TextTower.quick_gelu_as_silu``), one pass
+over the MLP's widest activations instead of three (12% of the int8 tower's time in a profile of
+480 product texts, ViT-B/32 shape, 2 cores held to AVX2).
+
 Int8 activations are scaled per pass, so a text's vector moves slightly (cosine about 0.998)
 with the texts it shares a pass with; fp32 is the reference every choice is checked against.
 
@@ -72,11 +76,11 @@ def _clip_model(embedder: Embedder) -> Any:
 
 
 def _quantized(module: Any) -> Any:
-    """``module`` with its Linear layers as dynamic int8 ones (weights int8, activations per batch)."""
+    """``module``'s Linear layers as dynamic int8 ones (weights int8, activations per batch), in place."""
     import torch
 
     quantize: Any = torch.ao.quantization.quantize_dynamic
-    return quantize(module, {torch.nn.Linear}, dtype=torch.qint8)
+    return quantize(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def int8_supported() -> str | None:
@@ -113,9 +117,11 @@ class Int8TextEncoder:
             return None, float("nan")
         exact = TextTower(copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float())
         exact.fuse_qkv()
+        folded = copy.deepcopy(exact)
+        folded.quick_gelu_as_silu()
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensor types as deprecated
             warnings.simplefilter("ignore", UserWarning)
-            tower = _quantized(exact)
+            tower = _quantized(folded)
         tokenizer, max_tokens, probes = embedder.model.tokenizer, embedder.max_tokens, list(probes)
         encoder = cls(tower.eval(), tokenizer, max_tokens, batch_size)
         fast = encoder.encode_texts(probes)

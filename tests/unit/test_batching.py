@@ -208,9 +208,14 @@ def test_lean_text_tower_gives_the_models_own_text_features_for_padded_batches(t
         alone = tower(tokenizer(texts[:1], return_tensors="pt")["input_ids"])
     assert torch.allclose(got, expected, atol=1e-4)
     assert torch.allclose(alone[0], expected[0], atol=1e-4)
-    tower.fuse_qkv()  # as the int8 copy runs it
+    tower.fuse_qkv()  # as the int8 copy runs it, its quick-GELU as SiLU
+    own_fc1 = tower.layers[0].fc1
+    tower.quick_gelu_as_silu()
+    assert isinstance(tower.layers[0].act, torch.nn.SiLU) and tower.layers[0].fc1 is not own_fc1
     with torch.inference_mode():
         assert torch.allclose(tower(padded), expected, atol=1e-4)
+    assert own_fc1 is clip.text_model.encoder.layers[0].mlp.fc1  # the model's own modules are left
+    assert type(clip.text_model.encoder.layers[0].mlp.activation_fn).__name__ == "QuickGELUActivation"
 
 
 def test_lean_text_tower_reads_an_older_configs_text_at_its_highest_id(tiny_model_dir):
