@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 from shelfsight.search.precision import MIN_COSINE, inference, torch_dtype
-from shelfsight.search.towers import QUICK_GELU, ClipTowers
+from shelfsight.search.towers import QUICK_GELU, ClipTowers, is_quick_gelu
 from torch import nn
 from torch.nn import functional
 
@@ -80,9 +80,9 @@ class PackedLinear(nn.Module):
 def fused_activation(act: nn.Module) -> tuple[str, str, float] | None:
     """How oneDNN computes ``act`` inside a product: (activation, algorithm, the scale folded into
     the product before it), or None for an activation it does not have."""
-    name = type(act).__name__
-    if name == "QuickGELUActivation":
+    if is_quick_gelu(act):
         return "swish", "", QUICK_GELU
+    name = type(act).__name__
     if name == "GELUActivation" and getattr(act, "act", None) is functional.gelu:
         return "gelu", "none", 1.0
     if name in ("NewGELUActivation", "FastGELUActivation", "GELUTanh", "PytorchGELUTanh"):

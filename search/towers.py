@@ -35,6 +35,11 @@ from torch.nn import functional
 QUICK_GELU = 1.702
 
 
+def is_quick_gelu(act: nn.Module) -> bool:
+    """Whether ``act`` is transformers' quick-GELU, CLIP's MLP activation."""
+    return type(act).__name__ == "QuickGELUActivation"
+
+
 class _Layer(nn.Module):
     """One pre-norm transformer block, run over every token or (``pooled``) for one token a row."""
 
@@ -57,7 +62,7 @@ class _Layer(nn.Module):
         """CLIP's quick-GELU as SiLU, one pass over the MLP's widest activations instead of three
         (scale, sigmoid, product): fc1 becomes a copy scaled by ``QUICK_GELU``, fc2 a copy whose
         weight is divided by it. Any other activation stays as it is."""
-        if type(self.act).__name__ != "QuickGELUActivation":
+        if not is_quick_gelu(self.act):
             return
         fc1, fc2 = self.fc1, self.fc2
         self.fc1 = _linear(fc1.weight * QUICK_GELU, None if fc1.bias is None else fc1.bias * QUICK_GELU)

@@ -83,8 +83,8 @@ def follow_pages(page: Callable[[Any], tuple[list[T], Any]]) -> Iterator[T]:
     ids) and the next page's offset (None after the last), as ``QdrantStore.scroll_page`` does."""
     offset = None
     while True:
-        points, offset = page(offset)
-        yield from points
+        items, offset = page(offset)
+        yield from items
         if offset is None:
             return
 
