@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from shelfsight.search.embedder import Embedder, LengthBatches, normalize_rows
-from shelfsight.search.towers import TextTower, clip_model, pad_id, supported
+from shelfsight.search.towers import TextTower, clip_model, copied_linear, pad_id, supported
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ MIN_PRODUCT_WIDTH = 512
 PRODUCT_PROBES = 8
 # Query texts per int8 pass: as many as ``serve`` batches into one (search/batching.py).
 QUERY_BATCH = 32
-# Texts per pass of the fp32 tower the int8 one is checked against.
+# Texts per pass of the towers the int8 one is checked against.
 REFERENCE_BATCH = 8
 # Texts like shoppers' queries: short, with colours, materials, kinds, a brand-like word, numbers.
 PROBES = (
@@ -83,6 +83,42 @@ def _quantized(module: Any) -> Any:
     return quantize(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
+def _fp32_copies(clip: Any) -> tuple[Any, Any]:
+    """fp32 copies of a half model's text tower and projection: the int8 tower's float parts, and the
+    fp32 vectors it is checked against."""
+    return copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float()
+
+
+def _unshared_linears(tower: TextTower, clip: Any) -> None:
+    """Copies of the Linears ``tower`` still shares with the model (``fuse_qkv`` and
+    ``quick_gelu_as_silu`` copied the others), so that quantizing it in place, which marks each
+    Linear it converts, leaves the model's own as they were."""
+    from torch import nn
+
+    shared = {id(m) for m in clip.modules()}
+    for parent in (tower, *tower.layers):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and id(child) in shared:
+                setattr(parent, name, copied_linear(child.weight, child.bias))
+
+
+def _reference_vectors(tower: TextTower, precision: str, embedder: Embedder, probes: list[str]) -> np.ndarray:
+    """``probes`` through an unquantized text tower, run in ``precision``: the model's own unpacked
+    (so a process whose texts all run in int8 never packs it), or an fp32 copy. Without a per-pass
+    scale, small passes of like lengths pad the least (about 0.2 s less for the ViT-B/32 shape's 24
+    probes than one pass padded to the longest)."""
+    from shelfsight.search.precision import inference
+
+    runner = Int8TextEncoder(tower, embedder.model.tokenizer, embedder.max_tokens, REFERENCE_BATCH)
+    with inference(precision, "cpu"):
+        vectors: np.ndarray = runner.encode_texts(probes)
+    return vectors
+
+
+def _least_cosine(rows: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.min(np.sum(rows * reference, axis=1)))
+
+
 def int8_supported() -> str | None:
     """Why int8 matrix kernels cannot run here, or None when they can."""
     import torch
@@ -115,22 +151,21 @@ class Int8TextEncoder:
         clip = clip_model(embedder.model)
         if not supported(clip) or str(embedder.model.device) != "cpu" or int8_supported() is not None:
             return None, float("nan")
-        exact = TextTower(copy.deepcopy(clip.text_model).float(), copy.deepcopy(clip.text_projection).float())
-        exact.fuse_qkv()
-        folded = copy.deepcopy(exact)
+        in_fp32 = embedder.precision == "fp32"
+        parts = (clip.text_model, clip.text_projection) if in_fp32 else _fp32_copies(clip)
+        own = TextTower.from_clip(clip).eval()  # the model's own modules, in its precision
+        folded = TextTower(*parts)  # layers of its own over those modules (fp32 copies for a half model)
+        folded.fuse_qkv()
         folded.quick_gelu_as_silu()
+        _unshared_linears(folded, clip)
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensor types as deprecated
             warnings.simplefilter("ignore", UserWarning)
             tower = _quantized(folded)
         tokenizer, max_tokens, probes = embedder.model.tokenizer, embedder.max_tokens, list(probes)
         encoder = cls(tower.eval(), tokenizer, max_tokens, batch_size)
         fast = encoder.encode_texts(probes)
-        references = [embedder.encode_texts(probes)]
-        if embedder.precision != "fp32":  # the model itself is not fp32's reference: add the tower's
-            # fp32 has no per-pass scale: small passes of like lengths pad the least (about 0.2 s
-            # less for the ViT-B/32 shape's 24 probes than one pass padded to the longest)
-            references.append(cls(exact.eval(), tokenizer, max_tokens, REFERENCE_BATCH).encode_texts(probes))
-        cosine = min(float(np.min(np.sum(fast * reference, axis=1))) for reference in references)
+        references = [(own, embedder.precision)] + ([] if in_fp32 else [(TextTower(*parts).eval(), "fp32")])
+        cosine = min(_least_cosine(fast, _reference_vectors(t, p, embedder, probes)) for t, p in references)
         if cosine < MIN_COSINE:
             log.info("int8 text tower not used: probe cosine to fp32 %.4f < %.3f", cosine, MIN_COSINE)
             return None, cosine

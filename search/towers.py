@@ -55,7 +55,7 @@ class _Layer(nn.Module):
     def fuse_qkv(self) -> None:
         """The query, key and value projections as one Linear, a copy of their weights."""
         projections = (self.q, self.k, self.v)
-        fused = _linear(torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
+        fused = copied_linear(torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
         self.qkv, self.q, self.k, self.v = fused, None, None, None
 
     def quick_gelu_as_silu(self) -> None:
@@ -65,8 +65,8 @@ class _Layer(nn.Module):
         if not is_quick_gelu(self.act):
             return
         fc1, fc2 = self.fc1, self.fc2
-        self.fc1 = _linear(fc1.weight * QUICK_GELU, None if fc1.bias is None else fc1.bias * QUICK_GELU)
-        self.fc2 = _linear(fc2.weight / QUICK_GELU, fc2.bias)
+        self.fc1 = copied_linear(fc1.weight * QUICK_GELU, None if fc1.bias is None else fc1.bias * QUICK_GELU)
+        self.fc2 = copied_linear(fc2.weight / QUICK_GELU, fc2.bias)
         self.act = nn.SiLU()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ class _Layer(nn.Module):
         return out
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+def copied_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     """A Linear holding copies of ``weight`` and ``bias``, made without a random initialisation."""
     out_features, in_features = weight.shape
     kind = {"bias": bias is not None, "dtype": weight.dtype, "device": weight.device}

@@ -349,6 +349,28 @@ def test_an_int8_tower_that_cannot_be_made_leaves_the_texts_in_fp32(tiny_model_d
     assert fast is None and described.startswith("fp32 (int8 unavailable: RuntimeError(")
 
 
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["fp32 model", "bf16 model"])
+def test_making_the_int8_tower_leaves_the_model_as_it_was(tiny_model_dir, without_native_bf16, monkeypatch, native_bf16):
+    """The int8 tower is built over the model's own modules where it runs fp32 and quantizes its
+    copies in place: the model keeps every weight, module and attribute, and packs no tower of its
+    own for the check (an ingest's or a query process's texts never run through it)."""
+    import torch
+    from shelfsight.search import precision, text_int8
+
+    monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: native_bf16)
+    embedder = Embedder(str(tiny_model_dir), device="cpu")
+    model = embedder.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kinds = [(n, type(m)) for n, m in model.named_modules()]
+    fast, described = text_int8.product_text_encoder(embedder, ["red leather bag"])
+    assert fast is not None and described.startswith("int8 (least cosine to fp32 ")
+    assert [(n, type(m)) for n, m in model.named_modules()] == kinds
+    assert not [n for n, m in model.named_modules() if hasattr(m, "qconfig")]
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    assert embedder.tower_kernels == {}
+
+
 def test_ingest_streams_the_catalog_never_holding_it_whole(store, collection_name, embedder, catalog_dir, monkeypatch):
     def whole(self):
         raise AssertionError("the ingest read the whole catalog into memory")
