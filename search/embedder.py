@@ -377,50 +377,44 @@ class Embedder:
 
     def encode_token_ids(self, token_ids: Sequence[np.ndarray]) -> np.ndarray:
         """Embed texts tokenized elsewhere (``tokenizer_json``, with start and end markers, at most
-        ``max_tokens``): sorted by length and padded per batch here, so little is spent on padding;
-        the text tower in ``precision``. (n, d) float32 unit rows, in the given order."""
+        ``max_tokens``): sorted by length and run in batches of ``batch_size``, the text tower in
+        ``precision``. (n, d) float32 unit rows, in the given order."""
         return self.queue_token_ids(token_ids)()
 
     def queue_token_ids(self, token_ids: Sequence[np.ndarray]) -> Callable[[], np.ndarray]:
         """``encode_token_ids`` in two steps: the text tower's passes are queued on the model's
         device now, and the function returned waits for them and gives the vectors. On a GPU the
         caller can queue more work (the images, the next batch's reading) before waiting; on a CPU
-        the passes run now. A CLIP text tower runs as ``towers.TextTower``, and nothing here waits for
-        the device: the ids cross from pinned memory, and the tower needs no padding mask
-        (``causal_text``); another tower gets its mask, whose copy waits."""
-        import torch
-        from shelfsight.search.towers import pad_id
-
+        the passes run now. A CLIP text tower runs as ``towers.TextTower``, on the texts' tokens
+        without padding, and nothing here waits for the device: the rows cross from pinned memory,
+        and the tower needs no padding mask. Another tower gets padded ids and its mask, whose copy
+        waits."""
         if not token_ids:
             return lambda: np.zeros((0, 0), dtype=np.float32)
-        inner: Any = self.model[0].model
-        on_gpu = self.torch_device.startswith("cuda")
-        parts = []
-        tokenizer, text_tower = self.model.tokenizer, self.tower("text") if self.causal_text else None
-        batches = LengthBatches(
-            token_ids, self.batch_size, pad_id(tokenizer) if text_tower is not None else tokenizer.pad_token_id or 0
-        )
+        text_tower = self.tower("text") if self.causal_text else None
+        batches = LengthBatches(token_ids, self.batch_size, self.model.tokenizer.pad_token_id or 0)
         with inference(self.precision, self.torch_device):
-            for ids, mask in batches:
-                ids_t = torch.from_numpy(ids)
-                ids_t = (ids_t.pin_memory() if on_gpu else ids_t).to(self.torch_device, non_blocking=True)
-                if text_tower is not None:
-                    out = text_tower(ids_t)
-                else:
-                    mask_t = torch.from_numpy(mask).to(self.torch_device)
-                    out = _features(inner.get_text_features(input_ids=ids_t, attention_mask=mask_t))
-                parts.append(out.float())
+            if text_tower is not None:
+                parts = [text_tower(text_tower.rows(texts).to(self.torch_device)).float() for texts in batches.groups()]
+            else:
+                parts = [self._text_features(ids, mask) for ids, mask in batches]
         return lambda: batches.in_given_order(self._awaited(parts))
+
+    def _text_features(self, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        """One padded pass through transformers' own text tower (a model ``towers`` does not run)."""
+        import torch
+
+        inner: Any = self.model[0].model
+        ids_t, mask_t = (torch.from_numpy(a).to(self.torch_device) for a in (ids, mask))
+        return _features(inner.get_text_features(input_ids=ids_t, attention_mask=mask_t)).float()
 
     @property
     def causal_text(self) -> bool:
-        """Whether the text tower is CLIP's, whose attention is causal: a token sees only those
-        before it, so padding after a text's end-of-text token (where its vector is read) changes
-        nothing, and the padding mask can be left out. Such texts are padded with the end-of-text
-        token itself, so the tower's pooling (the first end-of-text token, or in older configs the
-        highest id) still finds the text's own, whatever id the tokenizer pads with."""
-        tokenizer = self.model.tokenizer  # loads the model, and with it ``_towers``
-        return self._towers is not None and tokenizer.eos_token_id is not None
+        """Whether texts run through ``towers.TextTower``: the model is a CLIP model the towers run,
+        whose text attention is causal, so a text's vector, read at its end-of-text token, is the
+        same without the padding and mask transformers' own tower needs."""
+        _ = self.model  # loads the model, and with it ``_towers``
+        return self._towers is not None
 
     def _awaited(self, parts: list[torch.Tensor]) -> np.ndarray:
         """The queued passes' outputs on the host as unit rows (this waits for the device)."""
@@ -468,17 +462,20 @@ def _pixel_spec_of(model: SentenceTransformer) -> PixelSpec | None:
 
 
 class LengthBatches:
-    """Token id rows in batches of similar length, each padded to its longest: (ids, attention
-    mask), both (n, longest) int64. ``in_given_order`` puts the batches' output rows back in the
-    order the rows were given."""
+    """Token id rows in batches of similar length (``groups``), or each batch padded to its longest
+    with ``pad``: (ids, attention mask), both (n, longest) int64. ``in_given_order`` puts the
+    batches' output rows back in the order the rows were given."""
 
-    def __init__(self, token_ids: Sequence[np.ndarray], batch_size: int, pad: int):
+    def __init__(self, token_ids: Sequence[np.ndarray], batch_size: int, pad: int = 0):
         self.token_ids, self.batch_size, self.pad = token_ids, batch_size, pad
         self.order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def groups(self) -> Iterator[list[np.ndarray]]:
         for start in range(0, len(self.order), self.batch_size):
-            chunk = [self.token_ids[i] for i in self.order[start : start + self.batch_size]]
+            yield [self.token_ids[i] for i in self.order[start : start + self.batch_size]]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for chunk in self.groups():
             width = max(len(t) for t in chunk)
             ids = np.full((len(chunk), width), self.pad, dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)

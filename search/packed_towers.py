@@ -149,7 +149,7 @@ def packed_if_faithful(model: Any, kind: str, plain: Any, precision: str) -> tup
     return packed, f"oneDNN, packed (probe cosine to torch's {cosine:.5f})"
 
 
-def _probe_input(kind: str, tower: Any) -> torch.Tensor:
+def _probe_input(kind: str, tower: Any) -> Any:
     """Two random images, or two random texts ending in the end-of-text token, for ``tower``."""
     generator = torch.Generator().manual_seed(0)
     if kind == "vision":
@@ -159,4 +159,4 @@ def _probe_input(kind: str, tower: Any) -> torch.Tensor:
     ids = torch.randint(0, vocabulary, (2, 12), generator=generator)
     ids[ids == tower.eos_token_id] = (tower.eos_token_id + 1) % vocabulary
     ids[:, -1] = tower.eos_token_id
-    return ids
+    return tower.rows(list(ids.numpy()))

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from shelfsight.search.embedder import Embedder, LengthBatches, normalize_rows
-from shelfsight.search.towers import TextTower, clip_model, copied_linear, pad_id, supported
+from shelfsight.search.towers import TextTower, clip_model, copied_linear, supported
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +180,14 @@ class Int8TextEncoder:
         return self.encode_token_ids([np.asarray(t, dtype=np.int64) for t in tokens])
 
     def encode_token_ids(self, token_ids: Sequence[np.ndarray]) -> np.ndarray:
-        """Embed texts tokenized elsewhere, as ``Embedder.encode_token_ids`` does. No attention
-        mask: attention is causal, so a text's end token never sees the pads after it."""
+        """Embed texts tokenized elsewhere, as ``Embedder.encode_token_ids`` does."""
         import torch
 
         if not token_ids:
             return np.zeros((0, 0), dtype=np.float32)
-        batches = LengthBatches(token_ids, self.batch_size, pad_id(self.tokenizer))
+        batches = LengthBatches(token_ids, self.batch_size)
         with torch.inference_mode():
-            parts = [self.tower(torch.from_numpy(ids)).float() for ids, _ in batches]
+            parts = [self.tower(self.tower.rows(texts)).float() for texts in batches.groups()]
         return normalize_rows(batches.in_given_order(torch.cat(parts).numpy()))
 
 

@@ -6,9 +6,10 @@ class token of an image. These towers run the last layer for that token alone (i
 MLP; keys and values still come from every token), which is about a twelfth of each tower's work:
 the ViT-B/32-shape vision tower ran at 87-91 images/s in bf16 against 80-82 for
 ``get_image_features`` (2 AVX-512 BF16 cores, batches of 16, same run). They also skip the Python
-around each layer (attention dispatch, a causal mask built per call, output records) and, for a
-text, the padding mask: text attention is causal, so a text's end token never sees the pads after
-it. No weight is copied; the modules are the model's own (on a CPU, ``packed_towers`` then
+around each layer (attention dispatch, a causal mask built per call, output records). Texts run
+without padding (``TokenRows``): the products over every text's tokens laid end to end, attention
+per text. Each text is cut after its end-of-text token: attention is causal, so what follows never
+reaches its vector. No weight is copied; the modules are the model's own (on a CPU, ``packed_towers`` then
 swaps each layer's products for ones on packed copies of the weights).
 
 ``Embedder`` runs pixels, token ids and texts through these towers whenever the model is a
@@ -19,14 +20,16 @@ Example::
 
     towers = ClipTowers.of(sentence_transformer)    # None for a model that is not CLIP
     image_vectors = towers.vision(pixel_values)     # (n, projection_dim), not normalized
-    text_vectors = towers.text(input_ids)           # padded with the end-of-text token
+    text_vectors = towers.text(towers.text.rows(token_ids))  # token_ids: one array a text
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
@@ -38,6 +41,68 @@ QUICK_GELU = 1.702
 def is_quick_gelu(act: nn.Module) -> bool:
     """Whether ``act`` is transformers' quick-GELU, CLIP's MLP activation."""
     return type(act).__name__ == "QuickGELUActivation"
+
+
+@dataclass(frozen=True)
+class TokenRows:
+    """A batch of texts for ``TextTower``: their token ids laid end to end, without padding.
+
+    The tower's products (nearly all of its work) run over these rows alone; only attention runs
+    per text, over a (texts, longest) grid the rows are copied into and back. Each text ends at
+    its end-of-text token, where its vector is read (``TextTower.rows``): attention is causal, so
+    nothing after that token changes the vector. Make one with ``TextTower.rows``."""
+
+    ids: torch.Tensor  # (tokens,)
+    positions: torch.Tensor  # (tokens,) each token's position in its text
+    grid: torch.Tensor  # (tokens,) each token's row in the flattened (texts, longest) grid
+    ends: torch.Tensor  # (texts,) each text's last row, its end-of-text token
+    lengths: torch.Tensor  # (texts,)
+    longest: int
+
+    @classmethod
+    def of(cls, texts: Sequence[np.ndarray]) -> TokenRows:
+        """``texts``: each text's token ids, cut after its end-of-text token."""
+        lengths = np.array([len(t) for t in texts], dtype=np.int64)
+        longest, ends = int(lengths.max()), np.cumsum(lengths) - 1
+        positions = np.arange(int(lengths.sum())) - np.repeat(ends + 1 - lengths, lengths)
+        grid = positions + np.repeat(np.arange(len(texts)) * longest, lengths)
+        ids = np.concatenate([np.asarray(t, dtype=np.int64) for t in texts])
+        return cls._unpacked(torch.from_numpy(np.concatenate([ids, positions, grid, ends, lengths])), len(ids), longest)
+
+    @classmethod
+    def _unpacked(cls, packed: torch.Tensor, tokens: int, longest: int) -> TokenRows:
+        """The rows from one tensor holding ids, positions, grid rows, ends and lengths, in turn."""
+        texts = (len(packed) - 3 * tokens) // 2
+        ids, positions, grid, ends, lengths = torch.split(packed, [tokens, tokens, tokens, texts, texts])
+        return cls(ids, positions, grid, ends, lengths, longest)
+
+    def to(self, device: str) -> TokenRows:
+        """These rows on ``device``: to a GPU in one copy from pinned memory, without waiting for it."""
+        if device == "cpu":
+            return self
+        packed = torch.cat([self.ids, self.positions, self.grid, self.ends, self.lengths])
+        return self._unpacked(packed.pin_memory().to(device, non_blocking=True), len(self.ids), self.longest)
+
+    @property
+    def seen(self) -> torch.Tensor:
+        """(texts, 1, 1, longest): the grid positions each text's end-of-text row attends to."""
+        seen = torch.arange(self.longest, device=self.lengths.device) < self.lengths.unsqueeze(1)
+        return seen.view(len(self.lengths), 1, 1, self.longest)
+
+    def in_grid(self, rows: torch.Tensor, heads: int) -> torch.Tensor:
+        """``rows`` (tokens, width) as attention's (texts, heads, longest, width / heads), zeros after
+        each text's end (a causal attention never reads them)."""
+        texts, width = len(self.ends), rows.shape[-1]
+        grid = rows.new_zeros(texts * self.longest, width).index_copy_(0, self.grid, rows)
+        return grid.view(texts, self.longest, heads, -1).transpose(1, 2)
+
+    def from_grid(self, attended: torch.Tensor) -> torch.Tensor:
+        """Attention's (texts, heads, longest, head width) output back as (tokens, width) rows."""
+        texts, _, longest, _ = attended.shape
+        return attended.transpose(1, 2).reshape(texts * longest, -1).index_select(0, self.grid)
+
+
+Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class _Layer(nn.Module):
@@ -73,27 +138,45 @@ class _Layer(nn.Module):
         n, t, _ = x.shape
         return x.view(n, t, self.heads, -1).transpose(1, 2)
 
-    def _projections(self, h: torch.Tensor, pooled: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Queries (of the ``pooled`` rows alone, when given), and keys and values of every token."""
+    def _projections(self, h: torch.Tensor, select: Callable[[torch.Tensor], torch.Tensor] | None) -> Projections:
+        """Queries (of the rows ``select`` picks, when given), and keys and values of every token."""
         if self.qkv is not None:
             q, k, v = self.qkv(h).chunk(3, dim=-1)
-            return (q if pooled is None else _rows(q, pooled)), k, v
-        return self.q(h if pooled is None else _rows(h, pooled)), self.k(h), self.v(h)
+            return (q if select is None else select(q)), k, v
+        return self.q(h if select is None else select(h)), self.k(h), self.v(h)
+
+    def _out_and_mlp(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        x = x + self.out(attended)
+        out: torch.Tensor = x + self.fc2(self.act(self.fc1(self.norm2(x))))
+        return out
 
     def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` (n, t, width) on; with ``pooled`` (n,) positions, the rows at those positions
         alone, (n, 1, width), each attending to every token (a causal one: to those up to it)."""
         n, t, width = x.shape
-        q, k, v = (self._heads(p) for p in self._projections(self.norm1(x), pooled))
+        select = None if pooled is None else (lambda rows: _rows(rows, pooled))
+        q, k, v = (self._heads(p) for p in self._projections(self.norm1(x), select))
         if pooled is None:
             attended = functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
             x = _rows(x, pooled)
             seen = (torch.arange(t, device=x.device) <= pooled.unsqueeze(1)).view(n, 1, 1, t) if self.causal else None
             attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=seen)
-        x = x + self.out(attended.transpose(1, 2).reshape(n, -1, width))
-        out: torch.Tensor = x + self.fc2(self.act(self.fc1(self.norm2(x))))
-        return out
+        return self._out_and_mlp(x, attended.transpose(1, 2).reshape(n, -1, width))
+
+    def forward_rows(self, x: torch.Tensor, texts: TokenRows, last: bool = False) -> torch.Tensor:
+        """``x`` (tokens, width), the rows of ``texts``, on: the products over those rows alone,
+        causal attention per text over ``texts``' grid. With ``last``, each text's end-of-text row
+        alone comes out, (texts, width), attending to its text."""
+        q, k, v = self._projections(self.norm1(x), (lambda rows: rows[texts.ends]) if last else None)
+        k, v = texts.in_grid(k, self.heads), texts.in_grid(v, self.heads)
+        if last:
+            x = x[texts.ends]
+            q = q.view(len(x), 1, self.heads, -1).transpose(1, 2)
+            attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=texts.seen)
+            return self._out_and_mlp(x, attended.reshape(x.shape))
+        attended = functional.scaled_dot_product_attention(texts.in_grid(q, self.heads), k, v, is_causal=True)
+        return self._out_and_mlp(x, texts.from_grid(attended))
 
 
 def copied_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -140,10 +223,8 @@ class VisionTower(nn.Module):
 
 
 class TextTower(nn.Module):
-    """Token ids (n, t) to unnormalized text embeddings (n, projection_dim), as
-    ``CLIPModel.get_text_features`` computes them. Pad with the end-of-text token: an older
-    config's tower (end-of-text id 2) reads each text at its highest id, which a pad of another id
-    could outrank."""
+    """Texts (``TokenRows``, made by ``rows``) to unnormalized text embeddings (n, projection_dim),
+    as ``CLIPModel.get_text_features`` computes them."""
 
     def __init__(self, text_model: Any, projection: nn.Module):
         super().__init__()
@@ -172,15 +253,24 @@ class TextTower(nn.Module):
         for layer in self.layers:
             layer.quick_gelu_as_silu()  # type: ignore[operator]
 
-    def end_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """Where each text's end-of-text token is, as Hugging Face's CLIP finds it."""
-        if self.eos_token_id == 2:  # configs older than transformers PR 24773: the highest id
-            return ids.to(torch.int).argmax(dim=-1)
-        return (ids == self.eos_token_id).to(torch.int).argmax(dim=-1)
+    def end_of(self, ids: np.ndarray) -> int:
+        """Where a text's end-of-text token is, as Hugging Face's CLIP finds it: the first one (the
+        first token where there is none), or in configs older than transformers PR 24773 (end-of-text
+        id 2) the highest id."""
+        if self.eos_token_id == 2:
+            return int(np.argmax(ids))
+        return int(np.argmax(np.asarray(ids) == self.eos_token_id))
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(ids) + self.positions.weight[: ids.shape[1]]
-        ends = _encoded(self.layers, x, self.end_positions(ids))
+    def rows(self, texts: Sequence[np.ndarray]) -> TokenRows:
+        """``texts`` (each a text's token ids) as this tower's input, each cut after its end-of-text token."""
+        return TokenRows.of([np.asarray(t)[: self.end_of(t) + 1] for t in texts])
+
+    def forward(self, texts: TokenRows) -> torch.Tensor:
+        x = self.tokens(texts.ids) + self.positions.weight[texts.positions]
+        layers = cast(list[_Layer], list(self.layers))
+        for layer in layers[:-1]:
+            x = layer.forward_rows(x, texts)
+        ends = layers[-1].forward_rows(x, texts, last=True)
         vectors: torch.Tensor = self.projection(self.final_norm(ends))
         return vectors
 
@@ -196,13 +286,6 @@ def supported(clip: Any | None) -> TypeGuard[Any]:
     """Whether these towers can run ``clip`` (a ``CLIPModel``, or None): its text tower must name
     one end-of-text id, where a text's vector is read (a config may give None or a list)."""
     return clip is not None and isinstance(getattr(clip.text_model, "eos_token_id", None), int)
-
-
-def pad_id(tokenizer: Any) -> int:
-    """The id to pad a batch of texts for ``TextTower`` with: the end-of-text token (see there),
-    the tokenizer's pad id only for a tokenizer that names no end-of-text token."""
-    eos = tokenizer.eos_token_id
-    return int(eos) if eos is not None else int(tokenizer.pad_token_id or 0)
 
 
 @dataclass(frozen=True)

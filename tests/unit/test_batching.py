@@ -186,10 +186,11 @@ def test_serve_engines_share_passes_of_an_int8_tower_that_keeps_fp32_vectors(emb
     assert not np.allclose(got, direct, atol=1e-6)  # the int8 tower answered, not fp32
 
 
-def test_lean_text_tower_gives_the_models_own_text_features_for_padded_batches(tiny_model_dir):
-    """The plain-torch tower (fp32 here, its last layer run for end-of-text tokens alone) against
-    CLIPModel.get_text_features: texts of different lengths in one batch padded with end-of-text,
-    and one text alone, give the same vectors."""
+def test_lean_text_tower_gives_the_models_own_text_features_without_padding(tiny_model_dir):
+    """The plain-torch tower (fp32 here, its tokens laid end to end, its last layer run for
+    end-of-text tokens alone) against CLIPModel.get_text_features on padded ids and their mask:
+    texts of three lengths in one batch, one text alone, and texts with tokens after their
+    end-of-text token (which the model never reads: its attention is causal) give the same vectors."""
     import torch
     from shelfsight.search.towers import TextTower, clip_model
 
@@ -203,28 +204,29 @@ def test_lean_text_tower_gives_the_models_own_text_features_for_padded_batches(t
     texts = ["red bag", "a much longer description of a blue canvas sneaker with white laces", "mug"]
     tokenizer = embedder.model.tokenizer
     tokens = tokenizer(texts, padding=True, return_tensors="pt")
-    assert len(set(tokens["attention_mask"].sum(dim=1).tolist())) == 3  # three lengths, so padding
-    padded = tokens["input_ids"].masked_fill(tokens["attention_mask"] == 0, tokenizer.eos_token_id)
+    assert len(set(tokens["attention_mask"].sum(dim=1).tolist())) == 3  # three lengths
+    ids = [row[mask.bool()].numpy() for row, mask in zip(tokens["input_ids"], tokens["attention_mask"])]
+    trailing = [np.concatenate([t, t[1:3]]) for t in ids]  # tokens after the end-of-text token
     with torch.inference_mode():
         expected = clip.get_text_features(**tokens)
         expected = getattr(expected, "pooler_output", expected)
-        got = tower(padded)
-        alone = tower(tokenizer(texts[:1], return_tensors="pt")["input_ids"])
-    assert torch.allclose(got, expected, atol=1e-4)
-    assert torch.allclose(alone[0], expected[0], atol=1e-4)
+        got, after = tower(tower.rows(ids)), tower(tower.rows(trailing))
+        alone = tower(tower.rows(ids[1:2]))
+    assert torch.allclose(got, expected, atol=1e-4) and torch.allclose(after, expected, atol=1e-4)
+    assert torch.allclose(alone[0], expected[1], atol=1e-4)
     tower.fuse_qkv()  # as the int8 copy runs it, its quick-GELU as SiLU
     own_fc1 = tower.layers[0].fc1
     tower.quick_gelu_as_silu()
     assert isinstance(tower.layers[0].act, torch.nn.SiLU) and tower.layers[0].fc1 is not own_fc1
     with torch.inference_mode():
-        assert torch.allclose(tower(padded), expected, atol=1e-4)
+        assert torch.allclose(tower(tower.rows(ids)), expected, atol=1e-4)
     assert own_fc1 is clip.text_model.encoder.layers[0].mlp.fc1  # the model's own modules are left
     assert type(clip.text_model.encoder.layers[0].mlp.activation_fn).__name__ == "QuickGELUActivation"
 
 
 def test_lean_text_tower_reads_an_older_configs_text_at_its_highest_id(tiny_model_dir):
     """Configs older than transformers PR 24773 (end-of-text id 2) read each text at its highest
-    token id; the tower does as transformers does, whatever id pads the batch."""
+    token id; the tower does as transformers does."""
     import torch
     from shelfsight.search.towers import TextTower, clip_model
 
@@ -235,8 +237,9 @@ def test_lean_text_tower_reads_an_older_configs_text_at_its_highest_id(tiny_mode
     with torch.inference_mode():
         expected = clip.get_text_features(input_ids=ids)
         expected = getattr(expected, "pooler_output", expected)
-        got = tower(ids)
-    assert tower.end_positions(ids).tolist() == [1, 2]
+        rows = tower.rows(list(ids.numpy()))
+        got = tower(rows)
+    assert rows.ends.tolist() == [1, 4]  # each text cut after its highest id: 5 40 | 7 3 60
     assert torch.allclose(got, expected, atol=1e-4)
 
 

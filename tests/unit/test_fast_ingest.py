@@ -350,7 +350,9 @@ def test_an_int8_tower_that_cannot_be_made_leaves_the_texts_in_fp32(tiny_model_d
 
 
 @pytest.mark.parametrize("native_bf16", [False, True], ids=["fp32 model", "bf16 model"])
-def test_making_the_int8_tower_leaves_the_model_as_it_was(tiny_model_dir, without_native_bf16, monkeypatch, native_bf16):
+def test_making_the_int8_tower_leaves_the_model_as_it_was(
+    tiny_model_dir, without_native_bf16, monkeypatch, native_bf16
+):
     """The int8 tower is built over the model's own modules where it runs fp32 and quantizes its
     copies in place: the model keeps every weight, module and attribute, and packs no tower of its
     own for the check (an ingest's or a query process's texts never run through it)."""

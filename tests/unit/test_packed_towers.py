@@ -19,14 +19,16 @@ def _inputs(clip):
     generator = torch.Generator().manual_seed(3)
     size = clip.config.vision_config.image_size
     pixels = torch.randn(3, 3, size, size, generator=generator)
-    ids = torch.randint(2, 60, (3, 9), generator=generator)
-    ids[:, -1] = clip.text_model.eos_token_id
-    return pixels, ids
+    ids = torch.randint(2, 60, (3, 9), generator=generator).numpy()
+    texts = [ids[0], ids[1, :5], ids[2, :7]]  # three lengths, each ending in the end-of-text token
+    for text in texts:
+        text[-1] = clip.text_model.eos_token_id
+    return pixels, texts
 
 
-def _vectors(towers, pixels, ids):
+def _vectors(towers, pixels, texts):
     with torch.inference_mode():
-        return towers.vision(pixels), towers.text(ids)
+        return towers.vision(pixels), towers.text(towers.text.rows(texts))
 
 
 @pytest.mark.parametrize(
