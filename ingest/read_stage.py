@@ -149,7 +149,8 @@ def _tokenize(text: str, ctx: ReadContext) -> dict[str, Any]:
 @lru_cache(maxsize=2)
 def text_tokenizer(spec: str, max_tokens: int) -> Any:
     """The model's tokenizer rebuilt from its JSON, cutting at ``max_tokens`` (markers included),
-    unpadded: the model's process pads each batch. The one the workers use (and the benchmark)."""
+    unpadded: the text tower takes each text as it is (``towers.TokenRows``). The one the workers
+    use (and the benchmark)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(spec)
