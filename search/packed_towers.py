@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from shelfsight.search.precision import MIN_COSINE, inference, torch_dtype
 from shelfsight.search.towers import QUICK_GELU, ClipTowers, is_quick_gelu
@@ -150,7 +151,8 @@ def packed_if_faithful(model: Any, kind: str, plain: Any, precision: str) -> tup
 
 
 def _probe_input(kind: str, tower: Any) -> Any:
-    """Two random images, or two random texts ending in the end-of-text token, for ``tower``."""
+    """Two random images, or two random texts of 12 and 7 tokens ending in the end-of-text token,
+    for ``tower``."""
     generator = torch.Generator().manual_seed(0)
     if kind == "vision":
         size = int(tower.embeddings.config.image_size)
@@ -159,4 +161,4 @@ def _probe_input(kind: str, tower: Any) -> Any:
     ids = torch.randint(0, vocabulary, (2, 12), generator=generator)
     ids[ids == tower.eos_token_id] = (tower.eos_token_id + 1) % vocabulary
     ids[:, -1] = tower.eos_token_id
-    return tower.rows(list(ids.numpy()))
+    return tower.rows([ids[0].numpy(), np.append(ids[1, :6].numpy(), tower.eos_token_id)])

@@ -45,8 +45,6 @@ MIN_PRODUCT_WIDTH = 512
 PRODUCT_PROBES = 8
 # Query texts per int8 pass: as many as ``serve`` batches into one (search/batching.py).
 QUERY_BATCH = 32
-# Texts per pass of the towers the int8 one is checked against.
-REFERENCE_BATCH = 8
 # Texts like shoppers' queries: short, with colours, materials, kinds, a brand-like word, numbers.
 PROBES = (
     "red leather bag",
@@ -104,12 +102,10 @@ def _unshared_linears(tower: TextTower, clip: Any) -> None:
 
 def _reference_vectors(tower: TextTower, precision: str, embedder: Embedder, probes: list[str]) -> np.ndarray:
     """``probes`` through an unquantized text tower, run in ``precision``: the model's own unpacked
-    (so a process whose texts all run in int8 never packs it), or an fp32 copy. Without a per-pass
-    scale, small passes of like lengths pad the least (about 0.2 s less for the ViT-B/32 shape's 24
-    probes than one pass padded to the longest)."""
+    (so a process whose texts all run in int8 never packs it), or an fp32 copy."""
     from shelfsight.search.precision import inference
 
-    runner = Int8TextEncoder(tower, embedder.model.tokenizer, embedder.max_tokens, REFERENCE_BATCH)
+    runner = Int8TextEncoder(tower, embedder.model.tokenizer, embedder.max_tokens, len(probes))
     with inference(precision, "cpu"):
         vectors: np.ndarray = runner.encode_texts(probes)
     return vectors

@@ -14,7 +14,8 @@ swaps each layer's products for ones on packed copies of the weights).
 
 ``Embedder`` runs pixels, token ids and texts through these towers whenever the model is a
 CLIPModel, on every device; on a CPU their layers' products are then swapped for oneDNN's packed
-ones (``packed_towers``, copies of the weights). ``text_int8`` quantizes a copy of the text tower.
+ones (``packed_towers``, copies of the weights). ``text_int8`` quantizes copies of the text
+tower's products.
 
 Example::
 
@@ -43,7 +44,7 @@ def is_quick_gelu(act: nn.Module) -> bool:
     return type(act).__name__ == "QuickGELUActivation"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TokenRows:
     """A batch of texts for ``TextTower``: their token ids laid end to end, without padding.
 
@@ -78,10 +79,12 @@ class TokenRows:
 
     def to(self, device: str) -> TokenRows:
         """These rows on ``device``: to a GPU in one copy from pinned memory, without waiting for it."""
-        if device == "cpu":
+        if torch.device(device) == self.ids.device:
             return self
         packed = torch.cat([self.ids, self.positions, self.grid, self.ends, self.lengths])
-        return self._unpacked(packed.pin_memory().to(device, non_blocking=True), len(self.ids), self.longest)
+        on_gpu = str(device).startswith("cuda")
+        packed = (packed.pin_memory() if on_gpu else packed).to(device, non_blocking=on_gpu)
+        return self._unpacked(packed, len(self.ids), self.longest)
 
     @property
     def seen(self) -> torch.Tensor:
@@ -106,12 +109,13 @@ Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class _Layer(nn.Module):
-    """One pre-norm transformer block, run over every token or (``pooled``) for one token a row."""
+    """One pre-norm transformer block: ``forward`` an image's (every token attends to every token),
+    ``forward_rows`` a text's (causal), each run over every token or for one token a row."""
 
-    def __init__(self, layer: Any, causal: bool):
+    def __init__(self, layer: Any):
         super().__init__()
         attn = layer.self_attn
-        self.heads, self.causal = int(attn.num_heads), causal
+        self.heads = int(attn.num_heads)
         self.norm1, self.norm2 = layer.layer_norm1, layer.layer_norm2
         self.q, self.k, self.v, self.out = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
         self.qkv: nn.Linear | None = None
@@ -151,17 +155,13 @@ class _Layer(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (n, t, width) on; with ``pooled`` (n,) positions, the rows at those positions
-        alone, (n, 1, width), each attending to every token (a causal one: to those up to it)."""
-        n, t, width = x.shape
+        """``x`` (n, t, width) on, every token attending to every token; with ``pooled`` (n,)
+        positions, the rows at those positions alone, (n, 1, width)."""
+        n, _, width = x.shape
         select = None if pooled is None else (lambda rows: _rows(rows, pooled))
         q, k, v = (self._heads(p) for p in self._projections(self.norm1(x), select))
-        if pooled is None:
-            attended = functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        else:
-            x = _rows(x, pooled)
-            seen = (torch.arange(t, device=x.device) <= pooled.unsqueeze(1)).view(n, 1, 1, t) if self.causal else None
-            attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=seen)
+        x = x if pooled is None else _rows(x, pooled)
+        attended = functional.scaled_dot_product_attention(q, k, v)
         return self._out_and_mlp(x, attended.transpose(1, 2).reshape(n, -1, width))
 
     def forward_rows(self, x: torch.Tensor, texts: TokenRows, last: bool = False) -> torch.Tensor:
@@ -212,7 +212,7 @@ class VisionTower(nn.Module):
         super().__init__()
         vision = clip.vision_model
         self.embeddings, self.pre_norm = vision.embeddings, vision.pre_layrnorm
-        self.layers = nn.ModuleList(_Layer(layer, causal=False) for layer in vision.encoder.layers)
+        self.layers = nn.ModuleList(_Layer(layer) for layer in vision.encoder.layers)
         self.post_norm, self.projection = vision.post_layernorm, clip.visual_projection
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -230,7 +230,7 @@ class TextTower(nn.Module):
         super().__init__()
         embeddings = text_model.embeddings
         self.tokens, self.positions = embeddings.token_embedding, embeddings.position_embedding
-        self.layers = nn.ModuleList(_Layer(layer, causal=True) for layer in text_model.encoder.layers)
+        self.layers = nn.ModuleList(_Layer(layer) for layer in text_model.encoder.layers)
         self.final_norm, self.projection = text_model.final_layer_norm, projection
         self.eos_token_id = int(text_model.eos_token_id)
 
@@ -263,6 +263,8 @@ class TextTower(nn.Module):
 
     def rows(self, texts: Sequence[np.ndarray]) -> TokenRows:
         """``texts`` (each a text's token ids) as this tower's input, each cut after its end-of-text token."""
+        if not texts or not all(len(t) for t in texts):
+            raise ValueError("every text needs its tokens, start and end markers included (the tokenizer adds them)")
         return TokenRows.of([np.asarray(t)[: self.end_of(t) + 1] for t in texts])
 
     def forward(self, texts: TokenRows) -> torch.Tensor:

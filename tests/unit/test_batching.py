@@ -211,9 +211,9 @@ def test_lean_text_tower_gives_the_models_own_text_features_without_padding(tiny
         expected = clip.get_text_features(**tokens)
         expected = getattr(expected, "pooler_output", expected)
         got, after = tower(tower.rows(ids)), tower(tower.rows(trailing))
-        alone = tower(tower.rows(ids[1:2]))
+        alone = [tower(tower.rows([text]))[0] for text in ids]
     assert torch.allclose(got, expected, atol=1e-4) and torch.allclose(after, expected, atol=1e-4)
-    assert torch.allclose(alone[0], expected[1], atol=1e-4)
+    assert all(torch.allclose(vector, want, atol=1e-4) for vector, want in zip(alone, expected, strict=True))
     tower.fuse_qkv()  # as the int8 copy runs it, its quick-GELU as SiLU
     own_fc1 = tower.layers[0].fc1
     tower.quick_gelu_as_silu()
@@ -222,6 +222,22 @@ def test_lean_text_tower_gives_the_models_own_text_features_without_padding(tiny
         assert torch.allclose(tower(tower.rows(ids)), expected, atol=1e-4)
     assert own_fc1 is clip.text_model.encoder.layers[0].mlp.fc1  # the model's own modules are left
     assert type(clip.text_model.encoder.layers[0].mlp.activation_fn).__name__ == "QuickGELUActivation"
+
+
+def test_token_rows_lay_texts_end_to_end_with_their_grid_rows():
+    """Three texts of 1, 3 and 2 tokens: each token's position in its text, its row in the
+    (texts, longest) grid attention runs over, each text's last row, and what it attends to."""
+    from shelfsight.search.towers import TokenRows
+
+    rows = TokenRows.of([np.array([7]), np.array([1, 2, 3]), np.array([4, 5])])
+    assert rows.ids.tolist() == [7, 1, 2, 3, 4, 5] and rows.longest == 3
+    assert rows.positions.tolist() == [0, 0, 1, 2, 0, 1]
+    assert rows.grid.tolist() == [0, 3, 4, 5, 6, 7]
+    assert rows.ends.tolist() == [0, 3, 5]
+    assert rows.seen.view(3, 3).tolist() == [[True, False, False], [True, True, True], [True, True, False]]
+    in_grid = rows.in_grid(rows.ids.float().unsqueeze(1).repeat(1, 2), heads=1)  # (texts, heads, longest, 2)
+    assert in_grid[:, 0, :, 0].tolist() == [[7, 0, 0], [1, 2, 3], [4, 5, 0]]
+    assert rows.from_grid(in_grid)[:, 0].tolist() == [7, 1, 2, 3, 4, 5]
 
 
 def test_lean_text_tower_reads_an_older_configs_text_at_its_highest_id(tiny_model_dir):

@@ -174,7 +174,7 @@ def test_bf16_on_a_cpu_stays_close_to_fp32(tiny_model_dir):
 
 def test_towers_on_cuda_skip_cudnn_attention_and_leave_the_choice_as_it_was():
     """cuDNN's attention plans one shape at a time (17 ms each on an H200), and texts come in a
-    new padded length nearly every batch: the towers run without it on CUDA. The switch is
+    new shape nearly every batch: the towers run without it on CUDA. The switch is
     process-wide in torch, so it comes back only when the last of overlapping towers is done,
     and the other kernels' switches are left alone."""
     import threading
@@ -358,14 +358,18 @@ def test_making_the_int8_tower_leaves_the_model_as_it_was(
     own for the check (an ingest's or a query process's texts never run through it)."""
     import torch
     from shelfsight.search import precision, text_int8
+    from shelfsight.search.towers import clip_model
 
     monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: native_bf16)
     embedder = Embedder(str(tiny_model_dir), device="cpu")
+    assert embedder.precision == ("bf16" if native_bf16 else "fp32")
     model = embedder.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     kinds = [(n, type(m)) for n, m in model.named_modules()]
     fast, described = text_int8.product_text_encoder(embedder, ["red leather bag"])
     assert fast is not None and described.startswith("int8 (least cosine to fp32 ")
+    shares = fast.tower.tokens is clip_model(model).text_model.embeddings.token_embedding
+    assert shares == (not native_bf16)  # the model's own modules where it runs fp32; fp32 copies of a bf16 one
     assert [(n, type(m)) for n, m in model.named_modules()] == kinds
     assert not [n for n, m in model.named_modules() if hasattr(m, "qconfig")]
     after = model.state_dict()

@@ -15,7 +15,7 @@ from shelfsight.search.records import point_id
 
 def _assert_same_vector(got: np.ndarray, expected: np.ndarray, precision: str) -> None:
     """The same vector up to the model's precision: equal in fp32; in half precision a text alone
-    and the same text in ingest's padded batch round differently (measured: cosine 0.99997, at most
+    and the same text in a batch of ingest's round differently (measured: cosine 0.99997, at most
     0.004 apart per element with the tiny model in bf16), so there the cosine decides."""
     if precision == "fp32":
         np.testing.assert_allclose(got, expected, atol=1e-5)
