@@ -96,13 +96,16 @@ class TokenRows:
         """``rows`` (tokens, width) as attention's (texts, heads, longest, width / heads), zeros after
         each text's end (a causal attention never reads them)."""
         texts, width = len(self.ends), rows.shape[-1]
+        if len(self.ids) == texts * self.longest:  # texts of one length (a query alone): the rows are the grid
+            return rows.reshape(texts, self.longest, heads, -1).transpose(1, 2)
         grid = rows.new_zeros(texts * self.longest, width).index_copy_(0, self.grid, rows)
         return grid.view(texts, self.longest, heads, -1).transpose(1, 2)
 
     def from_grid(self, attended: torch.Tensor) -> torch.Tensor:
         """Attention's (texts, heads, longest, head width) output back as (tokens, width) rows."""
         texts, _, longest, _ = attended.shape
-        return attended.transpose(1, 2).reshape(texts * longest, -1).index_select(0, self.grid)
+        rows = attended.transpose(1, 2).reshape(texts * longest, -1)
+        return rows if len(self.ids) == texts * longest else rows.index_select(0, self.grid)
 
 
 Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -238,6 +238,8 @@ def test_token_rows_lay_texts_end_to_end_with_their_grid_rows():
     in_grid = rows.in_grid(rows.ids.float().unsqueeze(1).repeat(1, 2), heads=1)  # (texts, heads, longest, 2)
     assert in_grid[:, 0, :, 0].tolist() == [[7, 0, 0], [1, 2, 3], [4, 5, 0]]
     assert rows.from_grid(in_grid)[:, 0].tolist() == [7, 1, 2, 3, 4, 5]
+    same = TokenRows.of([np.array([1, 2]), np.array([3, 4])])  # one length: the rows are the grid, uncopied
+    assert same.in_grid(same.ids.float().unsqueeze(1), heads=1)[:, 0, :, 0].tolist() == [[1, 2], [3, 4]]
 
 
 def test_lean_text_tower_reads_an_older_configs_text_at_its_highest_id(tiny_model_dir):
