@@ -9,8 +9,8 @@ the ViT-B/32-shape vision tower ran at 87-91 images/s in bf16 against 80-82 for
 around each layer (attention dispatch, a causal mask built per call, output records). Texts run
 without padding (``TokenRows``): the products over every text's tokens laid end to end, attention
 per text. Each text is cut after its end-of-text token: attention is causal, so what follows never
-reaches its vector. No weight is copied; the modules are the model's own (on a CPU, ``packed_towers`` then
-swaps each layer's products for ones on packed copies of the weights).
+reaches its vector. No weight is copied; the modules are the model's own (on a CPU,
+``packed_towers`` then swaps each layer's products for ones on packed copies of the weights).
 
 ``Embedder`` runs pixels, token ids and texts through these towers whenever the model is a
 CLIPModel, on every device; on a CPU their layers' products are then swapped for oneDNN's packed
@@ -96,7 +96,7 @@ class TokenRows:
         """``rows`` (tokens, width) as attention's (texts, heads, longest, width / heads), zeros after
         each text's end (a causal attention never reads them)."""
         texts, width = len(self.ends), rows.shape[-1]
-        if len(self.ids) == texts * self.longest:  # texts of one length (a query alone): the rows are the grid
+        if len(self.ids) == texts * self.longest:  # texts of one length (a query alone) fill the grid
             return rows.reshape(texts, self.longest, heads, -1).transpose(1, 2)
         grid = rows.new_zeros(texts * self.longest, width).index_copy_(0, self.grid, rows)
         return grid.view(texts, self.longest, heads, -1).transpose(1, 2)
