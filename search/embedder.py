@@ -252,7 +252,7 @@ class Embedder:
         model.to(torch_dtype(chosen))
         if reference is None:
             return chosen, model
-        cosine = _least_cosine(reference, _probe_vectors(model, chosen, device))
+        cosine = least_cosine(reference, _probe_vectors(model, chosen, device))
         if cosine < MIN_COSINE:
             log.warning("%s on %s matches fp32 only to cosine %.4f; running fp32", chosen, device, cosine)
             return "fp32", self._load()
@@ -515,5 +515,6 @@ def _probe_vectors(model: SentenceTransformer, precision: str, device: str) -> l
     return vectors
 
 
-def _least_cosine(reference: list[np.ndarray], lower: list[np.ndarray]) -> float:
+def least_cosine(reference: list[np.ndarray], lower: list[np.ndarray]) -> float:
+    """The least cosine between paired unit rows of ``reference`` and ``lower``, over every pair."""
     return min(float((a * b).sum(axis=1).min()) for a, b in zip(reference, lower, strict=True))

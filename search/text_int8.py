@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from shelfsight.search.embedder import Embedder, LengthBatches, normalize_rows
+from shelfsight.search.embedder import Embedder, LengthBatches, least_cosine, normalize_rows
 from shelfsight.search.towers import TextTower, clip_model, copied_linear, supported
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,6 @@ def _reference_vectors(tower: TextTower, precision: str, embedder: Embedder, pro
     return vectors
 
 
-def _least_cosine(rows: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.min(np.sum(rows * reference, axis=1)))
-
-
 def int8_supported() -> str | None:
     """Why int8 matrix kernels cannot run here, or None when they can."""
     import torch
@@ -161,7 +157,9 @@ class Int8TextEncoder:
         encoder = cls(tower.eval(), tokenizer, max_tokens, batch_size)
         fast = encoder.encode_texts(probes)
         references = [(own, embedder.precision)] + ([] if in_fp32 else [(TextTower(*parts).eval(), "fp32")])
-        cosine = min(_least_cosine(fast, _reference_vectors(t, p, embedder, probes)) for t, p in references)
+        cosine = least_cosine(
+            [_reference_vectors(t, p, embedder, probes) for t, p in references], [fast] * len(references)
+        )
         if cosine < MIN_COSINE:
             log.info("int8 text tower not used: probe cosine to fp32 %.4f < %.3f", cosine, MIN_COSINE)
             return None, cosine

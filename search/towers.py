@@ -87,6 +87,11 @@ class TokenRows:
         return self._unpacked(packed, len(self.ids), self.longest)
 
     @property
+    def fills_grid(self) -> bool:
+        """Whether the texts are all of one length (a query alone): then the rows are the grid."""
+        return len(self.ids) == len(self.ends) * self.longest
+
+    @property
     def seen(self) -> torch.Tensor:
         """(texts, 1, 1, longest): the grid positions each text's end-of-text row attends to."""
         seen = torch.arange(self.longest, device=self.lengths.device) < self.lengths.unsqueeze(1)
@@ -96,7 +101,7 @@ class TokenRows:
         """``rows`` (tokens, width) as attention's (texts, heads, longest, width / heads), zeros after
         each text's end (a causal attention never reads them)."""
         texts, width = len(self.ends), rows.shape[-1]
-        if len(self.ids) == texts * self.longest:  # texts of one length (a query alone) fill the grid
+        if self.fills_grid:
             return rows.reshape(texts, self.longest, heads, -1).transpose(1, 2)
         grid = rows.new_zeros(texts * self.longest, width).index_copy_(0, self.grid, rows)
         return grid.view(texts, self.longest, heads, -1).transpose(1, 2)
@@ -105,7 +110,7 @@ class TokenRows:
         """Attention's (texts, heads, longest, head width) output back as (tokens, width) rows."""
         texts, _, longest, _ = attended.shape
         rows = attended.transpose(1, 2).reshape(texts * longest, -1)
-        return rows if len(self.ids) == texts * longest else rows.index_select(0, self.grid)
+        return rows if self.fills_grid else rows.index_select(0, self.grid)
 
 
 Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -262,13 +267,14 @@ class TextTower(nn.Module):
         id 2) the highest id."""
         if self.eos_token_id == 2:
             return int(np.argmax(ids))
-        return int(np.argmax(np.asarray(ids) == self.eos_token_id))
+        return int(np.argmax(ids == self.eos_token_id))
 
     def rows(self, texts: Sequence[np.ndarray]) -> TokenRows:
         """``texts`` (each a text's token ids) as this tower's input, each cut after its end-of-text token."""
-        if not texts or not all(len(t) for t in texts):
+        arrays = [np.asarray(t) for t in texts]
+        if not arrays or not all(len(t) for t in arrays):
             raise ValueError("every text needs its tokens, start and end markers included (the tokenizer adds them)")
-        return TokenRows.of([np.asarray(t)[: self.end_of(t) + 1] for t in texts])
+        return TokenRows.of([t[: self.end_of(t) + 1] for t in arrays])
 
     def forward(self, texts: TokenRows) -> torch.Tensor:
         x = self.tokens(texts.ids) + self.positions.weight[texts.positions]
