@@ -27,7 +27,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard, cast
 
 import numpy as np
@@ -59,6 +59,7 @@ class TokenRows:
     ends: torch.Tensor  # (texts,) each text's last row, its end-of-text token
     lengths: torch.Tensor  # (texts,)
     longest: int
+    packed: torch.Tensor = field(repr=False)  # the five above in one tensor, which they view: one copy moves them
 
     @classmethod
     def of(cls, texts: Sequence[np.ndarray]) -> TokenRows:
@@ -75,15 +76,14 @@ class TokenRows:
         """The rows from one tensor holding ids, positions, grid rows, ends and lengths, in turn."""
         texts = (len(packed) - 3 * tokens) // 2
         ids, positions, grid, ends, lengths = torch.split(packed, [tokens, tokens, tokens, texts, texts])
-        return cls(ids, positions, grid, ends, lengths, longest)
+        return cls(ids, positions, grid, ends, lengths, longest, packed)
 
     def to(self, device: str) -> TokenRows:
         """These rows on ``device``: to a GPU in one copy from pinned memory, without waiting for it."""
         if torch.device(device) == self.ids.device:
             return self
-        packed = torch.cat([self.ids, self.positions, self.grid, self.ends, self.lengths])
         on_gpu = str(device).startswith("cuda")
-        packed = (packed.pin_memory() if on_gpu else packed).to(device, non_blocking=on_gpu)
+        packed = (self.packed.pin_memory() if on_gpu else self.packed).to(device, non_blocking=on_gpu)
         return self._unpacked(packed, len(self.ids), self.longest)
 
     @property
